@@ -1,0 +1,236 @@
+"""The experiment's typed config: dataclass schemas registered with Hydra, and semantic validation.
+
+Hydra checks key names and types at compose time against these schemas; `validate()` then checks
+what types cannot say (positive sizes, allowed names, a layer stack whose shapes work out), before
+TensorFlow is imported or an MLflow run is started. Every message names the config key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the project's mlruns/ folder.
+
+    Absolute, so that every Hydra job of a sweep writes to the same store whatever its cwd.
+    """
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# The optional parameters each optimizer accepts; setting another one is an error, not a no-op.
+OPTIMIZER_PARAMS = {
+    "adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
+    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
+    "sgd": ("momentum", "nesterov"),
+    "rmsprop": ("rho", "momentum", "epsilon", "centered"),
+}
+SCHEDULES = ("constant", "cosine", "exponential")
+VALIDATION_SCHEMES = ("holdout", "test", "none")
+JIT_CHOICES = ("auto", "true", "false")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclass
+class DataConfig:
+    # Folder holding the four IDX .gz files; unset means: Keras cache, then Debian's package.
+    dir: str | None = None
+    # Fetch the files into the Keras cache when no local copy is found.
+    download: bool = False
+    mirror: str = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+    # Check the decompressed sha256 of every file before use (about 0.3 s for the full set).
+    verify: bool = True
+    # Use only the first N images (None: all); for quick runs and tests.
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    # holdout: a stratified slice of the training set; test: the article's test-as-validation; none.
+    validation: str = "holdout"
+    validation_fraction: float = 0.1
+    # Shuffle buffer for the training pipeline (None: the whole training set).
+    shuffle_buffer: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # The layer stack, each item {type: <registry name>, ...its arguments}; see models.LAYER_SPECS.
+    layers: list[dict[str, Any]] = MISSING
+
+
+@dataclass
+class ScheduleConfig:
+    # constant | cosine (to alpha * lr at the last step, optional linear warm-up) |
+    # exponential (times decay_rate every decay_epochs).
+    name: str = "constant"
+    warmup_epochs: float = 0.0
+    alpha: float = 0.0
+    decay_rate: float = 0.9
+    decay_epochs: float = 1.0
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    learning_rate: float = MISSING
+    # Optimizer-specific parameters: None leaves Keras's default.
+    beta_1: float | None = None
+    beta_2: float | None = None
+    epsilon: float | None = None
+    amsgrad: bool | None = None
+    weight_decay: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    rho: float | None = None
+    centered: bool | None = None
+    # Clip each gradient's norm (None: no clipping).
+    clipnorm: float | None = None
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class TrainerConfig:
+    # XLA: auto = off on CPU (measured slower there), Keras's own choice on GPU.
+    jit_compile: str = "auto"
+    precision: str = "float32"
+    # Keras progress output: auto = a bar in a terminal, one line per epoch otherwise.
+    verbose: str = "auto"
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    experiment_name: str = "fmnist_exp"
+    # None: named from the Hydra overrides (or "default").
+    run_name: str | None = None
+    log_model: bool = True
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 42
+    batch_size: int = 32
+    epochs: int = 100
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def register_schemas() -> None:
+    """Register the schemas so that conf/config.yaml can extend `experiment_schema`."""
+    store = ConfigStore.instance()
+    store.store(name="experiment_schema", node=ExperimentConfig)
+
+
+def _fail(key: str, message: str) -> None:
+    raise ValueError(f"{key}: {message}")
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or not (value > 0) or not math.isfinite(value):
+        _fail(key, f"{value!r} must be a positive number")
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Raise ValueError naming the first bad key; returns quietly for a sound config."""
+    # Imported here so that the registry module's TensorFlow-free checks stay the only dependency.
+    from fmnist_exp import models
+
+    _check_positive("batch_size", config.batch_size)
+    if config.batch_size > 65536:
+        _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
+    _check_positive("epochs", config.epochs)
+    if config.seed < 0:
+        _fail("seed", f"{config.seed} must be 0 or more")
+
+    data = config.data
+    _check_positive("data.max_train_samples", data.max_train_samples, allow_none=True)
+    _check_positive("data.max_test_samples", data.max_test_samples, allow_none=True)
+    _check_positive("data.shuffle_buffer", data.shuffle_buffer, allow_none=True)
+    _check_choice("data.validation", data.validation, VALIDATION_SCHEMES)
+    if not 0.0 < data.validation_fraction < 1.0:
+        _fail("data.validation_fraction", f"{data.validation_fraction} must lie strictly between 0 and 1")
+
+    optimizer = config.optimizer
+    _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
+    _check_positive("optimizer.learning_rate", optimizer.learning_rate)
+    _check_positive("optimizer.clipnorm", optimizer.clipnorm, allow_none=True)
+    allowed = OPTIMIZER_PARAMS[optimizer.name]
+    for key in ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay", "momentum", "nesterov", "rho", "centered"):
+        value = getattr(optimizer, key)
+        if value is None:
+            continue
+        if key not in allowed:
+            _fail(f"optimizer.{key}", f"{optimizer.name} takes no {key}; it takes: {', '.join(allowed)}")
+        if key in ("beta_1", "beta_2", "rho", "momentum") and not 0.0 <= value < 1.0:
+            _fail(f"optimizer.{key}", f"{value} must lie in [0, 1)")
+        if key in ("epsilon", "weight_decay") and not value >= 0.0:
+            _fail(f"optimizer.{key}", f"{value} must be 0 or more")
+    schedule = optimizer.schedule
+    _check_choice("optimizer.schedule.name", schedule.name, SCHEDULES)
+    if not 0.0 <= schedule.warmup_epochs < config.epochs:
+        _fail("optimizer.schedule.warmup_epochs", f"{schedule.warmup_epochs} must lie in [0, epochs={config.epochs})")
+    if schedule.warmup_epochs and schedule.name != "cosine":
+        _fail(
+            "optimizer.schedule.warmup_epochs", f"a warm-up needs optimizer.schedule.name=cosine, not {schedule.name}"
+        )
+    if not 0.0 <= schedule.alpha <= 1.0:
+        _fail("optimizer.schedule.alpha", f"{schedule.alpha} must lie in [0, 1]")
+    if not 0.0 < schedule.decay_rate <= 1.0:
+        _fail("optimizer.schedule.decay_rate", f"{schedule.decay_rate} must lie in (0, 1]")
+    _check_positive("optimizer.schedule.decay_epochs", schedule.decay_epochs)
+
+    trainer = config.trainer
+    _check_choice("trainer.jit_compile", str(trainer.jit_compile).lower(), JIT_CHOICES)
+    _check_choice("trainer.precision", trainer.precision, PRECISIONS)
+    _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
+
+    if not config.mlflow.experiment_name.strip():
+        _fail("mlflow.experiment_name", "must not be empty")
+
+    models.check_stack(config.model.layers, key="model.layers")
+
+
+def to_experiment_config(config: DictConfig) -> ExperimentConfig:
+    """Turn Hydra's composed DictConfig into the typed object and validate it."""
+    typed = OmegaConf.to_object(config)
+    if not isinstance(typed, ExperimentConfig):
+        raise TypeError("the composed config does not extend experiment_schema")
+    validate(typed)
+    return typed
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for MLflow params: {'model.layers.0.filters': 32, ...}."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=True)
+    elif hasattr(node, "__dataclass_fields__"):
+        node = OmegaConf.to_container(OmegaConf.structured(node), resolve=True)
+    items: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            items.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            items.update(flatten(value, f"{prefix}{index}."))
+    else:
+        items[prefix.rstrip(".")] = node
+    return items

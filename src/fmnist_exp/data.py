@@ -1,0 +1,302 @@
+"""Fashion-MNIST loading: find the IDX files offline first, verify them, split them.
+
+Nothing here imports TensorFlow: the arrays stay uint8 (the float32 copy of the training set alone
+would be 188 MB) and are scaled inside the model. `pipelines()` turns them into tf.data datasets.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from fmnist_exp.config import DataConfig
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (28, 28, 1)
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+
+# The sha256 of the DECOMPRESSED canonical files: re-compressed copies (Debian's) pass too.
+CANONICAL_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+# A folder that is not the canonical release (the test subset in tests/data) declares its own
+# decompressed checksums in this file, in `sha256sum` format.
+MANIFEST_NAME = "SHA256SUMS"
+
+DEFAULT_MIRROR = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+KERAS_CACHE = Path.home() / ".keras" / "datasets" / "fashion-mnist"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+IMAGES_MAGIC = 2051
+LABELS_MAGIC = 2049
+
+
+class DataError(ValueError):
+    """The data set is missing, corrupt or inconsistent; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """uint8 images (N, 28, 28, 1) and int64 labels (N,). `validation` is None when there is none."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    validation: tuple[np.ndarray, np.ndarray] | None
+    test: tuple[np.ndarray, np.ndarray]
+    source: Path
+
+
+def candidate_dirs(configured: str | None) -> list[Path]:
+    """The places looked at, in order: the configured folder, the Keras cache, Debian's package."""
+    places = [Path(configured).expanduser()] if configured else []
+    return places + [KERAS_CACHE, DEBIAN_DIR]
+
+
+def _has_all_files(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in FILES.values())
+
+
+def locate(configured: str | None, download: bool = False, mirror: str = DEFAULT_MIRROR) -> Path:
+    """Return the first folder that holds all four files, downloading into the Keras cache if allowed.
+
+    A configured folder that does not exist is an error of its own: silently falling back to another
+    copy would hide a typo in `data.dir`.
+    """
+    if configured and not Path(configured).expanduser().is_dir():
+        raise DataError(
+            f"data.dir: {configured!r} is not a folder. Point data.dir (or FMNIST_DATA_DIR) at the folder "
+            f"holding the four Fashion-MNIST files: {', '.join(FILES.values())}."
+        )
+    places = candidate_dirs(configured)
+    for folder in places:
+        if _has_all_files(folder):
+            return folder
+    if download:
+        return fetch(KERAS_CACHE, mirror)
+    looked = "\n".join(f"  - {p}" for p in places)
+    raise DataError(
+        "Fashion-MNIST not found. Looked for "
+        f"{', '.join(FILES.values())} in:\n{looked}\n"
+        "Fix one of: set FMNIST_DATA_DIR (or data.dir=...) to a folder holding them; "
+        "`apt-get install dataset-fashion-mnist`; or allow a download with data.download=true."
+    )
+
+
+def fetch(target: Path, mirror: str = DEFAULT_MIRROR) -> Path:
+    """Download the four files into `target`, each verified and then renamed into place atomically."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in FILES.values():
+        if (target / name).is_file():
+            continue
+        url = mirror.rstrip("/") + "/" + name
+        with tempfile.NamedTemporaryFile(dir=target, prefix=f".{name}.", delete=False) as partial:
+            try:
+                _copy_with_progress(url, partial, name)
+                partial.close()
+                _verify_file(Path(partial.name), CANONICAL_SHA256[name], display=url)
+                os.replace(partial.name, target / name)
+            finally:
+                if os.path.exists(partial.name):
+                    os.unlink(partial.name)
+    return target
+
+
+def _copy_with_progress(url: str, out, name: str) -> None:
+    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (URL from config)
+        total = int(response.headers.get("Content-Length") or 0)
+        done = 0
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+            done += len(chunk)
+            if total:
+                print(f"\rdownloading {name}: {100 * done // total}%", end="", file=sys.stderr)
+        print(f"\rdownloaded {name}: {done:,} bytes", file=sys.stderr)
+
+
+def _decompressed_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    except (OSError, EOFError) as error:
+        raise DataError(
+            f"{path}: not a readable gzip file ({error}). It is probably truncated or corrupt: "
+            "delete it and copy or download it again."
+        ) from error
+    return digest.hexdigest()
+
+
+def _verify_file(path: Path, expected: str, display: str | None = None) -> None:
+    actual = _decompressed_sha256(path)
+    if actual != expected:
+        raise DataError(
+            f"{display or path}: decompressed sha256 is {actual}, expected {expected}. "
+            "The file is corrupt or not the Fashion-MNIST release: replace it."
+        )
+
+
+def expected_checksums(folder: Path) -> dict[str, str]:
+    """The canonical table, unless the folder declares its own in SHA256SUMS."""
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return dict(CANONICAL_SHA256)
+    table = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            table[name.lstrip("*")] = digest
+    return table
+
+
+def verify(folder: Path) -> None:
+    table = expected_checksums(folder)
+    for name in FILES.values():
+        if name not in table:
+            raise DataError(f"{folder / MANIFEST_NAME}: no checksum for {name}.")
+        _verify_file(folder / name, table[name])
+
+
+def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+    """Parse one gzipped IDX file (big-endian header, then uint8 payload)."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            raw = stream.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable gzip file ({error}); replace it.") from error
+    if len(raw) < 8:
+        raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header; replace it.")
+    (magic,) = struct.unpack(">i", raw[:4])
+    if magic != expected_magic:
+        raise DataError(
+            f"{path}: IDX magic number {magic}, expected {expected_magic} "
+            f"({'images' if expected_magic == IMAGES_MAGIC else 'labels'}). Wrong or corrupt file."
+        )
+    rank = magic & 0xFF
+    dims = struct.unpack(f">{rank}i", raw[4 : 4 + 4 * rank])
+    payload = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * rank)
+    if payload.size != int(np.prod(dims)):
+        raise DataError(
+            f"{path}: header says {dims} ({int(np.prod(dims)):,} bytes) but holds {payload.size:,}. "
+            "The file is truncated or corrupt; replace it."
+        )
+    return payload.reshape(dims)
+
+
+def read_pair(folder: Path, images_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
+    images = read_idx(folder / images_name, IMAGES_MAGIC)
+    labels = read_idx(folder / labels_name, LABELS_MAGIC).astype(np.int64)
+    if images.shape[1:] != IMAGE_SHAPE[:2]:
+        raise DataError(f"{folder / images_name}: images are {images.shape[1:]}, expected 28x28.")
+    if len(images) != len(labels):
+        raise DataError(
+            f"{folder}: {images_name} holds {len(images):,} images but {labels_name} "
+            f"{len(labels):,} labels; the pair must match."
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"{folder / labels_name}: labels outside 0..9.")
+    return images[..., np.newaxis], labels
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held_out) with `fraction` of every class held out, chosen by `seed`."""
+    rng = np.random.default_rng(seed)
+    held_out = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = int(round(len(members) * fraction))
+        held_out.append(rng.choice(members, size=count, replace=False))
+    held = np.sort(np.concatenate(held_out)) if held_out else np.array([], dtype=np.int64)
+    keep = np.setdiff1d(np.arange(len(labels)), held, assume_unique=True)
+    return keep, held
+
+
+def load(config: DataConfig, seed: int) -> Splits:
+    """Locate, verify and read the data set, then cut the subsets and the validation split."""
+    folder = locate(config.dir, download=config.download, mirror=config.mirror)
+    if config.verify:
+        verify(folder)
+    train_images, train_labels = read_pair(folder, FILES["train_images"], FILES["train_labels"])
+    test_images, test_labels = read_pair(folder, FILES["test_images"], FILES["test_labels"])
+    if config.max_train_samples is not None:
+        train_images = train_images[: config.max_train_samples]
+        train_labels = train_labels[: config.max_train_samples]
+    if config.max_test_samples is not None:
+        test_images = test_images[: config.max_test_samples]
+        test_labels = test_labels[: config.max_test_samples]
+
+    validation = None
+    if config.validation == "holdout":
+        keep, held = stratified_split(train_labels, config.validation_fraction, seed)
+        validation = (train_images[held], train_labels[held])
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    elif config.validation == "test":
+        # The article's way: the test set doubles as validation data. Faithful, but nothing chosen
+        # by looking at these figures is an honest test result.
+        validation = (test_images, test_labels)
+    return Splits(
+        train=(train_images, train_labels),
+        validation=validation,
+        test=(test_images, test_labels),
+        source=folder,
+    )
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    """Write a uint8 array as a gzipped IDX file (used to cut the test subset)."""
+    header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_subset(source: Path, target: Path, train_count: int, test_count: int) -> None:
+    """Cut the first N training and test items of `source` into `target`, with a SHA256SUMS manifest."""
+    target.mkdir(parents=True, exist_ok=True)
+    counts = {"train": train_count, "test": test_count}
+    for split in ("train", "test"):
+        images, labels = read_pair(source, FILES[f"{split}_images"], FILES[f"{split}_labels"])
+        write_idx(target / FILES[f"{split}_images"], images[: counts[split], ..., 0], IMAGES_MAGIC)
+        write_idx(target / FILES[f"{split}_labels"], labels[: counts[split]], LABELS_MAGIC)
+    lines = [f"{_decompressed_sha256(target / name)}  {name}" for name in FILES.values()]
+    (target / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+
+
+def copy_dataset(source: Path, target: Path) -> None:
+    """Copy the four files (and a manifest, if any); tests use it to corrupt a private copy."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in [*FILES.values(), MANIFEST_NAME]:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)

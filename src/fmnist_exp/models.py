@@ -1,0 +1,244 @@
+"""The layer registry: which layer types a config may name, how their shapes work out, how to build them.
+
+A config names layers by registry key only; nothing from YAML is imported or evaluated, so a config
+file cannot run code. `check_stack` works out every layer's output shape in plain Python (no
+TensorFlow), which lets a bad stack fail in about a second with a message naming the layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fmnist_exp.data import IMAGE_SHAPE, NUM_CLASSES
+
+ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "swish", "sigmoid", "tanh", "softmax", "leaky_relu", "linear")
+PADDINGS = ("valid", "same")
+REGULARIZERS = ("l1", "l2")
+
+Shape = tuple[int, ...]  # (height, width, channels) for feature maps, (units,) once flat.
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a layer type accepts: required and optional arguments, and its output shape rule."""
+
+    keras_name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    needs: str  # "map": a (h, w, c) feature map; "flat": a vector; "any".
+    output_shape: Callable[[Shape, dict[str, Any]], Shape]
+    parameters: Callable[[Shape, dict[str, Any]], int] = lambda shape, args: 0
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _window_output(shape: Shape, window: Any, strides: Any, padding: str) -> tuple[int, int]:
+    (kh, kw), (sh, sw) = _pair(window), _pair(strides)
+    height, width = shape[0], shape[1]
+    if padding == "same":
+        return -(-height // sh), -(-width // sw)
+    return (height - kh) // sh + 1, (width - kw) // sw + 1
+
+
+def _conv_shape(shape: Shape, args: dict[str, Any]) -> Shape:
+    height, width = _window_output(shape, args["kernel_size"], args.get("strides", 1), args.get("padding", "valid"))
+    return (height, width, args["filters"])
+
+
+def _conv_parameters(shape: Shape, args: dict[str, Any]) -> int:
+    kh, kw = _pair(args["kernel_size"])
+    bias = args["filters"] if args.get("use_bias", True) else 0
+    return kh * kw * shape[2] * args["filters"] + bias
+
+
+def _pool_shape(shape: Shape, args: dict[str, Any]) -> Shape:
+    window = args.get("pool_size", 2)
+    strides = args.get("strides") or window
+    height, width = _window_output(shape, window, strides, args.get("padding", "valid"))
+    return (height, width, shape[2])
+
+
+LAYER_SPECS: dict[str, LayerSpec] = {
+    "conv2d": LayerSpec(
+        "Conv2D",
+        required=("filters", "kernel_size"),
+        optional=("strides", "padding", "activation", "use_bias", "kernel_regularizer"),
+        needs="map",
+        output_shape=_conv_shape,
+        parameters=_conv_parameters,
+    ),
+    "max_pooling2d": LayerSpec("MaxPooling2D", (), ("pool_size", "strides", "padding"), "map", _pool_shape),
+    "average_pooling2d": LayerSpec("AveragePooling2D", (), ("pool_size", "strides", "padding"), "map", _pool_shape),
+    "dense": LayerSpec(
+        "Dense",
+        required=("units",),
+        optional=("activation", "use_bias", "kernel_regularizer"),
+        needs="flat",
+        output_shape=lambda shape, args: (args["units"],),
+        parameters=lambda shape, args: shape[0] * args["units"] + (args["units"] if args.get("use_bias", True) else 0),
+    ),
+    "dropout": LayerSpec("Dropout", ("rate",), (), "any", lambda shape, args: shape),
+    "flatten": LayerSpec("Flatten", (), (), "map", lambda shape, args: (shape[0] * shape[1] * shape[2],)),
+    "activation": LayerSpec("Activation", ("activation",), (), "any", lambda shape, args: shape),
+    "batch_normalization": LayerSpec(
+        "BatchNormalization",
+        required=(),
+        optional=("momentum", "epsilon"),
+        needs="any",
+        output_shape=lambda shape, args: shape,
+        # gamma, beta, moving mean and moving variance per channel.
+        parameters=lambda shape, args: 4 * shape[-1],
+    ),
+    "global_average_pooling2d": LayerSpec("GlobalAveragePooling2D", (), (), "map", lambda shape, args: (shape[2],)),
+}
+
+
+def _check_int(key: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key}: {value!r} must be an integer of at least {minimum}")
+
+
+def _check_window(key: str, value: Any) -> None:
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"{key}: {list(value)!r} must be one integer or a pair [height, width]")
+        for item in value:
+            _check_int(key, item)
+    else:
+        _check_int(key, value)
+
+
+def _check_arguments(key: str, layer_type: str, args: dict[str, Any]) -> None:
+    """Types and ranges of each argument a registry layer accepts."""
+    for name, value in args.items():
+        where = f"{key}.{name}"
+        if name in ("filters", "units"):
+            _check_int(where, value)
+        elif name in ("kernel_size", "pool_size"):
+            _check_window(where, value)
+        elif name == "strides" and value is not None:
+            _check_window(where, value)
+        elif name == "padding" and value not in PADDINGS:
+            raise ValueError(f"{where}: {value!r} is not one of {', '.join(PADDINGS)}")
+        elif name == "activation" and value is not None and value not in ACTIVATIONS:
+            raise ValueError(f"{where}: {value!r} is not one of null, {', '.join(ACTIVATIONS)}")
+        elif name == "rate" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
+            raise ValueError(f"{where}: {value!r} must be a number in [0, 1)")
+        elif name == "use_bias" and not isinstance(value, bool):
+            raise ValueError(f"{where}: {value!r} must be true or false")
+        elif name in ("momentum", "epsilon") and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ValueError(f"{where}: {value!r} must be a number in [0, 1)")
+        elif name == "kernel_regularizer" and value is not None:
+            if not isinstance(value, dict) or not value or set(value) - set(REGULARIZERS):
+                raise ValueError(f"{where}: {value!r} must be null or a mapping like {{l2: 0.01}} (keys: l1, l2)")
+            for factor_name, factor in value.items():
+                if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
+                    raise ValueError(f"{where}.{factor_name}: {factor!r} must be a number of at least 0")
+
+
+def check_stack(layers: Sequence[dict[str, Any]], key: str = "model.layers") -> list[Shape]:
+    """Validate a layer list and return each layer's output shape; raises ValueError naming the layer."""
+    if not layers:
+        raise ValueError(f"{key}: the layer stack is empty")
+    shape: Shape = IMAGE_SHAPE
+    shapes = []
+    for index, layer in enumerate(layers):
+        where = f"{key}[{index}]"
+        if not isinstance(layer, dict) or "type" not in layer:
+            raise ValueError(f"{where}: each layer must be a mapping with a 'type' key, got {layer!r}")
+        layer_type = layer["type"]
+        spec = LAYER_SPECS.get(layer_type)
+        if spec is None:
+            raise ValueError(
+                f"{where}.type: {layer_type!r} is not a known layer type; allowed: {', '.join(LAYER_SPECS)}"
+            )
+        args = {name: value for name, value in layer.items() if name != "type"}
+        unknown = set(args) - set(spec.required) - set(spec.optional)
+        if unknown:
+            accepted = ", ".join(spec.required + spec.optional) or "no arguments"
+            raise ValueError(f"{where}: {layer_type} does not take {', '.join(sorted(unknown))}; it takes {accepted}")
+        missing = [name for name in spec.required if name not in args]
+        if missing:
+            raise ValueError(f"{where}: {layer_type} needs {', '.join(missing)}")
+        _check_arguments(where, layer_type, args)
+        if spec.needs == "map" and len(shape) != 3:
+            raise ValueError(f"{where}: {layer_type} needs a 2D feature map, but the input is already flat {shape}")
+        if spec.needs == "flat" and len(shape) != 1:
+            raise ValueError(
+                f"{where}: {layer_type} needs a flat input, but meets the feature map {_describe(shape)}; "
+                "put a flatten or global_average_pooling2d before it"
+            )
+        if layer_type in ("conv2d", "max_pooling2d", "average_pooling2d") and args.get("padding", "valid") == "valid":
+            window = _pair(args.get("kernel_size", args.get("pool_size", 2)))
+            if window[0] > shape[0] or window[1] > shape[1]:
+                size_key = "kernel_size" if layer_type == "conv2d" else "pool_size"
+                raise ValueError(
+                    f"{where}.{size_key}: {args.get(size_key, 2)} does not fit the {_describe(shape)} feature map "
+                    f"{'left after layer ' + str(index - 1) if index else 'of the input'}"
+                )
+        shape = spec.output_shape(shape, args)
+        if any(size <= 0 for size in shape):
+            raise ValueError(f"{where}: the output shape {shape} has a dimension of 0; too much downsampling")
+        shapes.append(shape)
+    last = layers[-1]
+    if last.get("type") != "dense" or last.get("units") != NUM_CLASSES or last.get("activation") != "softmax":
+        raise ValueError(
+            f"{key}[{len(layers) - 1}]: the last layer must be "
+            f"{{type: dense, units: {NUM_CLASSES}, activation: softmax}}, got {dict(last)!r}"
+        )
+    return shapes
+
+
+def _describe(shape: Shape) -> str:
+    return f"{shape[0]}x{shape[1]}x{shape[2]}" if len(shape) == 3 else str(shape)
+
+
+def count_parameters(layers: Sequence[dict[str, Any]]) -> int:
+    """Total weights, trainable or not, worked out without building the model."""
+    shapes = [IMAGE_SHAPE, *check_stack(layers)]
+    total = 0
+    for layer, input_shape in zip(layers, shapes[:-1], strict=True):
+        args = {name: value for name, value in layer.items() if name != "type"}
+        total += LAYER_SPECS[layer["type"]].parameters(input_shape, args)
+    return total
+
+
+def _keras_arguments(args: dict[str, Any]) -> dict[str, Any]:
+    from keras import regularizers
+
+    converted = dict(args)
+    for name in ("kernel_size", "pool_size", "strides"):
+        if isinstance(converted.get(name), list):
+            converted[name] = tuple(converted[name])
+    factors = converted.get("kernel_regularizer")
+    if factors is not None:
+        converted["kernel_regularizer"] = regularizers.L1L2(l1=factors.get("l1", 0.0), l2=factors.get("l2", 0.0))
+    return converted
+
+
+def build(layers: Sequence[dict[str, Any]], name: str = "model"):
+    """Build the keras.Model. Its input is raw pixels (0-255, any numeric dtype); scaling is its first layer.
+
+    Scaling inside the model keeps the data pipeline uint8 and lets a logged model take raw images.
+    """
+    import keras
+    from keras import layers as keras_layers
+
+    check_stack(layers)
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
+    outputs = keras_layers.Rescaling(1.0 / 255, name="scale_to_unit")(inputs)
+    for index, layer in enumerate(layers):
+        spec = LAYER_SPECS[layer["type"]]
+        args = _keras_arguments({key: value for key, value in layer.items() if key != "type"})
+        keras_class = getattr(keras_layers, spec.keras_name)
+        layer_name = f"{layer['type']}_{index}"
+        if layer is layers[-1]:
+            # The softmax stays float32 under mixed precision so that probabilities are well formed.
+            outputs = keras_class(**args, name=layer_name, dtype="float32")(outputs)
+        else:
+            outputs = keras_class(**args, name=layer_name)(outputs)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,130 @@
+"""Data loading from real IDX files: discovery, checksums, corrupt files, splits, download."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SUBSET_DIR
+from fmnist_exp import data
+from fmnist_exp.config import DataConfig
+
+
+def test_subset_loads_as_uint8_with_a_stratified_holdout():
+    splits = data.load(DataConfig(dir=str(SUBSET_DIR)), seed=0)
+    train_images, train_labels = splits.train
+    validation_images, validation_labels = splits.validation
+    assert train_images.dtype == np.uint8 and train_images.shape[1:] == (28, 28, 1)
+    assert len(train_images) + len(validation_images) == 4000
+    assert len(validation_images) == pytest.approx(400, abs=10)
+    # Every class is held out in proportion.
+    counts = np.bincount(validation_labels, minlength=10) / np.bincount(train_labels, minlength=10)
+    assert np.all(np.abs(counts - 1 / 9) < 0.02)
+    assert splits.test[0].shape == (1000, 28, 28, 1)
+
+
+def test_validation_schemes():
+    article = data.load(DataConfig(dir=str(SUBSET_DIR), validation="test"), seed=0)
+    assert article.validation[0] is article.test[0]
+    assert len(article.train[0]) == 4000
+    assert data.load(DataConfig(dir=str(SUBSET_DIR), validation="none"), seed=0).validation is None
+
+
+def test_split_depends_on_the_seed_only():
+    first = data.load(DataConfig(dir=str(SUBSET_DIR), max_train_samples=500), seed=1)
+    second = data.load(DataConfig(dir=str(SUBSET_DIR), max_train_samples=500), seed=1)
+    other = data.load(DataConfig(dir=str(SUBSET_DIR), max_train_samples=500), seed=2)
+    np.testing.assert_array_equal(first.validation[1], second.validation[1])
+    assert not np.array_equal(first.validation[0], other.validation[0])
+
+
+def test_full_data_is_the_canonical_release(full_data_dir):
+    splits = data.load(DataConfig(dir=str(full_data_dir), validation="none"), seed=0)
+    assert splits.train[0].shape == (60000, 28, 28, 1)
+    assert np.bincount(splits.test[1]).tolist() == [1000] * 10
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(data.DataError, match="data.dir: .*nowhere.* is not a folder"):
+        data.locate(str(tmp_path / "nowhere"))
+
+
+def test_empty_folder_lists_the_places_looked_at(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "KERAS_CACHE", tmp_path / "keras")
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")
+    with pytest.raises(data.DataError) as caught:
+        data.locate(str(tmp_path))
+    message = str(caught.value)
+    assert str(tmp_path) in message and "keras" in message and "debian" in message
+    assert "FMNIST_DATA_DIR" in message and "dataset-fashion-mnist" in message
+
+
+def _private_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    data.copy_dataset(SUBSET_DIR, copy)
+    return copy
+
+
+def test_checksum_mismatch_is_refused(tmp_path):
+    copy = _private_copy(tmp_path)
+    images, labels = data.read_pair(copy, data.FILES["test_images"], data.FILES["test_labels"])
+    flipped = images[..., 0].copy()
+    flipped[0, 0, 0] ^= 0xFF
+    data.write_idx(copy / data.FILES["test_images"], flipped, data.IMAGES_MAGIC)
+    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.gz: decompressed sha256 is"):
+        data.load(DataConfig(dir=str(copy)), seed=0)
+
+
+def test_truncated_gzip_is_refused(tmp_path):
+    copy = _private_copy(tmp_path)
+    path = copy / data.FILES["train_images"]
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(data.DataError, match="truncated or corrupt"):
+        data.load(DataConfig(dir=str(copy)), seed=0)
+    with pytest.raises(data.DataError, match="not a readable gzip file"):
+        data.load(DataConfig(dir=str(copy), verify=False), seed=0)
+
+
+def test_wrong_magic_number_is_refused(tmp_path):
+    copy = _private_copy(tmp_path)
+    labels = data.read_idx(copy / data.FILES["test_labels"], data.LABELS_MAGIC)
+    data.write_idx(copy / data.FILES["test_labels"], labels, data.IMAGES_MAGIC)
+    with pytest.raises(data.DataError, match="IDX magic number 2051, expected 2049"):
+        data.load(DataConfig(dir=str(copy), verify=False), seed=0)
+
+
+def test_image_and_label_counts_must_match(tmp_path):
+    copy = _private_copy(tmp_path)
+    labels = data.read_idx(copy / data.FILES["test_labels"], data.LABELS_MAGIC)
+    data.write_idx(copy / data.FILES["test_labels"], labels[:-1], data.LABELS_MAGIC)
+    with pytest.raises(data.DataError, match="1,000 images but t10k-labels-idx1-ubyte.gz 999 labels"):
+        data.load(DataConfig(dir=str(copy), verify=False), seed=0)
+
+
+def test_recompressed_files_pass_the_decompressed_checksum(tmp_path):
+    # Debian re-compresses the files: different .gz bytes, same content, must pass.
+    copy = _private_copy(tmp_path)
+    path = copy / data.FILES["test_labels"]
+    content = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(content, compresslevel=1, mtime=0))
+    data.verify(copy)
+
+
+def test_download_fetches_verifies_and_renames(tmp_path, monkeypatch):
+    # A file:// mirror exercises the real download path with no network.
+    mirror = tmp_path / "mirror"
+    data.copy_dataset(SUBSET_DIR, mirror)
+    monkeypatch.setattr(data, "CANONICAL_SHA256", data.expected_checksums(SUBSET_DIR))
+    target = data.fetch(tmp_path / "cache", mirror=mirror.as_uri())
+    assert sorted(p.name for p in target.iterdir()) == sorted(data.FILES.values())
+
+
+def test_download_of_a_corrupt_file_leaves_nothing_behind(tmp_path):
+    mirror = tmp_path / "mirror"
+    data.copy_dataset(SUBSET_DIR, mirror)  # the subset's checksums are not the canonical ones
+    with pytest.raises(data.DataError, match="decompressed sha256"):
+        data.fetch(tmp_path / "cache", mirror=mirror.as_uri())
+    assert list((tmp_path / "cache").iterdir()) == []
