@@ -47,3 +47,21 @@ def full_data_dir() -> Path:
     if not FULL_DATA_DIR or not Path(FULL_DATA_DIR).is_dir():
         pytest.skip("FMNIST_DATA_DIR does not point at the full data set")
     return Path(FULL_DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """Two epochs of the default model on 1,000 real images, registered; shared read-only by tests.
+
+    Returns (outcome, mlflow Run, tracking URI, output folder).
+    """
+    import mlflow
+
+    from fmnist_exp import experiment
+
+    root = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    overrides = [*SMALL_RUN, "epochs=2", f"mlflow.tracking_uri={uri}", "register=true"]
+    outcome = experiment.run(typed_config(overrides), root / "output", overrides=["epochs=2", "batch_size=64"])
+    mlflow.set_tracking_uri(uri)
+    return outcome, mlflow.get_run(outcome.run_id), uri, root / "output"

@@ -10,19 +10,8 @@ from conftest import SMALL_RUN, typed_config
 from fmnist_exp import data, experiment
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """Two epochs of the default model on 1,000 real images; shared by the read-back tests."""
-    root = tmp_path_factory.mktemp("run")
-    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    overrides = [*SMALL_RUN, "epochs=2", f"mlflow.tracking_uri={uri}"]
-    outcome = experiment.run(typed_config(overrides), root / "output", overrides=["epochs=2", "batch_size=64"])
-    mlflow.set_tracking_uri(uri)
-    return outcome, mlflow.get_run(outcome.run_id), root
-
-
 def test_run_finishes_with_params_tags_and_test_metrics(finished_run):
-    outcome, run, _ = finished_run
+    outcome, run, _, _ = finished_run
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "epochs=2,batch_size=64"
     params = run.data.params
@@ -38,7 +27,7 @@ def test_run_finishes_with_params_tags_and_test_metrics(finished_run):
 
 
 def test_every_epoch_is_logged(finished_run):
-    outcome, run, _ = finished_run
+    outcome, run, _, _ = finished_run
     client = mlflow.MlflowClient()
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds", "images_per_second"):
         history = client.get_metric_history(run.info.run_id, key)
@@ -48,7 +37,7 @@ def test_every_epoch_is_logged(finished_run):
 
 
 def test_artifacts_and_the_model_reload(finished_run):
-    outcome, run, root = finished_run
+    outcome, run, _, _ = finished_run
     client = mlflow.MlflowClient()
     top = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "overrides.yaml", "plots", "model"} <= top

@@ -113,6 +113,8 @@ class MlflowConfig:
     # None: named from the Hydra overrides (or "default").
     run_name: str | None = None
     log_model: bool = True
+    # The registry name that `register=true` files the run's model under.
+    registered_model_name: str = "fmnist_cnn"
 
 
 @dataclass
@@ -120,6 +122,12 @@ class ExperimentConfig:
     seed: int = 42
     batch_size: int = 32
     epochs: int = 100
+    # Deterministic TensorFlow kernels: bit-identical reruns on CPU (see README for GPUs).
+    deterministic: bool = False
+    # Continue an interrupted run: its output folder or MLflow run id (the rest of the config is the run's).
+    resume: str | None = None
+    # Register the trained model in the MLflow model registry (as mlflow.registered_model_name).
+    register: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -164,7 +172,6 @@ def validate(config: ExperimentConfig) -> None:
     data = config.data
     _check_positive("data.max_train_samples", data.max_train_samples, allow_none=True)
     _check_positive("data.max_test_samples", data.max_test_samples, allow_none=True)
-    _check_positive("data.shuffle_buffer", data.shuffle_buffer, allow_none=True)
     _check_choice("data.validation", data.validation, VALIDATION_SCHEMES)
     if not 0.0 < data.validation_fraction < 1.0:
         _fail("data.validation_fraction", f"{data.validation_fraction} must lie strictly between 0 and 1")

@@ -1,6 +1,7 @@
 """One experiment, top to bottom: data, model, optimizer, MLflow run, fit, test, artifacts, objective.
 
-`run()` takes the typed config and plain arguments, so tests call it without Hydra.
+`run()` takes the typed config and plain arguments, so tests call it without Hydra. `resume()`
+continues an interrupted run from its last checkpoint, into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fmnist_exp import config as config_module
-from fmnist_exp import data, models, tracking
+from fmnist_exp import data, evaluation, models, tracking
 from fmnist_exp.config import ExperimentConfig
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run ends FAILED."""
 
 
 @dataclass
@@ -31,72 +39,149 @@ def run_name_from(overrides: Sequence[str]) -> str:
     return ",".join(overrides)[:250] or "default"
 
 
-def run(config: ExperimentConfig, output_dir: Path, overrides: Sequence[str] = ()) -> Outcome:
+def prepare_output(output_dir: Path) -> Path:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"hydra.run.dir: cannot write to the output folder {output_dir} ({error})") from error
+    return output_dir
+
+
+def run(
+    config: ExperimentConfig,
+    output_dir: Path,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> Outcome:
+    """Train and evaluate one config in a new MLflow run."""
+    return _train(config, Path(output_dir), overrides, parent_run_id=parent_run_id, extra_tags=extra_tags or {})
+
+
+def resume(target: str, tracking_uri: str) -> Outcome:
+    """Continue the run whose output folder (or run id) is `target` from its last completed epoch."""
+    folder = Path(target)
+    if not (folder / CHECKPOINTS).is_dir():
+        folder = tracking.output_dir_of_run(target, tracking_uri)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise ValueError(f"resume: {folder} holds no {CONFIG_FILE}; is it a run's output folder?")
+    config_module.register_schemas()
+    schema = OmegaConf.structured(ExperimentConfig)
+    config = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(config_path)))
+    overrides = OmegaConf.load(folder / "overrides.yaml") if (folder / "overrides.yaml").is_file() else []
+    return _train(config, folder, list(overrides), resume_from=folder / CHECKPOINTS, extra_tags={})
+
+
+def _train(
+    config: ExperimentConfig,
+    output_dir: Path,
+    overrides: Sequence[str],
+    resume_from: Path | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> Outcome:
     # Everything that can be wrong with the input fails here, before TensorFlow and before a run.
     config_module.validate(config)
     tracking.check_reachable(config.mlflow.tracking_uri)
     splits = data.load(config.data, config.seed)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output(output_dir)
+    (output_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
+    (output_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
 
     import keras
     import mlflow
 
     from fmnist_exp import optim, plots, train
 
+    train.configure_determinism(config.deterministic)
     keras.utils.set_random_seed(config.seed)
     train.configure_precision(config.trainer.precision)
-    model = models.build(config.model.layers, name=config.model.name)
     train_images, train_labels = splits.train
     steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
-    train.compile_model(model, optim.build(config.optimizer, steps_per_epoch, config.epochs), config.trainer)
 
-    training_data = train.pipeline(
-        train_images,
-        train_labels,
-        config.batch_size,
-        shuffle_seed=config.seed,
-        shuffle_buffer=config.data.shuffle_buffer,
+    first_epoch, run_id = 0, None
+    if resume_from is not None:
+        state = train.read_checkpoint(resume_from)
+        first_epoch, run_id = state["epoch"], state["run_id"]
+        model = train.load_checkpoint(resume_from, state)
+        if first_epoch >= config.epochs:
+            raise ValueError(f"resume: {resume_from} already completed all {config.epochs} epochs")
+    else:
+        model = models.build(config.model.layers, name=config.model.name)
+        train.compile_model(model, optim.build(config.optimizer, steps_per_epoch, config.epochs), config.trainer)
+
+    training_data = train.training_pipeline(
+        train_images, train_labels, config.batch_size, config.seed, first_epoch, config.epochs
     )
     validation_data = train.pipeline(*splits.validation, config.batch_size) if splits.validation else None
+    tags = {
+        "overrides": " ".join(overrides),
+        "data_source": str(splits.source),
+        "output_dir": str(output_dir.resolve()),
+    }
+    tags.update(extra_tags or {})
 
-    tags = {"overrides": " ".join(overrides), "data_source": str(splits.source)}
     with tracking.run(
         config.mlflow.tracking_uri,
         config.mlflow.experiment_name,
         config.mlflow.run_name or run_name_from(overrides),
         tags,
+        parent_run_id=parent_run_id,
+        run_id=run_id,
     ) as active:
-        tracking.log_params(config_module.flatten(config))
-        mlflow.log_params(
-            {
-                "data.train_images": len(train_images),
-                "data.validation_images": len(splits.validation[0]) if splits.validation else 0,
-                "data.test_images": len(splits.test[0]),
-                "model.parameters": model.count_params(),
-            }
-        )
+        if resume_from is None:
+            tracking.log_params(config_module.flatten(config))
+            mlflow.log_params(
+                {
+                    "data.train_images": len(train_images),
+                    "data.validation_images": len(splits.validation[0]) if splits.validation else 0,
+                    "data.test_images": len(splits.test[0]),
+                    "model.parameters": model.count_params(),
+                }
+            )
+            mlflow.log_artifact(str(output_dir / CONFIG_FILE))
+            mlflow.log_artifact(str(output_dir / "overrides.yaml"))
+        else:
+            mlflow.set_tag("resumed_from_epoch", str(first_epoch))
+        divergence = train.StopOnNonFiniteLoss()
         started = time.perf_counter()
-        history = model.fit(
-            training_data,
-            validation_data=validation_data,
-            epochs=config.epochs,
-            callbacks=[train.EpochTimer(len(train_images)), tracking.epoch_logger()],
-            verbose=train.verbosity(config.trainer.verbose),
-            shuffle=False,  # the tf.data pipeline already reshuffles every epoch
-        ).history
-        train_seconds = time.perf_counter() - started
+        with train.sigterm_as_interrupt():
+            model.fit(
+                training_data,
+                validation_data=validation_data,
+                initial_epoch=first_epoch,
+                epochs=config.epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=[
+                    train.EpochTimer(len(train_images)),
+                    divergence,
+                    tracking.epoch_logger(),
+                    train.Checkpointer(output_dir / CHECKPOINTS, active.info.run_id),
+                ],
+                verbose=train.verbosity(config.trainer.verbose),
+            )
+        if divergence.diverged_at is not None:
+            raise TrainingDiverged(
+                f"the training loss became NaN or infinite in epoch {divergence.diverged_at}; "
+                f"lower optimizer.learning_rate (now {config.optimizer.learning_rate}) or set optimizer.clipnorm"
+            )
+        mlflow.log_metric("train_seconds", time.perf_counter() - started)
 
         test = train.evaluate(model, *splits.test, config.batch_size)
-        mlflow.log_metrics({"test_loss": test.loss, "test_accuracy": test.accuracy, "train_seconds": train_seconds})
-
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-        (output_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
-        mlflow.log_artifact(str(output_dir / "config.yaml"))
-        mlflow.log_artifact(str(output_dir / "overrides.yaml"))
+        mlflow.log_metrics({"test_loss": test.loss, "test_accuracy": test.accuracy})
+        mlflow.log_metrics(evaluation.write_reports(*splits.test, test.probabilities, output_dir / "evaluation"))
+        mlflow.log_artifacts(str(output_dir / "evaluation"), "evaluation")
+        # The whole run's curves, from the store: a resumed run's Keras history holds only its own epochs.
+        history = tracking.metric_histories(active.info.run_id)
         mlflow.log_artifact(str(plots.learning_curves(history, output_dir / "learning_curves.png")), "plots")
-        if config.mlflow.log_model:
+        if config.mlflow.log_model or config.register:
             tracking.log_keras_model(model, splits.test[0][:2], output_dir)
+        if config.register:
+            tracking.register_model(active.info.run_id, config.mlflow.registered_model_name)
         run_id = active.info.run_id
 
     objective_key = "val_accuracy" if "val_accuracy" in history else "accuracy"
@@ -105,5 +190,5 @@ def run(config: ExperimentConfig, output_dir: Path, overrides: Sequence[str] = (
         objective=float(history[objective_key][-1]),
         test_accuracy=test.accuracy,
         test_loss=test.loss,
-        history={key: [float(value) for value in values] for key, values in history.items()},
+        history=history,
     )

@@ -27,3 +27,56 @@ def learning_curves(history: dict[str, list[float]], path: Path) -> Path:
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+def confusion_matrix(counts, path: Path) -> Path:
+    """The 10x10 counts with class names; the diagonal is what the model gets right."""
+    from fmnist_exp.data import CLASS_NAMES
+
+    figure, axis = pyplot.subplots(figsize=(8, 7))
+    image = axis.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    axis.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+    axis.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    threshold = counts.max() / 2 if counts.size else 0
+    for row in range(counts.shape[0]):
+        for column in range(counts.shape[1]):
+            colour = "white" if counts[row, column] > threshold else "black"
+            axis.text(column, row, int(counts[row, column]), ha="center", va="center", color=colour, fontsize=8)
+    axis.set_title("Confusion matrix (test set)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path
+
+
+def misclassified_grid(images, labels, probabilities, path: Path, count: int = 25) -> Path:
+    """Up to `count` wrongly classified test images, most confident mistakes first."""
+    import numpy as np
+
+    from fmnist_exp.data import CLASS_NAMES
+
+    predictions = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predictions[wrong]])][:count]
+    columns = 5
+    rows = max(1, -(-len(wrong) // columns))
+    figure, axes = pyplot.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong, strict=False):
+        axis.imshow(images[index].squeeze(), cmap="gray")
+        axis.set_title(
+            f"true: {CLASS_NAMES[labels[index]]}\npred: {CLASS_NAMES[predictions[index]]} "
+            f"({probabilities[index, predictions[index]]:.2f})",
+            fontsize=8,
+        )
+    if not len(wrong):
+        axes.flat[0].set_title("no misclassified images")
+    figure.suptitle("Misclassified test images (true / predicted, probability)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path

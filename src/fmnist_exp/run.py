@@ -8,11 +8,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist_exp.config import register_schemas, to_experiment_config
-from fmnist_exp.data import DataError
-from fmnist_exp.tracking import TrackingError
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
@@ -21,16 +20,34 @@ def job(composed: DictConfig) -> float:
     runtime = HydraConfig.get()
     try:
         config = to_experiment_config(composed)
-        from fmnist_exp import experiment
+    except ValueError as error:
+        stop(error, runtime.mode)
+    from fmnist_exp import experiment  # after validation: bad input answers without importing MLflow
 
-        outcome = experiment.run(config, Path(runtime.runtime.output_dir), runtime.overrides.task)
-    except (ValueError, DataError, TrackingError) as error:
-        # A user error: one clear line and a non-zero exit, no traceback.
-        print(f"fmnist_exp: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    try:
+        if config.resume:
+            outcome = experiment.resume(config.resume, config.mlflow.tracking_uri)
+        else:
+            outcome = experiment.run(config, Path(runtime.runtime.output_dir), runtime.overrides.task)
+    except (ValueError, experiment.TrainingDiverged, KeyboardInterrupt) as error:
+        stop(error, runtime.mode)
     print(f"test_accuracy={outcome.test_accuracy:.4f} run_id={outcome.run_id}")
     print(f"Compare runs: mlflow ui --host 127.0.0.1 --backend-store-uri {config.mlflow.tracking_uri}")
     return outcome.objective
+
+
+def stop(error: BaseException, mode: RunMode) -> None:
+    """A user error or a stopped run: one clear line and a non-zero exit, no traceback.
+
+    In a sweep the error is raised instead, so that Hydra records the failed job and goes on.
+    """
+    if mode == RunMode.MULTIRUN and not isinstance(error, KeyboardInterrupt):
+        raise error
+    if isinstance(error, KeyboardInterrupt):
+        print(f"fmnist_exp: interrupted ({error}); continue with resume=<run id or output folder>", file=sys.stderr)
+        sys.exit(130)
+    print(f"fmnist_exp: error: {error}", file=sys.stderr)
+    sys.exit(2 if isinstance(error, ValueError) else 3)
 
 
 def main() -> None:

@@ -86,15 +86,23 @@ def run(
     run_name: str,
     tags: dict[str, str],
     parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """One MLflow run that ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED, never RUNNING."""
+    """One MLflow run that ends FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED, never RUNNING.
+
+    With `run_id`, the existing run is continued (a resume) instead of a new one started.
+    """
     experiment_id = ensure_experiment(experiment_name, tracking_uri)
     # A run id left in the environment (by a caller or an earlier job) would make start_run resume it.
     os.environ.pop("MLFLOW_RUN_ID", None)
     all_tags = {**git_tags(), **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags)
+    if run_id:
+        active = mlflow.start_run(run_id=run_id)
+        mlflow.set_tags(all_tags)
+    else:
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags)
     try:
         yield active
     except KeyboardInterrupt:
@@ -106,6 +114,32 @@ def run(
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def metric_histories(run_id: str) -> dict[str, list[float]]:
+    """Every per-epoch metric of a run, ordered by epoch: {'loss': [...], 'val_accuracy': [...]}."""
+    client = mlflow.MlflowClient()
+    keys = [key for key in client.get_run(run_id).data.metrics if not key.startswith("test_")]
+    histories = {}
+    for key in keys:
+        points = sorted(client.get_metric_history(run_id, key), key=lambda point: point.step)
+        if points and points[0].step >= 1:
+            histories[key] = [point.value for point in points]
+    return histories
+
+
+def output_dir_of_run(run_id: str, tracking_uri: str) -> Path:
+    """The output folder a run recorded in its `output_dir` tag."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(
+            f"resume: {run_id!r} is neither a run's output folder nor a run id in {tracking_uri}"
+        ) from error
+    if "output_dir" not in tags:
+        raise ValueError(f"resume: run {run_id} recorded no output_dir tag")
+    return Path(tags["output_dir"])
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -167,3 +201,43 @@ def log_keras_model(model, example_images, output_dir: Path) -> None:
         ],
     )
     mlflow.log_artifacts(str(local), artifact_path="model")
+
+
+def register_model(run_id: str, name: str, alias: str | None = None) -> str:
+    """Register the run's `model` artifact as a new version of `name`; optionally point `alias` at it.
+
+    Returns the version. `models:/<name>@<alias>` then loads it.
+    """
+    version = mlflow.register_model(f"runs:/{run_id}/model", name).version
+    if alias:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    return str(version)
+
+
+def source_run(model_uri: str, tracking_uri: str):
+    """The MLflow run a runs:/ or models:/ URI comes from, or None for a plain path."""
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        if model_uri.startswith("runs:/"):
+            return client.get_run(model_uri[len("runs:/") :].split("/", 1)[0])
+        if model_uri.startswith("models:/"):
+            name, _, selector = model_uri[len("models:/") :].partition("@")
+            if selector:
+                version = client.get_model_version_by_alias(name, selector)
+            else:
+                name, _, number = name.partition("/")
+                version = client.get_model_version(name, number)
+            return client.get_run(version.run_id) if version.run_id else None
+    except mlflow.exceptions.MlflowException as error:
+        raise ValueError(f"model_uri: {model_uri} cannot be resolved in {tracking_uri} ({error.message})") from error
+    return None
+
+
+def load_keras_model(model_uri: str, tracking_uri: str):
+    """Load a logged Keras model. Keras's safe_mode stays on: no code from the file is run."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
+    except (mlflow.exceptions.MlflowException, OSError) as error:
+        raise ValueError(f"model_uri: cannot load {model_uri} ({error})") from error

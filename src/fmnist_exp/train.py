@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,18 +19,45 @@ import tensorflow as tf
 from fmnist_exp.config import TrainerConfig
 
 
-def pipeline(
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    shuffle_seed: int | None = None,
-    shuffle_buffer: int | None = None,
-) -> tf.data.Dataset:
-    """uint8 batches with prefetch; shuffled each epoch when a seed is given. The model scales pixels."""
+def pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """uint8 batches in file order with prefetch, for validation, test and prediction."""
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(shuffle_buffer or len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    """The training order of one epoch: a permutation that depends on (seed, epoch) only.
+
+    Keying the shuffle on the epoch number, not on how often a dataset was iterated, is what lets a
+    resumed run see exactly the batches an uninterrupted run would have seen.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(count).astype(np.int32)
+
+
+def training_pipeline(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int
+) -> tf.data.Dataset:
+    """All remaining epochs as one stream of uint8 batches; each epoch a fresh permutation.
+
+    Use with model.fit(steps_per_epoch=ceil(N / batch_size)): batches never straddle two epochs.
+    """
+    orders = np.stack([epoch_order(len(images), seed, epoch) for epoch in range(first_epoch, epochs)])
+    all_images, all_labels = tf.constant(images), tf.constant(labels)
+    batches = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+        lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+    )
+    gathered = batches.map(
+        lambda indices: (tf.gather(all_images, indices), tf.gather(all_labels, indices)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return gathered.prefetch(tf.data.AUTOTUNE)
+
+
+def configure_determinism(enabled: bool) -> None:
+    """Deterministic kernels (slower on GPU); on CPU the default kernels are mostly deterministic already."""
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
 
 
 def has_gpu() -> bool:
@@ -88,6 +121,85 @@ class EpochTimer(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             logs["epoch_seconds"] = now - self._epoch_start
             logs["images_per_second"] = self.train_images / train_seconds if train_seconds > 0 else 0.0
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the end of an epoch whose loss is NaN or infinite, and remembers it.
+
+    Checked per epoch rather than per batch, so the hot loop gains no host synchronisation.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.diverged_at: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.diverged_at = epoch + 1
+            self.model.stop_training = True
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """After every epoch: the model with its optimizer state, then state.json naming it.
+
+    Both are written to a temporary name and renamed, and state.json only ever names a complete
+    file, so a crash mid-write leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, folder: Path, run_id: str):
+        super().__init__()
+        self.folder = folder
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epoch + 1:04d}.keras"
+        partial = self.folder / f".{name}.partial.keras"
+        self.model.save(partial)
+        os.replace(partial, self.folder / name)
+        atomic_write_text(
+            self.folder / "state.json", json.dumps({"epoch": epoch + 1, "model": name, "run_id": self.run_id})
+        )
+        for old in self.folder.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def read_checkpoint(folder: Path) -> dict:
+    """state.json of a checkpoint folder: {epoch, model, run_id}."""
+    state_path = folder / "state.json"
+    if not state_path.is_file():
+        raise ValueError(f"resume: no checkpoint in {folder} (state.json is missing)")
+    return json.loads(state_path.read_text())
+
+
+def load_checkpoint(folder: Path, state: dict) -> keras.Model:
+    """The checkpointed model, compiled, with its optimizer state; safe_mode runs no code from the file."""
+    return keras.saving.load_model(folder / state["model"], safe_mode=True)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt in the main thread, like Ctrl-C, so the run can end as KILLED."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
