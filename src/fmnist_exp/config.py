@@ -104,6 +104,8 @@ class TrainerConfig:
     precision: str = "float32"
     # Keras progress output: auto = a bar in a terminal, one line per epoch otherwise.
     verbose: str = "auto"
+    # TensorFlow's CPU threads per job; None: all cores, or cores / n_jobs under the joblib launcher.
+    threads: int | None = None
 
 
 @dataclass
@@ -126,6 +128,8 @@ class ExperimentConfig:
     deterministic: bool = False
     # Continue an interrupted run: its output folder or MLflow run id (the rest of the config is the run's).
     resume: str | None = None
+    # In a sweep, train configs that already have a FINISHED run again instead of skipping them.
+    force: bool = False
     # Register the trained model in the MLflow model registry (as mlflow.registered_model_name).
     register: bool = False
     data: DataConfig = field(default_factory=DataConfig)
@@ -209,6 +213,7 @@ def validate(config: ExperimentConfig) -> None:
     _check_choice("trainer.jit_compile", str(trainer.jit_compile).lower(), JIT_CHOICES)
     _check_choice("trainer.precision", trainer.precision, PRECISIONS)
     _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
+    _check_positive("trainer.threads", trainer.threads, allow_none=True)
 
     if not config.mlflow.experiment_name.strip():
         _fail("mlflow.experiment_name", "must not be empty")

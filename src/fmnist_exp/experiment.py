@@ -97,6 +97,9 @@ def _train(
 
     from fmnist_exp import optim, plots, train
 
+    # Jobs of a sweep share this process under Hydra's default launcher: start each from a clean slate.
+    keras.backend.clear_session()
+    train.configure_threads(config.trainer.threads)
     train.configure_determinism(config.deterministic)
     keras.utils.set_random_seed(config.seed)
     train.configure_precision(config.trainer.precision)
@@ -163,6 +166,7 @@ def _train(
                     train.Checkpointer(output_dir / CHECKPOINTS, active.info.run_id),
                 ],
                 verbose=train.verbosity(config.trainer.verbose),
+                shuffle=False,  # the pipeline already orders each epoch by (seed, epoch)
             )
         if divergence.diverged_at is not None:
             raise TrainingDiverged(

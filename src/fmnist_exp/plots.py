@@ -80,3 +80,28 @@ def misclassified_grid(images, labels, probabilities, path: Path, count: int = 2
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+def sweep_comparison(rows: list[dict], path: Path) -> Path:
+    """Validation and test accuracy of each job of a sweep, best first."""
+    import numpy as np
+
+    rows = rows[:40]
+    names = [row["run_name"] for row in rows]
+    positions = np.arange(len(rows))
+    figure, axis = pyplot.subplots(figsize=(9, 1.5 + 0.45 * max(1, len(rows))))
+    axis.barh(positions - 0.2, [row["val_accuracy"] for row in rows], height=0.4, label="validation (objective)")
+    axis.barh(positions + 0.2, [row["test_accuracy"] for row in rows], height=0.4, label="test")
+    axis.set_yticks(positions, names, fontsize=8)
+    axis.invert_yaxis()
+    finite = [value for row in rows for value in (row["val_accuracy"], row["test_accuracy"]) if np.isfinite(value)]
+    if finite:
+        axis.set_xlim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+    axis.set_xlabel("accuracy")
+    axis.set_title("Sweep: jobs by validation accuracy")
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path

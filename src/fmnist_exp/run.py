@@ -24,11 +24,17 @@ def job(composed: DictConfig) -> float:
         stop(error, runtime.mode)
     from fmnist_exp import experiment  # after validation: bad input answers without importing MLflow
 
+    output_dir = Path(runtime.runtime.output_dir)
+    if runtime.mode == RunMode.MULTIRUN:
+        from fmnist_exp import sweep
+
+        config.trainer.threads = config.trainer.threads or sweep.threads_per_job(runtime.launcher)
+        return sweep.run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
     try:
         if config.resume:
             outcome = experiment.resume(config.resume, config.mlflow.tracking_uri)
         else:
-            outcome = experiment.run(config, Path(runtime.runtime.output_dir), runtime.overrides.task)
+            outcome = experiment.run(config, output_dir, runtime.overrides.task)
     except (ValueError, experiment.TrainingDiverged, KeyboardInterrupt) as error:
         stop(error, runtime.mode)
     print(f"test_accuracy={outcome.test_accuracy:.4f} run_id={outcome.run_id}")

@@ -54,6 +54,16 @@ def training_pipeline(
     return gathered.prefetch(tf.data.AUTOTUNE)
 
 
+def configure_threads(threads: int | None) -> None:
+    """Cap TensorFlow's CPU threads; must run before TensorFlow starts its thread pools."""
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # this process already ran a job with its pools set; they stay as they are
+
+
 def configure_determinism(enabled: bool) -> None:
     """Deterministic kernels (slower on GPU); on CPU the default kernels are mostly deterministic already."""
     if enabled:
