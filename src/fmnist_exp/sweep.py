@@ -242,14 +242,21 @@ def child_name(overrides: list[str], parent_run_id: str | None, tracking_uri: st
 
 
 def threads_per_job(launcher: DictConfig) -> int | None:
-    """Under the joblib launcher, share the cores among the parallel jobs instead of oversubscribing."""
+    """TensorFlow threads for one job of a parallel launcher, so that jobs do not oversubscribe the cores.
+
+    joblib: the cores shared among n_jobs; Ray: the CPUs each task reserves (1 unless
+    hydra.launcher.ray.remote.num_cpus says otherwise). None (TensorFlow's default) otherwise.
+    """
     import os
 
-    if "Joblib" not in str(launcher.get("_target_", "")):
-        return None
-    jobs = int(launcher.get("n_jobs") or 1)
-    jobs = os.cpu_count() or 1 if jobs < 0 else jobs
-    return max(1, (os.cpu_count() or 1) // jobs)
+    target = str(launcher.get("_target_", ""))
+    cores = os.cpu_count() or 1
+    if "JoblibLauncher" in target:
+        jobs = int(launcher.get("n_jobs") or 1)
+        return max(1, cores // (cores if jobs < 0 else jobs))
+    if "RayLauncher" in target:
+        return int(OmegaConf.select(launcher, "ray.remote.num_cpus", default=None) or 1)
+    return None
 
 
 def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sweep_dir: str) -> float:

@@ -1,0 +1,74 @@
+"""A real Ray cluster on 127.0.0.1 runs a sweep that logs to a real MLflow server over HTTP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from conftest import SUBSET_DIR, free_port, stop_process_group
+
+pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
+
+
+def cluster_is_up(address: str) -> bool:
+    try:
+        status = subprocess.run(["ray", "status", f"--address={address}"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return False
+    return status.returncode == 0 and "Resources" in status.stdout
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` on 127.0.0.1 in its own process group, stopped by the test."""
+    port = free_port()
+    temp_dir = tmp_path_factory.mktemp("ray")
+    process = subprocess.Popen(
+        [
+            "ray", "start", "--head", "--block",
+            "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not cluster_is_up(address):
+            assert process.poll() is None, process.stdout.read()[-2000:]
+            assert time.monotonic() < deadline, "the Ray head did not come up in 120 s"
+            time.sleep(1)
+        yield address
+    finally:
+        stop_process_group(process)
+
+
+def test_ray_sweep_logs_through_the_tracking_server(tmp_path, ray_head, mlflow_server):
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "fmnist_exp.run", "-m",
+            "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={ray_head}",
+            f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment_name=distributed",
+            f"data.dir={SUBSET_DIR}", "data.max_train_samples=600", "data.max_test_samples=200",
+            "epochs=1", "trainer.verbose=0", "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    client = mlflow.MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("distributed")
+    all_runs = client.search_runs([experiment.experiment_id])
+    children = [run for run in all_runs if "mlflow.parentRunId" in run.data.tags]
+    parents = [run for run in all_runs if "sweep_key" in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(run.data.params["seed"] for run in children) == ["1", "2"]
+    assert all(run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics for run in children)
+    # The model went through the server's artifact proxy.
+    assert client.list_artifacts(children[0].info.run_id, "model")
+    assert {run.data.params["trainer.threads"] for run in children} == {"1"}
