@@ -94,7 +94,14 @@ LAYER_SPECS: dict[str, LayerSpec] = {
         parameters=lambda shape, args: 4 * shape[-1],
     ),
     "global_average_pooling2d": LayerSpec("GlobalAveragePooling2D", (), (), "map", lambda shape, args: (shape[2],)),
+    # Augmentation: active in training only, the identity at inference.
+    "random_flip": LayerSpec("RandomFlip", (), ("mode",), "map", lambda shape, args: shape),
+    "random_translation": LayerSpec(
+        "RandomTranslation", ("height_factor", "width_factor"), ("fill_mode",), "map", lambda shape, args: shape
+    ),
 }
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+FILL_MODES = ("constant", "reflect", "wrap", "nearest")
 
 
 def _check_int(key: str, value: Any, minimum: int = 1) -> None:
@@ -128,6 +135,14 @@ def _check_arguments(key: str, layer_type: str, args: dict[str, Any]) -> None:
             raise ValueError(f"{where}: {value!r} is not one of null, {', '.join(ACTIVATIONS)}")
         elif name == "rate" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
             raise ValueError(f"{where}: {value!r} must be a number in [0, 1)")
+        elif name == "mode" and value not in FLIP_MODES:
+            raise ValueError(f"{where}: {value!r} is not one of {', '.join(FLIP_MODES)}")
+        elif name == "fill_mode" and value not in FILL_MODES:
+            raise ValueError(f"{where}: {value!r} is not one of {', '.join(FILL_MODES)}")
+        elif name in ("height_factor", "width_factor") and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1
+        ):
+            raise ValueError(f"{where}: {value!r} must be a fraction in [0, 1)")
         elif name == "use_bias" and not isinstance(value, bool):
             raise ValueError(f"{where}: {value!r} must be true or false")
         elif name in ("momentum", "epsilon") and not (isinstance(value, (int, float)) and 0 <= value < 1):

@@ -114,7 +114,10 @@ class SweepCallback(Callback):
             client.update_run(self.parent_run_id, status="RUNNING")
             tags["sweep_resumed"] = "true"
         else:
-            name = "sweep: " + " ".join(sweep_overrides)
+            swept = [
+                item for item in sweep_overrides if "," in item or "(" in item or item.startswith("hparams_search")
+            ]
+            name = "sweep: " + " ".join(swept or sweep_overrides)
             self.parent_run_id = client.create_run(experiment_id, run_name=name[:250], tags=tags).info.run_id
         for name, value in {**tracking.git_tags(), **tags}.items():
             client.set_tag(self.parent_run_id, name, value)
