@@ -62,5 +62,12 @@ def test_bad_input_fails_fast_without_a_run(tmp_path, tracking_uri, override, me
 def test_help_lists_the_groups(tmp_path, tracking_uri):
     result = run_cli("--help", tracking_uri=tracking_uri, cwd=tmp_path)
     assert result.returncode == 0
-    assert "model: modern_cnn, seed_cnn" in result.stdout
-    assert "optimizer: adam, adamw, rmsprop, sgd" in result.stdout
+    groups = dict(
+        line.split(": ", 1)
+        for line in result.stdout.splitlines()
+        if line.split(": ")[0] in ("model", "optimizer", "experiment")
+    )
+    assert {"seed_cnn", "modern_cnn", "fast_cnn", "wide_cnn"} <= set(groups["model"].split(", "))
+    assert groups["optimizer"] == "adam, adamw, rmsprop, sgd"
+    assert set(groups["experiment"].split(", ")) == {"article", "fast", "strong", "best"}
+    assert "python -m fmnist_exp.run -m key=a,b" in result.stdout

@@ -16,7 +16,11 @@ def group_options(group: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "override",
-    [f"{group}={option}" for group in ("model", "optimizer", "data") for option in group_options(group)],
+    [
+        f"{group}={option}"
+        for group in ("model", "optimizer", "data", "experiment", "hparams_search")
+        for option in group_options(group)
+    ],
 )
 def test_every_group_option_composes_and_validates(override):
     config = typed_config([override])

@@ -59,3 +59,15 @@ def test_same_seed_same_split_and_shuffle(tmp_path, tracking_uri):
     first = experiment.run(typed_config(overrides), tmp_path / "a")
     second = experiment.run(typed_config(overrides), tmp_path / "b")
     np.testing.assert_allclose(first.history["loss"], second.history["loss"], rtol=1e-5)
+
+
+def test_mirrored_strategy_runs_on_one_cpu_device(tmp_path, tracking_uri):
+    overrides = [
+        *SMALL_RUN,
+        "trainer.distribute=mirrored",
+        "mlflow.log_model=false",
+        f"mlflow.tracking_uri={tracking_uri}",
+    ]
+    outcome = experiment.run(typed_config(overrides), tmp_path)
+    assert mlflow.get_run(outcome.run_id).info.status == "FINISHED"
+    assert 0.1 < outcome.test_accuracy <= 1.0

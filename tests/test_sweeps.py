@@ -20,7 +20,6 @@ TINY = [
     "epochs=1",
     "trainer.verbose=0",
     "deterministic=true",
-    "mlflow.log_model=false",
 ]
 
 
@@ -91,8 +90,10 @@ def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
     assert len(parents) == 1 and len(children_after) == 4
     assert parents[0].info.status == "FINISHED" and parents[0].data.tags["sweep_resumed"] == "true"
 
-    rows = report.main([f"tracking_uri={tracking_uri}"])
+    rows = report.main([f"tracking_uri={tracking_uri}", "champion=sweep_best"])
     assert [row["run_id"] for row in rows][0] == best.info.run_id and len(rows) == 4
+    champion = mlflow.MlflowClient(tracking_uri).get_model_version_by_alias("sweep_best", "champion")
+    assert champion.run_id == best.info.run_id
 
 
 def test_optuna_search_names_the_best_trial(tmp_path, tracking_uri):

@@ -104,6 +104,8 @@ class TrainerConfig:
     precision: str = "float32"
     # Keras progress output: auto = a bar in a terminal, one line per epoch otherwise.
     verbose: str = "auto"
+    # none | mirrored: tf.distribute.MirroredStrategy over every local GPU (one CPU device without).
+    distribute: str = "none"
     # TensorFlow's CPU threads per job; None: all cores, or cores / n_jobs under the joblib launcher.
     threads: int | None = None
 
@@ -214,6 +216,7 @@ def validate(config: ExperimentConfig) -> None:
     _check_choice("trainer.precision", trainer.precision, PRECISIONS)
     _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
     _check_positive("trainer.threads", trainer.threads, allow_none=True)
+    _check_choice("trainer.distribute", trainer.distribute, ("none", "mirrored"))
 
     if not config.mlflow.experiment_name.strip():
         _fail("mlflow.experiment_name", "must not be empty")

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from fmnist_exp import config as config_module
 from fmnist_exp import data, evaluation, models, tracking
+from fmnist_exp import sweep as sweeps
 from fmnist_exp.config import ExperimentConfig
 
 CONFIG_FILE = "config.yaml"
@@ -55,10 +56,9 @@ def run(
     output_dir: Path,
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
-    extra_tags: dict[str, str] | None = None,
 ) -> Outcome:
-    """Train and evaluate one config in a new MLflow run."""
-    return _train(config, Path(output_dir), overrides, parent_run_id=parent_run_id, extra_tags=extra_tags or {})
+    """Train and evaluate one config in a new MLflow run (a child of `parent_run_id` in a sweep)."""
+    return _train(config, Path(output_dir), overrides, parent_run_id=parent_run_id)
 
 
 def resume(target: str, tracking_uri: str) -> Outcome:
@@ -73,7 +73,7 @@ def resume(target: str, tracking_uri: str) -> Outcome:
     schema = OmegaConf.structured(ExperimentConfig)
     config = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(config_path)))
     overrides = OmegaConf.load(folder / "overrides.yaml") if (folder / "overrides.yaml").is_file() else []
-    return _train(config, folder, list(overrides), resume_from=folder / CHECKPOINTS, extra_tags={})
+    return _train(config, folder, list(overrides), resume_from=folder / CHECKPOINTS)
 
 
 def _train(
@@ -82,7 +82,6 @@ def _train(
     overrides: Sequence[str],
     resume_from: Path | None = None,
     parent_run_id: str | None = None,
-    extra_tags: dict[str, str] | None = None,
 ) -> Outcome:
     # Everything that can be wrong with the input fails here, before TensorFlow and before a run.
     config_module.validate(config)
@@ -99,6 +98,7 @@ def _train(
 
     # Jobs of a sweep share this process under Hydra's default launcher: start each from a clean slate.
     keras.backend.clear_session()
+    train.configure_gpus()
     train.configure_threads(config.trainer.threads)
     train.configure_determinism(config.deterministic)
     keras.utils.set_random_seed(config.seed)
@@ -107,15 +107,16 @@ def _train(
     steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
 
     first_epoch, run_id = 0, None
-    if resume_from is not None:
-        state = train.read_checkpoint(resume_from)
-        first_epoch, run_id = state["epoch"], state["run_id"]
-        model = train.load_checkpoint(resume_from, state)
-        if first_epoch >= config.epochs:
-            raise ValueError(f"resume: {resume_from} already completed all {config.epochs} epochs")
-    else:
-        model = models.build(config.model.layers, name=config.model.name)
-        train.compile_model(model, optim.build(config.optimizer, steps_per_epoch, config.epochs), config.trainer)
+    with train.strategy_scope(config.trainer.distribute):
+        if resume_from is not None:
+            state = train.read_checkpoint(resume_from)
+            first_epoch, run_id = state["epoch"], state["run_id"]
+            if first_epoch >= config.epochs:
+                raise ValueError(f"resume: {resume_from} already completed all {config.epochs} epochs")
+            model = train.load_checkpoint(resume_from, state)
+        else:
+            model = models.build(config.model.layers, name=config.model.name)
+            train.compile_model(model, optim.build(config.optimizer, steps_per_epoch, config.epochs), config.trainer)
 
     training_data = train.training_pipeline(
         train_images, train_labels, config.batch_size, config.seed, first_epoch, config.epochs
@@ -125,8 +126,9 @@ def _train(
         "overrides": " ".join(overrides),
         "data_source": str(splits.source),
         "output_dir": str(output_dir.resolve()),
+        # What re-run sweeps match finished work by.
+        "config_hash": sweeps.config_hash(config),
     }
-    tags.update(extra_tags or {})
 
     with tracking.run(
         config.mlflow.tracking_uri,

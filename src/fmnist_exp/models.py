@@ -222,6 +222,23 @@ def count_parameters(layers: Sequence[dict[str, Any]]) -> int:
     return total
 
 
+def count_multiply_adds(layers: Sequence[dict[str, Any]]) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and dense layers.
+
+    Pooling, normalisation and activations are left out: they are a rounding error next to these.
+    A training step costs about three forward passes (the backward pass about two).
+    """
+    shapes = [IMAGE_SHAPE, *check_stack(layers)]
+    total = 0
+    for layer, input_shape, output_shape in zip(layers, shapes[:-1], shapes[1:], strict=True):
+        if layer["type"] == "conv2d":
+            kernel_height, kernel_width = _pair(layer["kernel_size"])
+            total += output_shape[0] * output_shape[1] * kernel_height * kernel_width * input_shape[2] * output_shape[2]
+        elif layer["type"] == "dense":
+            total += input_shape[0] * output_shape[0]
+    return total
+
+
 def _keras_arguments(args: dict[str, Any]) -> dict[str, Any]:
     from keras import regularizers
 

@@ -42,7 +42,8 @@ def sweep_key(experiment_name: str, sweep_overrides: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def find_parent(tracking_uri: str, experiment_name: str, sweep_dir: str) -> str | None:
+def _first_run(tracking_uri: str, experiment_name: str, filter_string: str):
+    """The first run of the experiment matching the filter, or None (also when there is no experiment)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -50,29 +51,21 @@ def find_parent(tracking_uri: str, experiment_name: str, sweep_dir: str) -> str 
     if experiment is None:
         return None
     runs = mlflow.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.sweep_dir = '{sweep_dir}'",
-        output_format="list",
-        max_results=1,
+        [experiment.experiment_id], filter_string=filter_string, output_format="list", max_results=1
     )
-    return runs[0].info.run_id if runs else None
+    return runs[0] if runs else None
+
+
+def find_parent(tracking_uri: str, experiment_name: str, sweep_dir: str) -> str | None:
+    parent = _first_run(tracking_uri, experiment_name, f"tags.sweep_dir = '{sweep_dir}'")
+    return parent.info.run_id if parent else None
 
 
 def finished_run(tracking_uri: str, experiment_name: str, digest: str):
     """A FINISHED run of the experiment with this config hash, or None."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return None
-    runs = mlflow.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'",
-        output_format="list",
-        max_results=1,
+    return _first_run(
+        tracking_uri, experiment_name, f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'"
     )
-    return runs[0] if runs else None
 
 
 def objective_of(run) -> float:
@@ -281,9 +274,7 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     parent = find_parent(uri, name, sweep_dir)
     config.mlflow.run_name = config.mlflow.run_name or child_name(overrides, parent, uri)
     try:
-        outcome = experiment.run(
-            config, output_dir, overrides, parent_run_id=parent, extra_tags={"config_hash": digest}
-        )
+        outcome = experiment.run(config, output_dir, overrides, parent_run_id=parent)
     except (ValueError, experiment.TrainingDiverged) as error:
         print(f"fmnist_exp: job failed: {error}")
         return math.nan

@@ -54,6 +54,22 @@ def training_pipeline(
     return gathered.prefetch(tf.data.AUTOTUNE)
 
 
+def configure_gpus() -> None:
+    """Let TensorFlow take GPU memory as it needs it instead of all of it at start."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised by an earlier job in this process
+
+
+def strategy_scope(distribute: str):
+    """The scope models and optimizers are built in: MirroredStrategy's, or a no-op."""
+    if distribute == "mirrored":
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
+
+
 def configure_threads(threads: int | None) -> None:
     """Cap TensorFlow's CPU threads; must run before TensorFlow starts its thread pools."""
     if threads:

@@ -1,0 +1,197 @@
+"""`python -m fmnist_exp.bench`: the runner's training speed against a bare Keras loop, measured in one process.
+
+    python -m fmnist_exp.bench                          # seed_cnn, batch 32, 3 interleaved repeats
+    python -m fmnist_exp.bench model=fast_cnn batch_size=128 repeats=5
+    python -m fmnist_exp.bench time_to_accuracy=fast    # wall seconds until test accuracy >= 90.52%
+
+The two sides alternate (runner, bare, runner, bare, ...) because throughput on shared machines
+drifts and is even bimodal; medians and the spread are reported, never one sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fmnist_exp import cli
+
+USAGE = (
+    "usage: python -m fmnist_exp.bench [model=NAME] [batch_size=N] [images=N] [repeats=N] "
+    "[precision=float32|mixed_bfloat16] [time_to_accuracy=PRESET] [output=FILE.json]"
+)
+DEFAULTS = {
+    "model": "seed_cnn",
+    "batch_size": 32,
+    "images": 12800,
+    "repeats": 3,
+    "precision": "float32",
+    "time_to_accuracy": "",
+    "target": "0.9052",
+    "output": "",
+}
+ARTICLE_ACCURACY = 0.9052
+
+
+def machine() -> str:
+    model_name = ""
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores, {model_name or platform.processor()}, {platform.system()}"
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def matmul_peak_flops(size: int = 2048, trials: int = 5) -> float:
+    """Best float32 FLOP/s of a square matmul on this machine, measured now."""
+    import tensorflow as tf
+
+    left = tf.random.normal((size, size))
+    right = tf.random.normal((size, size))
+    (left @ right).numpy()  # warm-up
+    best = 0.0
+    for _ in range(trials):
+        started = time.perf_counter()
+        for _ in range(4):
+            product = left @ right
+        product.numpy()
+        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
+    return best
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from fmnist_exp.config import PROJECT_ROOT, register_schemas, to_experiment_config
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return to_experiment_config(hydra_compose(config_name="config", overrides=overrides))
+
+
+def throughput(arguments: dict) -> dict:
+    """Images/s of the runner's fit (its pipeline, callbacks, MLflow logging, checkpoints) and of a bare fit."""
+    from fmnist_exp import data
+
+    started = time.perf_counter()
+    config = compose([f"model={arguments['model']}", f"batch_size={arguments['batch_size']}",
+                      f"trainer.precision={arguments['precision']}", "data.validation=none", "trainer.verbose=0"])  # fmt: skip
+    splits = data.load(config.data, config.seed)
+    load_seconds = time.perf_counter() - started
+    load_memory = peak_memory_mb()
+
+    import keras
+
+    from fmnist_exp import models, optim, tracking, train
+
+    images, labels = (array[: arguments["images"]] for array in splits.train)
+    batch_size = config.batch_size
+    steps = -(-len(images) // batch_size)
+    train.configure_precision(config.trainer.precision)
+
+    def fresh_model():
+        keras.utils.set_random_seed(config.seed)
+        model = models.build(config.model.layers)
+        train.compile_model(model, optim.build(config.optimizer, steps, 1000), config.trainer)
+        return model
+
+    runner_model, bare_model = fresh_model(), fresh_model()
+    rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
+    stream = train.training_pipeline(images, labels, batch_size, config.seed, 0, rounds)
+    runner_seconds, bare_seconds = [], []
+    with tempfile.TemporaryDirectory() as scratch:
+        store = f"sqlite:///{scratch}/mlflow.db"
+        with tracking.run(store, "bench", "runner", {}) as active:
+            callbacks = [
+                train.EpochTimer(len(images)),
+                train.StopOnNonFiniteLoss(),
+                tracking.epoch_logger(),
+                train.Checkpointer(Path(scratch) / "checkpoints", active.info.run_id),
+            ]
+            for epoch in range(rounds):
+                started = time.perf_counter()
+                runner_model.fit(stream, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+                                 callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
+                runner_seconds.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                bare_model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
+                bare_seconds.append(time.perf_counter() - started)
+    runner_rates = [len(images) / seconds for seconds in runner_seconds[1:]]
+    bare_rates = [len(images) / seconds for seconds in bare_seconds[1:]]
+    ratios = [runner / bare for runner, bare in zip(runner_rates, bare_rates, strict=True)]
+
+    multiply_adds = models.count_multiply_adds(config.model.layers)
+    peak = matmul_peak_flops()
+    achieved = statistics.median(runner_rates) * 3 * 2 * multiply_adds
+    return {
+        "machine": machine(),
+        "tensorflow": __import__("tensorflow").__version__,
+        "keras": keras.__version__,
+        "model": config.model.name,
+        "batch_size": batch_size,
+        "precision": config.trainer.precision,
+        "images_per_repeat": len(images),
+        "runner_images_per_second": runner_rates,
+        "bare_images_per_second": bare_rates,
+        "ratio_per_repeat": ratios,
+        "ratio_median": statistics.median(ratios),
+        "training_gflops_per_image": 6 * multiply_adds / 1e9,
+        "achieved_gflops": achieved / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+        "fraction_of_matmul_peak": achieved / peak,
+        "data_load_seconds_all_70000_verified": load_seconds,
+        "peak_memory_mb_after_data_load": load_memory,
+        "peak_memory_mb_total": peak_memory_mb(),
+    }
+
+
+def time_to_accuracy(preset: str, target: float) -> dict:
+    """Train a preset with the test set as validation (the article's way) and find when it first reaches `target`."""
+    from fmnist_exp import experiment
+
+    with tempfile.TemporaryDirectory() as scratch:
+        config = compose([f"experiment={preset}", "data.validation=test", "mlflow.log_model=false",
+                          f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db"])  # fmt: skip
+        outcome = experiment.run(config, Path(scratch) / "output")
+    elapsed, reached = 0.0, None
+    for epoch, (seconds, accuracy) in enumerate(
+        zip(outcome.history["epoch_seconds"], outcome.history["val_accuracy"], strict=True), start=1
+    ):
+        elapsed += seconds
+        if accuracy >= target and reached is None:
+            reached = {"epoch": epoch, "seconds": elapsed, "test_accuracy": accuracy}
+    return {"machine": machine(), "preset": preset, "target": target, "reached": reached,
+            "final_test_accuracy": outcome.test_accuracy, "epochs": len(outcome.history["val_accuracy"])}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+    if arguments["repeats"] < 1 or arguments["images"] < arguments["batch_size"]:
+        cli.fail("repeats must be at least 1 and images at least one batch")
+    if arguments["time_to_accuracy"]:
+        result = time_to_accuracy(arguments["time_to_accuracy"], float(arguments["target"]))
+    else:
+        result = throughput(arguments)
+    for key, value in result.items():
+        shown = [round(item, 3) for item in value] if isinstance(value, list) else value
+        print(f"{key:>38}: {round(shown, 4) if isinstance(shown, float) else shown}")
+    if arguments["output"]:
+        Path(arguments["output"]).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The benchmark command runs and reports what it promises (figures are machine-dependent)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import SUBSET_DIR
+from fmnist_exp import bench
+
+
+def test_bench_reports_ratio_flops_and_memory(monkeypatch):
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(SUBSET_DIR))
+    result = bench.main(["model=fast_cnn", "batch_size=64", "images=640", "repeats=2"])
+    assert len(result["ratio_per_repeat"]) == 2
+    assert 0.2 < result["ratio_median"] < 5
+    assert result["matmul_peak_gflops"] > 1
+    assert 0 < result["fraction_of_matmul_peak"] < 1.5
+    # fast_cnn: 0.23 M + 3.61 M + 3.61 M convolution and 11.5 k dense multiply-adds per image.
+    assert result["training_gflops_per_image"] == pytest.approx(6 * (225_792 + 3_612_672 + 3_612_672 + 11_520) / 1e9)
+    assert result["peak_memory_mb_total"] > result["peak_memory_mb_after_data_load"] > 0
+
+
+def test_bench_refuses_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["repeats=0"])
+    with pytest.raises(SystemExit):
+        bench.main(["colour=red"])
