@@ -36,9 +36,15 @@ def config_hash(config: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def sweep_key(experiment_name: str, sweep_overrides: list[str]) -> str:
-    """Identifies a sweep command, so that re-running it finds the same parent run."""
-    text = json.dumps([experiment_name, sorted(sweep_overrides)])
+def sweep_key(experiment_name: str, sweep_overrides: list[str], base_config: DictConfig) -> str:
+    """Identifies a sweep: its command's overrides and the config they apply to.
+
+    Re-running the same command finds the same parent; the same command after a preset or a default
+    changed does not.
+    """
+    base = OmegaConf.to_container(base_config, resolve=False)
+    base.pop("hydra", None)
+    text = json.dumps([experiment_name, sorted(sweep_overrides), base], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -89,7 +95,7 @@ class SweepCallback(Callback):
         tracking.check_reachable(self.tracking_uri)
         experiment_id = tracking.ensure_experiment(config.mlflow.experiment_name, self.tracking_uri)
         sweep_overrides = list(config.hydra.overrides.task)
-        key = sweep_key(config.mlflow.experiment_name, sweep_overrides)
+        key = sweep_key(config.mlflow.experiment_name, sweep_overrides, config)
         client = mlflow.MlflowClient()
         previous = (
             []
