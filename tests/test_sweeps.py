@@ -112,10 +112,13 @@ def test_optuna_search_names_the_best_trial(tmp_path, tracking_uri):
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
-    multirun([*TINY, "epochs=2", "optimizer.learning_rate=1e6,0.001"], tracking_uri, tmp_path)
-    _, children = split(runs(tracking_uri))
+    result = multirun([*TINY, "epochs=2", "optimizer.learning_rate=1e6,-1,0.001"], tracking_uri, tmp_path)
+    parents, children = split(runs(tracking_uri))
     statuses = {child.data.params["optimizer.learning_rate"]: child.info.status for child in children}
+    # The diverging job ran and FAILED; the invalid one was refused before any run; the last ran.
     assert statuses == {"1000000.0": "FAILED", "0.001": "FINISHED"}
+    assert "optimizer.learning_rate: -1.0 must be a positive number" in result.stderr
+    assert parents[0].info.status == "FINISHED"
 
 
 def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):

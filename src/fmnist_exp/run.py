@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -18,14 +19,18 @@ from fmnist_exp.config import register_schemas, to_experiment_config
 def job(composed: DictConfig) -> float:
     """One job: validate, train, log; returns the objective (validation accuracy) for sweepers."""
     runtime = HydraConfig.get()
+    sweeping = runtime.mode == RunMode.MULTIRUN
     try:
         config = to_experiment_config(composed)
     except ValueError as error:
-        stop(error, runtime.mode)
+        if sweeping:  # one bad combination must not stop the sweep
+            print(f"fmnist_exp: job failed: {error}", file=sys.stderr)
+            return math.nan
+        stop(error)
     from fmnist_exp import experiment  # after validation: bad input answers without importing MLflow
 
     output_dir = Path(runtime.runtime.output_dir)
-    if runtime.mode == RunMode.MULTIRUN:
+    if sweeping:
         from fmnist_exp import sweep
 
         config.trainer.threads = config.trainer.threads or sweep.threads_per_job(runtime.launcher)
@@ -36,19 +41,14 @@ def job(composed: DictConfig) -> float:
         else:
             outcome = experiment.run(config, output_dir, runtime.overrides.task)
     except (ValueError, experiment.TrainingDiverged, KeyboardInterrupt) as error:
-        stop(error, runtime.mode)
+        stop(error)
     print(f"test_accuracy={outcome.test_accuracy:.4f} run_id={outcome.run_id}")
     print(f"Compare runs: mlflow ui --host 127.0.0.1 --backend-store-uri {config.mlflow.tracking_uri}")
     return outcome.objective
 
 
-def stop(error: BaseException, mode: RunMode) -> None:
-    """A user error or a stopped run: one clear line and a non-zero exit, no traceback.
-
-    In a sweep the error is raised instead, so that Hydra records the failed job and goes on.
-    """
-    if mode == RunMode.MULTIRUN and not isinstance(error, KeyboardInterrupt):
-        raise error
+def stop(error: BaseException) -> None:
+    """A user error or a stopped run: one clear line and a non-zero exit, no traceback."""
     if isinstance(error, KeyboardInterrupt):
         print(f"fmnist_exp: interrupted ({error}); continue with resume=<run id or output folder>", file=sys.stderr)
         sys.exit(130)
