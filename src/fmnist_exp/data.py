@@ -190,13 +190,21 @@ def verify(folder: Path) -> None:
         _verify_file(folder / name, table[name])
 
 
-def read_idx(path: Path, expected_magic: int) -> np.ndarray:
-    """Parse one gzipped IDX file (big-endian header, then uint8 payload)."""
+def read_idx(path: Path, expected_magic: int, expected_sha256: str | None = None) -> np.ndarray:
+    """Parse one gzipped IDX file (big-endian header, then uint8 payload), checking its content's
+    sha256 on the way when one is given, so the file is decompressed once."""
     try:
         with gzip.open(path, "rb") as stream:
             raw = stream.read()
     except (OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable gzip file ({error}); replace it.") from error
+        raise DataError(
+            f"{path}: not a readable gzip file ({error}). It is probably truncated or corrupt: replace it."
+        ) from error
+    if expected_sha256 is not None and (actual := hashlib.sha256(raw).hexdigest()) != expected_sha256:
+        raise DataError(
+            f"{path}: decompressed sha256 is {actual}, expected {expected_sha256}. "
+            "The file is corrupt or not the Fashion-MNIST release: replace it."
+        )
     if len(raw) < 8:
         raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header; replace it.")
     (magic,) = struct.unpack(">i", raw[:4])
@@ -216,9 +224,13 @@ def read_idx(path: Path, expected_magic: int) -> np.ndarray:
     return payload.reshape(dims)
 
 
-def read_pair(folder: Path, images_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
-    images = read_idx(folder / images_name, IMAGES_MAGIC)
-    labels = read_idx(folder / labels_name, LABELS_MAGIC).astype(np.int64)
+def read_pair(
+    folder: Path, images_name: str, labels_name: str, checksums: dict[str, str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one split; with `checksums` ({file name: sha256}) each file is verified."""
+    checksums = checksums or {}
+    images = read_idx(folder / images_name, IMAGES_MAGIC, checksums.get(images_name))
+    labels = read_idx(folder / labels_name, LABELS_MAGIC, checksums.get(labels_name)).astype(np.int64)
     if images.shape[1:] != IMAGE_SHAPE[:2]:
         raise DataError(f"{folder / images_name}: images are {images.shape[1:]}, expected 28x28.")
     if len(images) != len(labels):
@@ -247,10 +259,14 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def load(config: DataConfig, seed: int) -> Splits:
     """Locate, verify and read the data set, then cut the subsets and the validation split."""
     folder = locate(config.dir, download=config.download, mirror=config.mirror)
+    checksums = None
     if config.verify:
-        verify(folder)
-    train_images, train_labels = read_pair(folder, FILES["train_images"], FILES["train_labels"])
-    test_images, test_labels = read_pair(folder, FILES["test_images"], FILES["test_labels"])
+        checksums = expected_checksums(folder)
+        missing = [name for name in FILES.values() if name not in checksums]
+        if missing:
+            raise DataError(f"{folder / MANIFEST_NAME}: no checksum for {', '.join(missing)}.")
+    train_images, train_labels = read_pair(folder, FILES["train_images"], FILES["train_labels"], checksums)
+    test_images, test_labels = read_pair(folder, FILES["test_images"], FILES["test_labels"], checksums)
     if config.max_train_samples is not None:
         train_images = train_images[: config.max_train_samples]
         train_labels = train_labels[: config.max_train_samples]
