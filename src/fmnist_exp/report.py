@@ -29,7 +29,7 @@ def rows_for(experiment_name: str, sweep: str, tracking_uri: str) -> tuple[list[
     client = mlflow.MlflowClient()
     if sweep == "all":
         runs = client.search_runs([experiment.experiment_id], filter_string="tags.sweep_key IS NULL", max_results=10000)
-        rows = sorted((sweeps.row_of(run) for run in runs), key=lambda row: -(row["val_accuracy"] or 0))
+        rows = sweeps.best_first([sweeps.row_of(run) for run in runs])
         return rows, f"all {len(rows)} runs of experiment {experiment_name}"
     if sweep == "latest":
         parents = client.search_runs(

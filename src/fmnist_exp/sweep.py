@@ -160,6 +160,11 @@ def sweep_rows(parent_run_id: str, tracking_uri: str, sweep_dir: Path | None = N
         run_id = json.loads(marker.read_text())["run_id"]
         runs.setdefault(run_id, client.get_run(run_id))
     rows = [row_of(run) for run in runs.values()]
+    return best_first(rows)
+
+
+def best_first(rows: list[dict]) -> list[dict]:
+    """Highest validation accuracy first; runs without one (failed, NaN) last."""
     return sorted(rows, key=lambda row: -row["val_accuracy"] if not math.isnan(row["val_accuracy"]) else math.inf)
 
 
