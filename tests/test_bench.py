@@ -25,3 +25,23 @@ def test_bench_refuses_bad_arguments(capsys):
         bench.main(["repeats=0"])
     with pytest.raises(SystemExit):
         bench.main(["colour=red"])
+
+
+@pytest.mark.parametrize(
+    ("argument", "named"),
+    [("model=nosuch", "fast_cnn"), ("precision=bogus", "trainer.precision"), ("time_to_accuracy=nosuch", "strong")],
+)
+def test_bench_names_a_bad_choice_without_a_traceback(argument, named, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench.main([argument])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert named in error and "Traceback" not in error and "search path" not in error
+
+
+def test_bench_says_where_it_looked_for_missing_data(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["images=256", "repeats=1"])
+    assert stopped.value.code == 2
+    assert "Fashion-MNIST not found" in capsys.readouterr().err

@@ -181,10 +181,15 @@ def main(argv: list[str] | None = None) -> dict:
     arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
     if arguments["repeats"] < 1 or arguments["images"] < arguments["batch_size"]:
         cli.fail("repeats must be at least 1 and images at least one batch")
-    if arguments["time_to_accuracy"]:
-        result = time_to_accuracy(arguments["time_to_accuracy"], float(arguments["target"]))
-    else:
-        result = throughput(arguments)
+    from hydra.errors import HydraException
+
+    try:
+        if arguments["time_to_accuracy"]:
+            result = time_to_accuracy(arguments["time_to_accuracy"], float(arguments["target"]))
+        else:
+            result = throughput(arguments)
+    except (ValueError, HydraException) as error:  # bad model/preset name or value, data not found
+        cli.fail(str(error).split("\nConfig search path")[0])  # Hydra's search path says nothing useful here
     for key, value in result.items():
         shown = [round(item, 3) for item in value] if isinstance(value, list) else value
         print(f"{key:>38}: {round(shown, 4) if isinstance(shown, float) else shown}")
