@@ -18,6 +18,9 @@ def test_bench_reports_ratio_flops_and_memory(monkeypatch):
     # fast_cnn: 0.23 M + 3.61 M + 3.61 M convolution and 11.5 k dense multiply-adds per image.
     assert result["training_gflops_per_image"] == pytest.approx(6 * (225_792 + 3_612_672 + 3_612_672 + 11_520) / 1e9)
     assert result["peak_memory_mb_total"] > result["peak_memory_mb_after_data_load"] > 0
+    # Each repeat says what share of the machine's CPU time was busy while it ran (Linux).
+    for busy in result["runner_cpu_busy_per_repeat"] + result["bare_cpu_busy_per_repeat"]:
+        assert 0 < busy <= 1
 
 
 def test_bench_refuses_bad_arguments(capsys):

@@ -49,6 +49,34 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model_name or platform.processor()}, {platform.system()}"
 
 
+class BusyMeter:
+    """The share of the whole machine's CPU time spent busy while the block ran (Linux /proc/stat).
+
+    Slow repeats on a 2-core machine show up here as about 0.5: one core idle while TensorFlow's
+    compute threads share the other.
+    """
+
+    def __enter__(self):
+        self.start = self.read()
+        return self
+
+    def __exit__(self, *exc):
+        end = self.read()
+        if self.start is None or end is None:
+            self.busy = None
+            return
+        elapsed = [after - before for before, after in zip(self.start, end, strict=True)]
+        idle = elapsed[3] + elapsed[4]  # idle + iowait
+        self.busy = 1 - idle / sum(elapsed) if sum(elapsed) else None
+
+    @staticmethod
+    def read() -> list[int] | None:
+        try:
+            return [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None  # not Linux: the figure is left out
+
+
 def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -110,7 +138,7 @@ def throughput(arguments: dict) -> dict:
     runner_model, bare_model = fresh_model(), fresh_model()
     rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
     stream = train.training_pipeline(images, labels, batch_size, config.seed, 0, rounds)
-    runner_seconds, bare_seconds = [], []
+    runner_seconds, bare_seconds, runner_busy, bare_busy = [], [], [], []
     with tempfile.TemporaryDirectory() as scratch:
         store = f"sqlite:///{scratch}/mlflow.db"
         with tracking.run(store, "bench", "runner", {}) as active:
@@ -121,13 +149,17 @@ def throughput(arguments: dict) -> dict:
                 train.Checkpointer(Path(scratch) / "checkpoints", active.info.run_id),
             ]
             for epoch in range(rounds):
-                started = time.perf_counter()
-                runner_model.fit(stream, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
-                                 callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
-                runner_seconds.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                bare_model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
-                bare_seconds.append(time.perf_counter() - started)
+                with BusyMeter() as meter:
+                    started = time.perf_counter()
+                    runner_model.fit(stream, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
+                                     callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
+                    runner_seconds.append(time.perf_counter() - started)
+                runner_busy.append(meter.busy)
+                with BusyMeter() as meter:
+                    started = time.perf_counter()
+                    bare_model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
+                    bare_seconds.append(time.perf_counter() - started)
+                bare_busy.append(meter.busy)
     runner_rates = [len(images) / seconds for seconds in runner_seconds[1:]]
     bare_rates = [len(images) / seconds for seconds in bare_seconds[1:]]
     ratios = [runner / bare for runner, bare in zip(runner_rates, bare_rates, strict=True)]
@@ -146,6 +178,8 @@ def throughput(arguments: dict) -> dict:
         "runner_images_per_second": runner_rates,
         "bare_images_per_second": bare_rates,
         "ratio_per_repeat": ratios,
+        "runner_cpu_busy_per_repeat": runner_busy[1:],
+        "bare_cpu_busy_per_repeat": bare_busy[1:],
         "ratio_median": statistics.median(ratios),
         "training_gflops_per_image": 6 * multiply_adds / 1e9,
         "achieved_gflops": achieved / 1e9,
@@ -191,7 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, HydraException) as error:  # bad model/preset name or value, data not found
         cli.fail(str(error).split("\nConfig search path")[0])  # Hydra's search path says nothing useful here
     for key, value in result.items():
-        shown = [round(item, 3) for item in value] if isinstance(value, list) else value
+        shown = (
+            [round(item, 3) if isinstance(item, float) else item for item in value]
+            if isinstance(value, list)
+            else value
+        )
         print(f"{key:>38}: {round(shown, 4) if isinstance(shown, float) else shown}")
     if arguments["output"]:
         Path(arguments["output"]).write_text(json.dumps(result, indent=2) + "\n")
