@@ -32,7 +32,12 @@ def test_bench_refuses_bad_arguments(capsys):
 
 @pytest.mark.parametrize(
     ("argument", "named"),
-    [("model=nosuch", "fast_cnn"), ("precision=bogus", "trainer.precision"), ("time_to_accuracy=nosuch", "strong")],
+    [
+        ("model=nosuch", "fast_cnn"),
+        ("precision=bogus", "trainer.precision"),
+        ("jit_compile=maybe", "trainer.jit_compile"),
+        ("time_to_accuracy=nosuch", "strong"),
+    ],
 )
 def test_bench_names_a_bad_choice_without_a_traceback(argument, named, capsys):
     with pytest.raises(SystemExit) as stopped:

@@ -24,7 +24,7 @@ from fmnist_exp import cli
 
 USAGE = (
     "usage: python -m fmnist_exp.bench [model=NAME] [batch_size=N] [images=N] [repeats=N] "
-    "[precision=float32|mixed_bfloat16] [time_to_accuracy=PRESET] [output=FILE.json]"
+    "[precision=float32|mixed_bfloat16] [jit_compile=auto|true|false] [time_to_accuracy=PRESET] [output=FILE.json]"
 )
 DEFAULTS = {
     "model": "seed_cnn",
@@ -32,6 +32,7 @@ DEFAULTS = {
     "images": 12800,
     "repeats": 3,
     "precision": "float32",
+    "jit_compile": "auto",
     "time_to_accuracy": "",
     "target": "0.9052",
     "output": "",
@@ -115,7 +116,7 @@ def throughput(arguments: dict) -> dict:
 
     started = time.perf_counter()
     config = compose([f"model={arguments['model']}", f"batch_size={arguments['batch_size']}",
-                      f"trainer.precision={arguments['precision']}", "data.validation=none", "trainer.verbose=0"])  # fmt: skip
+                      f"trainer.precision={arguments['precision']}", f"trainer.jit_compile={arguments['jit_compile']}", "data.validation=none", "trainer.verbose=0"])  # fmt: skip
     splits = data.load(config.data, config.seed)
     load_seconds = time.perf_counter() - started
     load_memory = peak_memory_mb()
@@ -174,6 +175,7 @@ def throughput(arguments: dict) -> dict:
         "model": config.model.name,
         "batch_size": batch_size,
         "precision": config.trainer.precision,
+        "jit_compile": str(train.jit_compile_for_device(config.trainer.jit_compile)),
         "images_per_repeat": len(images),
         "runner_images_per_second": runner_rates,
         "bare_images_per_second": bare_rates,
