@@ -123,10 +123,13 @@ def test_damaged_data_files_are_named(tmp_path, tracking_uri, how, message):
 def test_unwritable_output_folder_is_named(tmp_path, tracking_uri):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    process = start_cli([*SMALL_RUN, f"hydra.run.dir={blocker}/out"], tracking_uri, tmp_path)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode != 0
-    assert str(blocker) in stderr
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        multirun = ["-m"] if key == "hydra.sweep.dir" else []
+        process = start_cli([*multirun, *SMALL_RUN, f"{key}={blocker}/out/${{now:%H}}"], tracking_uri, tmp_path)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 2
+        assert f"{key}: cannot create" in stderr and f"{blocker} is a file" in stderr
+        assert "Traceback" not in stderr
     assert all_runs(tracking_uri) == []
 
 

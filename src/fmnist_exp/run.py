@@ -56,8 +56,23 @@ def stop(error: BaseException) -> None:
     sys.exit(2 if isinstance(error, ValueError) else 3)
 
 
+def check_output_folders(arguments: list[str]) -> None:
+    """Refuse an output folder that cannot be created, before Hydra tries and fails with a traceback."""
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value:
+            continue
+        folder = Path(value.split("${", 1)[0]).expanduser().absolute()  # the part before any interpolation
+        existing = next(path for path in (folder, *folder.parents) if path.exists())
+        if not existing.is_dir():
+            stop(ValueError(f"{key}: cannot create {value}: {existing} is a file, not a folder"))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            stop(ValueError(f"{key}: cannot create {value}: {existing} is not writable"))
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter.
+    check_output_folders(sys.argv[1:])
     register_schemas()
     job()
 
