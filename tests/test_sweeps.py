@@ -62,6 +62,7 @@ def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
     best = max(children, key=lambda child: child.data.metrics["val_accuracy"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
     assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
+    assert parent.data.metrics["best_objective"] == best.data.metrics["val_accuracy"]
     summary = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "summary")}
     assert summary == {"summary/sweep_summary.csv", "summary/sweep_summary.md", "summary/sweep_comparison.png"}
     table = (tmp_path / "sweep" / "summary" / "sweep_summary.md").read_text()
@@ -119,6 +120,18 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
     assert statuses == {"1000000.0": "FAILED", "0.001": "FINISHED"}
     assert "optimizer.learning_rate: -1.0 must be a positive number" in result.stderr
     assert parents[0].info.status == "FINISHED"
+
+
+def test_sweep_without_validation_ranks_by_training_accuracy_and_says_so(tmp_path, tracking_uri):
+    multirun([*TINY, "data.validation=none", "seed=1,2"], tracking_uri, tmp_path)
+    (parent,), children = split(runs(tracking_uri))
+    best = max(children, key=lambda child: child.data.metrics["accuracy"])
+    assert parent.data.metrics["best_objective"] == best.data.metrics["accuracy"]
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert "best_val_accuracy" not in parent.data.metrics  # no validation set, no validation figure
+    table = (tmp_path / "sweep" / "summary" / "sweep_summary.csv").read_text().splitlines()
+    assert table[0].startswith("run_name,status,objective,val_accuracy,")
+    assert all(",nan," in line for line in table[1:])  # val_accuracy column: none measured
 
 
 def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):

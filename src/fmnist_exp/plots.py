@@ -90,15 +90,15 @@ def sweep_comparison(rows: list[dict], path: Path) -> Path:
     names = [row["run_name"] for row in rows]
     positions = np.arange(len(rows))
     figure, axis = pyplot.subplots(figsize=(9, 1.5 + 0.45 * max(1, len(rows))))
-    axis.barh(positions - 0.2, [row["val_accuracy"] for row in rows], height=0.4, label="validation (objective)")
+    axis.barh(positions - 0.2, [row["objective"] for row in rows], height=0.4, label="objective (validation accuracy)")
     axis.barh(positions + 0.2, [row["test_accuracy"] for row in rows], height=0.4, label="test")
     axis.set_yticks(positions, names, fontsize=8)
     axis.invert_yaxis()
-    finite = [value for row in rows for value in (row["val_accuracy"], row["test_accuracy"]) if np.isfinite(value)]
+    finite = [value for row in rows for value in (row["objective"], row["test_accuracy"]) if np.isfinite(value)]
     if finite:
         axis.set_xlim(max(0.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
     axis.set_xlabel("accuracy")
-    axis.set_title("Sweep: jobs by validation accuracy")
+    axis.set_title("Sweep: jobs by objective (training accuracy where there is no validation set)")
     axis.grid(axis="x", alpha=0.3)
     axis.legend(loc="lower right")
     figure.tight_layout()

@@ -75,6 +75,7 @@ def finished_run(tracking_uri: str, experiment_name: str, digest: str):
 
 
 def objective_of(run) -> float:
+    """What a sweep ranks by: validation accuracy, or training accuracy where data.validation=none."""
     metrics = run.data.metrics
     return float(metrics.get("val_accuracy", metrics.get("accuracy", math.nan)))
 
@@ -131,7 +132,7 @@ class SweepCallback(Callback):
         if summary:
             best = summary[0]
             print(
-                f"Best of {len(summary)}: {best['run_name']} val_accuracy={best['val_accuracy']:.4f} run_id={best['run_id']}"
+                f"Best of {len(summary)}: {best['run_name']} objective={best['objective']:.4f} run_id={best['run_id']}"
             )
         self._end("FINISHED")
 
@@ -164,8 +165,8 @@ def sweep_rows(parent_run_id: str, tracking_uri: str, sweep_dir: Path | None = N
 
 
 def best_first(rows: list[dict]) -> list[dict]:
-    """Highest validation accuracy first; runs without one (failed, NaN) last."""
-    return sorted(rows, key=lambda row: -row["val_accuracy"] if not math.isnan(row["val_accuracy"]) else math.inf)
+    """Highest objective first; runs without one (failed, NaN) last."""
+    return sorted(rows, key=lambda row: -row["objective"] if not math.isnan(row["objective"]) else math.inf)
 
 
 def row_of(run) -> dict:
@@ -175,14 +176,15 @@ def row_of(run) -> dict:
         "run_name": run.info.run_name,
         "status": run.info.status,
         "overrides": run.data.tags.get("overrides", ""),
-        "val_accuracy": objective_of(run),
+        "objective": objective_of(run),
+        "val_accuracy": float(metrics.get("val_accuracy", math.nan)),
         "test_accuracy": float(metrics.get("test_accuracy", math.nan)),
         "epochs": params.get("epochs", ""),
         "train_seconds": float(metrics.get("train_seconds", math.nan)),
     }
 
 
-COLUMNS = ("run_name", "status", "val_accuracy", "test_accuracy", "epochs", "train_seconds", "run_id")
+COLUMNS = ("run_name", "status", "objective", "val_accuracy", "test_accuracy", "epochs", "train_seconds", "run_id")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -226,7 +228,9 @@ def summarize(parent_run_id: str, tracking_uri: str, sweep_dir: Path) -> list[di
         best = finished[0]
         client.set_tag(parent_run_id, "best_run_id", best["run_id"])
         client.set_tag(parent_run_id, "best_overrides", best["overrides"])
-        client.log_metric(parent_run_id, "best_val_accuracy", best["val_accuracy"])
+        client.log_metric(parent_run_id, "best_objective", best["objective"])
+        if not math.isnan(best["val_accuracy"]):  # none without a validation set: no pretend figure
+            client.log_metric(parent_run_id, "best_val_accuracy", best["val_accuracy"])
         client.log_metric(parent_run_id, "best_test_accuracy", best["test_accuracy"])
     return rows
 
