@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows, title = rows_for(arguments["experiment"], arguments["sweep"], tracking_uri)
     except ValueError as error:
         cli.fail(str(error))
-    print(f"{title}, best validation accuracy first:\n")
+    print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")
     print(sweep.markdown_table(rows))
     finished = [row for row in rows if row["status"] == "FINISHED"]
     if arguments["champion"] and finished:
