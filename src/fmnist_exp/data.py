@@ -161,16 +161,19 @@ def _decompressed_sha256(path: Path) -> str:
 
 
 def _verify_file(path: Path, expected: str, display: str | None = None) -> None:
-    actual = _decompressed_sha256(path)
+    _check_sha256(display or path, _decompressed_sha256(path), expected)
+
+
+def _check_sha256(where, actual: str, expected: str) -> None:
     if actual != expected:
         raise DataError(
-            f"{display or path}: decompressed sha256 is {actual}, expected {expected}. "
+            f"{where}: decompressed sha256 is {actual}, expected {expected}. "
             "The file is corrupt or not the Fashion-MNIST release: replace it."
         )
 
 
 def expected_checksums(folder: Path) -> dict[str, str]:
-    """The canonical table, unless the folder declares its own in SHA256SUMS."""
+    """The canonical table, unless the folder declares its own in SHA256SUMS (which must name all four files)."""
     manifest = folder / MANIFEST_NAME
     if not manifest.is_file():
         return dict(CANONICAL_SHA256)
@@ -179,15 +182,10 @@ def expected_checksums(folder: Path) -> dict[str, str]:
         if line.strip():
             digest, name = line.split(maxsplit=1)
             table[name.lstrip("*")] = digest
+    missing = [name for name in FILES.values() if name not in table]
+    if missing:
+        raise DataError(f"{manifest}: no checksum for {', '.join(missing)}.")
     return table
-
-
-def verify(folder: Path) -> None:
-    table = expected_checksums(folder)
-    for name in FILES.values():
-        if name not in table:
-            raise DataError(f"{folder / MANIFEST_NAME}: no checksum for {name}.")
-        _verify_file(folder / name, table[name])
 
 
 def read_idx(path: Path, expected_magic: int, expected_sha256: str | None = None) -> np.ndarray:
@@ -200,11 +198,8 @@ def read_idx(path: Path, expected_magic: int, expected_sha256: str | None = None
         raise DataError(
             f"{path}: not a readable gzip file ({error}). It is probably truncated or corrupt: replace it."
         ) from error
-    if expected_sha256 is not None and (actual := hashlib.sha256(raw).hexdigest()) != expected_sha256:
-        raise DataError(
-            f"{path}: decompressed sha256 is {actual}, expected {expected_sha256}. "
-            "The file is corrupt or not the Fashion-MNIST release: replace it."
-        )
+    if expected_sha256 is not None:
+        _check_sha256(path, hashlib.sha256(raw).hexdigest(), expected_sha256)
     if len(raw) < 8:
         raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header; replace it.")
     (magic,) = struct.unpack(">i", raw[:4])
@@ -259,12 +254,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 def load(config: DataConfig, seed: int) -> Splits:
     """Locate, verify and read the data set, then cut the subsets and the validation split."""
     folder = locate(config.dir, download=config.download, mirror=config.mirror)
-    checksums = None
-    if config.verify:
-        checksums = expected_checksums(folder)
-        missing = [name for name in FILES.values() if name not in checksums]
-        if missing:
-            raise DataError(f"{folder / MANIFEST_NAME}: no checksum for {', '.join(missing)}.")
+    checksums = expected_checksums(folder) if config.verify else None
     train_images, train_labels = read_pair(folder, FILES["train_images"], FILES["train_labels"], checksums)
     test_images, test_labels = read_pair(folder, FILES["test_images"], FILES["test_labels"], checksums)
     if config.max_train_samples is not None:
