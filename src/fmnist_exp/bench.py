@@ -50,25 +50,24 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model_name or platform.processor()}, {platform.system()}"
 
 
-class BusyMeter:
-    """The share of the whole machine's CPU time spent busy while the block ran (Linux /proc/stat).
+class Timed:
+    """Wall seconds of a block, and the share of the whole machine's CPU time that was busy meanwhile.
 
-    Slow repeats on a 2-core machine show up here as about 0.5: one core idle while TensorFlow's
-    compute threads share the other.
+    The share comes from Linux's /proc/stat (None elsewhere). Slow repeats on a 2-core machine show
+    up as about 0.5: one core idle while TensorFlow's compute threads share the other.
     """
 
     def __enter__(self):
-        self.start = self.read()
+        self.cpu_start, self.started = self.read(), time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        end = self.read()
-        if self.start is None or end is None:
-            self.busy = None
-            return
-        elapsed = [after - before for before, after in zip(self.start, end, strict=True)]
-        idle = elapsed[3] + elapsed[4]  # idle + iowait
-        self.busy = 1 - idle / sum(elapsed) if sum(elapsed) else None
+        self.seconds = time.perf_counter() - self.started
+        end, self.busy = self.read(), None
+        if self.cpu_start is not None and end is not None:
+            elapsed = [after - before for before, after in zip(self.cpu_start, end, strict=True)]
+            idle = elapsed[3] + elapsed[4]  # idle + iowait
+            self.busy = 1 - idle / sum(elapsed) if sum(elapsed) else None
 
     @staticmethod
     def read() -> list[int] | None:
@@ -139,7 +138,7 @@ def throughput(arguments: dict) -> dict:
     runner_model, bare_model = fresh_model(), fresh_model()
     rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
     stream = train.training_pipeline(images, labels, batch_size, config.seed, 0, rounds)
-    runner_seconds, bare_seconds, runner_busy, bare_busy = [], [], [], []
+    runner_rounds, bare_rounds = [], []
     with tempfile.TemporaryDirectory() as scratch:
         store = f"sqlite:///{scratch}/mlflow.db"
         with tracking.run(store, "bench", "runner", {}) as active:
@@ -150,19 +149,16 @@ def throughput(arguments: dict) -> dict:
                 train.Checkpointer(Path(scratch) / "checkpoints", active.info.run_id),
             ]
             for epoch in range(rounds):
-                with BusyMeter() as meter:
-                    started = time.perf_counter()
+                with Timed() as runner_round:
                     runner_model.fit(stream, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
                                      callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
-                    runner_seconds.append(time.perf_counter() - started)
-                runner_busy.append(meter.busy)
-                with BusyMeter() as meter:
-                    started = time.perf_counter()
+                with Timed() as bare_round:
                     bare_model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
-                    bare_seconds.append(time.perf_counter() - started)
-                bare_busy.append(meter.busy)
-    runner_rates = [len(images) / seconds for seconds in runner_seconds[1:]]
-    bare_rates = [len(images) / seconds for seconds in bare_seconds[1:]]
+                runner_rounds.append(runner_round)
+                bare_rounds.append(bare_round)
+    runner_rounds, bare_rounds = runner_rounds[1:], bare_rounds[1:]  # drop the tracing round
+    runner_rates = [len(images) / measured.seconds for measured in runner_rounds]
+    bare_rates = [len(images) / measured.seconds for measured in bare_rounds]
     ratios = [runner / bare for runner, bare in zip(runner_rates, bare_rates, strict=True)]
 
     multiply_adds = models.count_multiply_adds(config.model.layers)
@@ -180,8 +176,8 @@ def throughput(arguments: dict) -> dict:
         "runner_images_per_second": runner_rates,
         "bare_images_per_second": bare_rates,
         "ratio_per_repeat": ratios,
-        "runner_cpu_busy_per_repeat": runner_busy[1:],
-        "bare_cpu_busy_per_repeat": bare_busy[1:],
+        "runner_cpu_busy_per_repeat": [measured.busy for measured in runner_rounds],
+        "bare_cpu_busy_per_repeat": [measured.busy for measured in bare_rounds],
         "ratio_median": statistics.median(ratios),
         "training_gflops_per_image": 6 * multiply_adds / 1e9,
         "achieved_gflops": achieved / 1e9,
