@@ -8,6 +8,7 @@ from omegaconf.errors import ValidationError
 
 from conftest import CONF_DIR, compose_config, typed_config
 from fmnist_exp.config import ExperimentConfig, flatten, validate
+from fmnist_exp.errors import ConfigError
 
 
 def group_options(group: str) -> list[str]:
@@ -76,7 +77,7 @@ def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
     ],
 )
 def test_bad_values_name_their_key(override, key):
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ConfigError) as caught:
         typed_config([override])
     assert str(caught.value).startswith(f"{key}:")
 
@@ -95,7 +96,7 @@ def test_unknown_group_option_fails_at_compose_time():
 def test_kernel_message_names_the_feature_map():
     config = typed_config()
     config.model.layers[4]["kernel_size"] = 13
-    with pytest.raises(ValueError, match=r"model.layers\[4\].kernel_size: 13 does not fit the 12x12x64 feature map"):
+    with pytest.raises(ConfigError, match=r"model.layers\[4\].kernel_size: 13 does not fit the 12x12x64 feature map"):
         validate(config)
 
 

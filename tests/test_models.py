@@ -7,6 +7,7 @@ import pytest
 
 from conftest import typed_config
 from fmnist_exp import models
+from fmnist_exp.errors import ConfigError
 
 # The article's model: 320 + 25,632 + 18,496 + 102,464 (convolutions) + 524,800 + 5,130 (dense).
 SEED_CNN_PARAMETERS = 676_842
@@ -56,5 +57,5 @@ HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softm
     ],
 )
 def test_bad_stacks_are_refused_with_the_layer_named(layers, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         models.check_stack(layers)

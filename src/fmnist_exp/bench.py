@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from fmnist_exp import cli
+from fmnist_exp.errors import UserError
 
 USAGE = (
     "usage: python -m fmnist_exp.bench [model=NAME] [batch_size=N] [images=N] [repeats=N] "
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = time_to_accuracy(arguments["time_to_accuracy"], float(arguments["target"]))
         else:
             result = throughput(arguments)
-    except (ValueError, HydraException) as error:  # bad model/preset name or value, data not found
+    except (UserError, HydraException) as error:  # bad model/preset name or value, data not found
         cli.fail(str(error).split("\nConfig search path")[0])  # Hydra's search path says nothing useful here
     for key, value in result.items():
         shown = (

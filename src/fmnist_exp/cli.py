@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from fmnist_exp.errors import fail
+
 
 def parse_assignments(argv: list[str], defaults: dict[str, Any], usage: str) -> dict[str, Any]:
     """Values from `key=value` words over `defaults`; a value keeps the type of its default."""
@@ -35,8 +37,3 @@ def convert(key: str, raw: str, default: Any) -> Any:
     except ValueError:
         fail(f"{key}: {raw!r} is not a {type(default).__name__}")
     return raw
-
-
-def fail(message: str) -> None:
-    print(f"fmnist_exp: error: {message}", file=sys.stderr)
-    sys.exit(2)

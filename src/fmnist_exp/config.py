@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from fmnist_exp.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -148,7 +150,7 @@ def register_schemas() -> None:
 
 
 def _fail(key: str, message: str) -> None:
-    raise ValueError(f"{key}: {message}")
+    raise ConfigError(f"{key}: {message}")
 
 
 def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -164,7 +166,7 @@ def _check_positive(key: str, value: float | int | None, allow_none: bool = Fals
 
 
 def validate(config: ExperimentConfig) -> None:
-    """Raise ValueError naming the first bad key; returns quietly for a sound config."""
+    """Raise ConfigError naming the first bad key; returns quietly for a sound config."""
     # Imported here so that the registry module's TensorFlow-free checks stay the only dependency.
     from fmnist_exp import models
 

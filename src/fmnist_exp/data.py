@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fmnist_exp.errors import DataError
+
 if TYPE_CHECKING:
     from fmnist_exp.config import DataConfig
 
@@ -63,10 +65,6 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
-
-
-class DataError(ValueError):
-    """The data set is missing, corrupt or inconsistent; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)

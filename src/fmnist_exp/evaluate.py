@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fmnist_exp import cli
 from fmnist_exp.config import DataConfig, default_tracking_uri
+from fmnist_exp.errors import UserError
 
 USAGE = (
     "usage: python -m fmnist_exp.evaluate model_uri=URI [data.dir=DIR] [data.max_test_samples=N] "
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> float:
         batch_size = arguments["batch_size"] or int(logged.get("batch_size", 256))
         images, labels = data.load(data_config, seed=0).test
         model = tracking.load_keras_model(arguments["model_uri"], tracking_uri)
-    except ValueError as error:
+    except UserError as error:
         cli.fail(str(error))
     result = train.evaluate(model, images, labels, batch_size)
     print(f"test_accuracy={result.accuracy:.4f} test_loss={result.loss:.4f} images={len(labels)}")

@@ -18,12 +18,13 @@ from fmnist_exp import config as config_module
 from fmnist_exp import data, evaluation, models, tracking
 from fmnist_exp import sweep as sweeps
 from fmnist_exp.config import ExperimentConfig
+from fmnist_exp.errors import RunStopped, UserError
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunStopped):
     """The loss became NaN or infinite; the run ends FAILED."""
 
 
@@ -47,7 +48,7 @@ def prepare_output(output_dir: Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise ValueError(f"hydra.run.dir: cannot write to the output folder {output_dir} ({error})") from error
+        raise UserError(f"hydra.run.dir: cannot write to the output folder {output_dir} ({error})") from error
     return output_dir
 
 
@@ -68,7 +69,7 @@ def resume(target: str, tracking_uri: str) -> Outcome:
         folder = tracking.output_dir_of_run(target, tracking_uri)
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
-        raise ValueError(f"resume: {folder} holds no {CONFIG_FILE}; is it a run's output folder?")
+        raise UserError(f"resume: {folder} holds no {CONFIG_FILE}; is it a run's output folder?")
     config_module.register_schemas()
     schema = OmegaConf.structured(ExperimentConfig)
     config = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(config_path)))
@@ -112,7 +113,7 @@ def _train(
             state = train.read_checkpoint(resume_from)
             first_epoch, run_id = state["epoch"], state["run_id"]
             if first_epoch >= config.epochs:
-                raise ValueError(f"resume: {resume_from} already completed all {config.epochs} epochs")
+                raise UserError(f"resume: {resume_from} already completed all {config.epochs} epochs")
             model = train.load_checkpoint(resume_from, state)
         else:
             model = models.build(config.model.layers, name=config.model.name)

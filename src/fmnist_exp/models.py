@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmnist_exp.data import IMAGE_SHAPE, NUM_CLASSES
+from fmnist_exp.errors import ConfigError
 
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "swish", "sigmoid", "tanh", "softmax", "leaky_relu", "linear")
 PADDINGS = ("valid", "same")
@@ -106,13 +107,13 @@ FILL_MODES = ("constant", "reflect", "wrap", "nearest")
 
 def _check_int(key: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}: {value!r} must be an integer of at least {minimum}")
+        raise ConfigError(f"{key}: {value!r} must be an integer of at least {minimum}")
 
 
 def _check_window(key: str, value: Any) -> None:
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
-            raise ValueError(f"{key}: {list(value)!r} must be one integer or a pair [height, width]")
+            raise ConfigError(f"{key}: {list(value)!r} must be one integer or a pair [height, width]")
         for item in value:
             _check_int(key, item)
     else:
@@ -130,60 +131,60 @@ def _check_arguments(key: str, layer_type: str, args: dict[str, Any]) -> None:
         elif name == "strides" and value is not None:
             _check_window(where, value)
         elif name == "padding" and value not in PADDINGS:
-            raise ValueError(f"{where}: {value!r} is not one of {', '.join(PADDINGS)}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(PADDINGS)}")
         elif name == "activation" and value is not None and value not in ACTIVATIONS:
-            raise ValueError(f"{where}: {value!r} is not one of null, {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"{where}: {value!r} is not one of null, {', '.join(ACTIVATIONS)}")
         elif name == "rate" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1):
-            raise ValueError(f"{where}: {value!r} must be a number in [0, 1)")
+            raise ConfigError(f"{where}: {value!r} must be a number in [0, 1)")
         elif name == "mode" and value not in FLIP_MODES:
-            raise ValueError(f"{where}: {value!r} is not one of {', '.join(FLIP_MODES)}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(FLIP_MODES)}")
         elif name == "fill_mode" and value not in FILL_MODES:
-            raise ValueError(f"{where}: {value!r} is not one of {', '.join(FILL_MODES)}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(FILL_MODES)}")
         elif name in ("height_factor", "width_factor") and (
             isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1
         ):
-            raise ValueError(f"{where}: {value!r} must be a fraction in [0, 1)")
+            raise ConfigError(f"{where}: {value!r} must be a fraction in [0, 1)")
         elif name == "use_bias" and not isinstance(value, bool):
-            raise ValueError(f"{where}: {value!r} must be true or false")
+            raise ConfigError(f"{where}: {value!r} must be true or false")
         elif name in ("momentum", "epsilon") and not (isinstance(value, (int, float)) and 0 <= value < 1):
-            raise ValueError(f"{where}: {value!r} must be a number in [0, 1)")
+            raise ConfigError(f"{where}: {value!r} must be a number in [0, 1)")
         elif name == "kernel_regularizer" and value is not None:
             if not isinstance(value, dict) or not value or set(value) - set(REGULARIZERS):
-                raise ValueError(f"{where}: {value!r} must be null or a mapping like {{l2: 0.01}} (keys: l1, l2)")
+                raise ConfigError(f"{where}: {value!r} must be null or a mapping like {{l2: 0.01}} (keys: l1, l2)")
             for factor_name, factor in value.items():
                 if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
-                    raise ValueError(f"{where}.{factor_name}: {factor!r} must be a number of at least 0")
+                    raise ConfigError(f"{where}.{factor_name}: {factor!r} must be a number of at least 0")
 
 
 def check_stack(layers: Sequence[dict[str, Any]], key: str = "model.layers") -> list[Shape]:
-    """Validate a layer list and return each layer's output shape; raises ValueError naming the layer."""
+    """Validate a layer list and return each layer's output shape; raises ConfigError naming the layer."""
     if not layers:
-        raise ValueError(f"{key}: the layer stack is empty")
+        raise ConfigError(f"{key}: the layer stack is empty")
     shape: Shape = IMAGE_SHAPE
     shapes = []
     for index, layer in enumerate(layers):
         where = f"{key}[{index}]"
         if not isinstance(layer, dict) or "type" not in layer:
-            raise ValueError(f"{where}: each layer must be a mapping with a 'type' key, got {layer!r}")
+            raise ConfigError(f"{where}: each layer must be a mapping with a 'type' key, got {layer!r}")
         layer_type = layer["type"]
         spec = LAYER_SPECS.get(layer_type)
         if spec is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}.type: {layer_type!r} is not a known layer type; allowed: {', '.join(LAYER_SPECS)}"
             )
         args = {name: value for name, value in layer.items() if name != "type"}
         unknown = set(args) - set(spec.required) - set(spec.optional)
         if unknown:
             accepted = ", ".join(spec.required + spec.optional) or "no arguments"
-            raise ValueError(f"{where}: {layer_type} does not take {', '.join(sorted(unknown))}; it takes {accepted}")
+            raise ConfigError(f"{where}: {layer_type} does not take {', '.join(sorted(unknown))}; it takes {accepted}")
         missing = [name for name in spec.required if name not in args]
         if missing:
-            raise ValueError(f"{where}: {layer_type} needs {', '.join(missing)}")
+            raise ConfigError(f"{where}: {layer_type} needs {', '.join(missing)}")
         _check_arguments(where, layer_type, args)
         if spec.needs == "map" and len(shape) != 3:
-            raise ValueError(f"{where}: {layer_type} needs a 2D feature map, but the input is already flat {shape}")
+            raise ConfigError(f"{where}: {layer_type} needs a 2D feature map, but the input is already flat {shape}")
         if spec.needs == "flat" and len(shape) != 1:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: {layer_type} needs a flat input, but meets the feature map {_describe(shape)}; "
                 "put a flatten or global_average_pooling2d before it"
             )
@@ -191,17 +192,17 @@ def check_stack(layers: Sequence[dict[str, Any]], key: str = "model.layers") -> 
             window = _pair(args.get("kernel_size", args.get("pool_size", 2)))
             if window[0] > shape[0] or window[1] > shape[1]:
                 size_key = "kernel_size" if layer_type == "conv2d" else "pool_size"
-                raise ValueError(
+                raise ConfigError(
                     f"{where}.{size_key}: {args.get(size_key, 2)} does not fit the {_describe(shape)} feature map "
                     f"{'left after layer ' + str(index - 1) if index else 'of the input'}"
                 )
         shape = spec.output_shape(shape, args)
         if any(size <= 0 for size in shape):
-            raise ValueError(f"{where}: the output shape {shape} has a dimension of 0; too much downsampling")
+            raise ConfigError(f"{where}: the output shape {shape} has a dimension of 0; too much downsampling")
         shapes.append(shape)
     last = layers[-1]
     if last.get("type") != "dense" or last.get("units") != NUM_CLASSES or last.get("activation") != "softmax":
-        raise ValueError(
+        raise ConfigError(
             f"{key}[{len(layers) - 1}]: the last layer must be "
             f"{{type: dense, units: {NUM_CLASSES}, activation: softmax}}, got {dict(last)!r}"
         )

@@ -15,6 +15,7 @@ import numpy as np
 from fmnist_exp import cli
 from fmnist_exp.config import default_tracking_uri
 from fmnist_exp.data import CLASS_NAMES
+from fmnist_exp.errors import UserError
 
 USAGE = "usage: python -m fmnist_exp.predict model_uri=URI images=FILE[,FILE...]|FOLDER [tracking_uri=URI]"
 DEFAULTS = {"model_uri": "", "images": "", "tracking_uri": ""}
@@ -30,9 +31,9 @@ def image_paths(spec: str) -> list[Path]:
         elif path.is_file():
             paths.append(path)
         else:
-            raise ValueError(f"images: {part} is neither a file nor a folder")
+            raise UserError(f"images: {part} is neither a file nor a folder")
     if not paths:
-        raise ValueError(f"images: no image files in {spec!r}")
+        raise UserError(f"images: no image files in {spec!r}")
     return paths
 
 
@@ -45,7 +46,7 @@ def load_image(path: Path) -> tuple[np.ndarray, list[str]]:
         with Image.open(path) as opened:
             image = opened.copy()
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"images: {path} is not a readable image ({error})") from error
+        raise UserError(f"images: {path} is not a readable image ({error})") from error
     if image.mode != "L":
         notes.append(f"converted {image.mode} to grayscale")
         image = image.convert("L")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
         paths = image_paths(arguments["images"])
         loaded = [load_image(path) for path in paths]
         model = tracking.load_keras_model(arguments["model_uri"], arguments["tracking_uri"] or default_tracking_uri())
-    except ValueError as error:
+    except UserError as error:
         cli.fail(str(error))
     probabilities = model.predict(np.stack([pixels for pixels, _ in loaded]), verbose=0)
     results = []

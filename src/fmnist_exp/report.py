@@ -12,6 +12,7 @@ import sys
 
 from fmnist_exp import cli
 from fmnist_exp.config import default_tracking_uri
+from fmnist_exp.errors import UserError
 
 USAGE = "usage: python -m fmnist_exp.report [experiment=NAME] [sweep=latest|all|RUN_ID] [champion=MODEL_NAME] [tracking_uri=URI]"
 DEFAULTS = {"experiment": "fmnist_exp", "sweep": "latest", "champion": "", "tracking_uri": ""}
@@ -25,7 +26,7 @@ def rows_for(experiment_name: str, sweep: str, tracking_uri: str) -> tuple[list[
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.get_experiment_by_name(experiment_name)
     if experiment is None:
-        raise ValueError(f"experiment: no experiment named {experiment_name!r} in {tracking_uri}")
+        raise UserError(f"experiment: no experiment named {experiment_name!r} in {tracking_uri}")
     client = mlflow.MlflowClient()
     if sweep == "all":
         runs = client.search_runs([experiment.experiment_id], filter_string="tags.sweep_key IS NULL", max_results=10000)
@@ -39,12 +40,12 @@ def rows_for(experiment_name: str, sweep: str, tracking_uri: str) -> tuple[list[
             max_results=1,
         )
         if not parents:
-            raise ValueError(f"sweep: experiment {experiment_name!r} has no sweep; try sweep=all")
+            raise UserError(f"sweep: experiment {experiment_name!r} has no sweep; try sweep=all")
         sweep = parents[0].info.run_id
     try:
         rows = sweeps.sweep_rows(sweep, tracking_uri)
     except mlflow.exceptions.MlflowException as error:
-        raise ValueError(f"sweep: {sweep!r} is not a run id in {tracking_uri}") from error
+        raise UserError(f"sweep: {sweep!r} is not a run id in {tracking_uri}") from error
     return rows, f"sweep {sweep} ({len(rows)} jobs)"
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     try:
         rows, title = rows_for(arguments["experiment"], arguments["sweep"], tracking_uri)
-    except ValueError as error:
+    except UserError as error:
         cli.fail(str(error))
     print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")
     print(sweep.markdown_table(rows))

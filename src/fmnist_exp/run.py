@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fmnist_exp.config import register_schemas, to_experiment_config
+from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, EXIT_USER_ERROR, RunStopped, UserError, fail
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
@@ -22,7 +23,7 @@ def job(composed: DictConfig) -> float:
     sweeping = runtime.mode == RunMode.MULTIRUN
     try:
         config = to_experiment_config(composed)
-    except ValueError as error:
+    except UserError as error:
         if sweeping:  # one bad combination must not stop the sweep
             print(f"fmnist_exp: job failed: {error}", file=sys.stderr)
             return math.nan
@@ -40,7 +41,7 @@ def job(composed: DictConfig) -> float:
             outcome = experiment.resume(config.resume, config.mlflow.tracking_uri)
         else:
             outcome = experiment.run(config, output_dir, runtime.overrides.task)
-    except (ValueError, experiment.TrainingDiverged, KeyboardInterrupt) as error:
+    except (UserError, RunStopped, KeyboardInterrupt) as error:
         stop(error)
     print(f"test_accuracy={outcome.test_accuracy:.4f} run_id={outcome.run_id}")
     print(f"Compare runs: mlflow ui --host 127.0.0.1 --backend-store-uri {config.mlflow.tracking_uri}")
@@ -48,12 +49,13 @@ def job(composed: DictConfig) -> float:
 
 
 def stop(error: BaseException) -> None:
-    """A user error or a stopped run: one clear line and a non-zero exit, no traceback."""
+    """A user error or a stopped run: one clear line and a non-zero exit, no traceback.
+
+    Anything else is a bug and is not caught here: Hydra prints its traceback and exits 1.
+    """
     if isinstance(error, KeyboardInterrupt):
-        print(f"fmnist_exp: interrupted ({error}); continue with resume=<run id or output folder>", file=sys.stderr)
-        sys.exit(130)
-    print(f"fmnist_exp: error: {error}", file=sys.stderr)
-    sys.exit(2 if isinstance(error, ValueError) else 3)
+        fail(f"interrupted ({error}); continue with resume=<run id or output folder>", EXIT_INTERRUPTED)
+    fail(str(error), EXIT_USER_ERROR if isinstance(error, UserError) else EXIT_RUN_STOPPED)
 
 
 def check_output_folders(arguments: list[str]) -> None:
@@ -65,9 +67,9 @@ def check_output_folders(arguments: list[str]) -> None:
         folder = Path(value.split("${", 1)[0]).expanduser().absolute()  # the part before any interpolation
         existing = next(path for path in (folder, *folder.parents) if path.exists())
         if not existing.is_dir():
-            stop(ValueError(f"{key}: cannot create {value}: {existing} is a file, not a folder"))
+            stop(UserError(f"{key}: cannot create {value}: {existing} is a file, not a folder"))
         if not os.access(existing, os.W_OK | os.X_OK):
-            stop(ValueError(f"{key}: cannot create {value}: {existing} is not writable"))
+            stop(UserError(f"{key}: cannot create {value}: {existing} is not writable"))
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.config import ExperimentConfig
+from fmnist_exp.errors import RunStopped, UserError
 
 SKIPPED_FILE = "skipped.json"
 # Keys that do not change what is trained, so they stay out of the config hash.
@@ -290,7 +291,7 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     config.mlflow.run_name = config.mlflow.run_name or child_name(overrides, parent, uri)
     try:
         outcome = experiment.run(config, output_dir, overrides, parent_run_id=parent)
-    except (ValueError, experiment.TrainingDiverged) as error:
+    except (UserError, RunStopped) as error:
         print(f"fmnist_exp: job failed: {error}")
         return math.nan
     print(f"test_accuracy={outcome.test_accuracy:.4f} run_id={outcome.run_id}")

@@ -15,10 +15,7 @@ import mlflow
 from mlflow.entities import RunStatus
 
 from fmnist_exp.config import PROJECT_ROOT
-
-
-class TrackingError(ValueError):
-    """The tracking store cannot be reached or used; raised before any training starts."""
+from fmnist_exp.errors import ModelUriError, TrackingError, UserError
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -134,11 +131,11 @@ def output_dir_of_run(run_id: str, tracking_uri: str) -> Path:
     try:
         tags = mlflow.MlflowClient().get_run(run_id).data.tags
     except mlflow.exceptions.MlflowException as error:
-        raise ValueError(
+        raise UserError(
             f"resume: {run_id!r} is neither a run's output folder nor a run id in {tracking_uri}"
         ) from error
     if "output_dir" not in tags:
-        raise ValueError(f"resume: run {run_id} recorded no output_dir tag")
+        raise UserError(f"resume: run {run_id} recorded no output_dir tag")
     return Path(tags["output_dir"])
 
 
@@ -230,7 +227,7 @@ def source_run(model_uri: str, tracking_uri: str):
                 version = client.get_model_version(name, number)
             return client.get_run(version.run_id) if version.run_id else None
     except mlflow.exceptions.MlflowException as error:
-        raise ValueError(f"model_uri: {model_uri} cannot be resolved in {tracking_uri} ({error.message})") from error
+        raise ModelUriError(f"model_uri: {model_uri} cannot be resolved in {tracking_uri} ({error.message})") from error
     return None
 
 
@@ -240,4 +237,4 @@ def load_keras_model(model_uri: str, tracking_uri: str):
     try:
         return mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
     except (mlflow.exceptions.MlflowException, OSError) as error:
-        raise ValueError(f"model_uri: cannot load {model_uri} ({error})") from error
+        raise ModelUriError(f"model_uri: cannot load {model_uri} ({error})") from error

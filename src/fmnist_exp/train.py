@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from fmnist_exp.config import TrainerConfig
+from fmnist_exp.errors import UserError
 
 
 def pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
@@ -202,7 +203,7 @@ def read_checkpoint(folder: Path) -> dict:
     """state.json of a checkpoint folder: {epoch, model, run_id}."""
     state_path = folder / "state.json"
     if not state_path.is_file():
-        raise ValueError(f"resume: no checkpoint in {folder} (state.json is missing)")
+        raise UserError(f"resume: no checkpoint in {folder} (state.json is missing)")
     return json.loads(state_path.read_text())
 
 

@@ -1,0 +1,46 @@
+"""What the user can fix, told apart from bugs.
+
+Every input the user gives (config, data, tracking store, model URI, files) that is wrong raises a
+`UserError` subclass: the commands print its message as one line and exit 2, before any training.
+Anything else is a bug: it keeps its traceback, the run ends FAILED and the process exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+
+class UserError(Exception):
+    """Bad input the user can fix; the message names the key or file and what is allowed."""
+
+
+class ConfigError(UserError):
+    """A config key has a value that is not allowed."""
+
+
+class DataError(UserError):
+    """The data set is missing, corrupt or inconsistent; the message says where and how to fix it."""
+
+
+class TrackingError(UserError):
+    """The MLflow store cannot be reached or used."""
+
+
+class ModelUriError(UserError):
+    """A model URI cannot be resolved or loaded."""
+
+
+class RunStopped(Exception):
+    """Training stopped itself (a NaN loss, a collapse); the run ends FAILED, the process exits 3."""
+
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_STOPPED = 3
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
+    """The one way every command reports a user error: one line on stderr, then exit."""
+    print(f"fmnist_exp: error: {message}", file=sys.stderr)
+    sys.exit(code)
