@@ -101,6 +101,9 @@ class OptimizerConfig:
 
 @dataclass
 class TrainerConfig:
+    # Keras 3 backend: tensorflow | jax | torch; set before Keras is first imported (KERAS_BACKEND wins
+    # when set in the environment and this key is left at its default).
+    backend: str = "tensorflow"
     # XLA: auto = off on CPU (measured slower there), Keras's own choice on GPU.
     jit_compile: str = "auto"
     precision: str = "float32"
