@@ -28,7 +28,7 @@ SMALL_RUN = [
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return compose(config_name="config", overrides=overrides or [])
 
 

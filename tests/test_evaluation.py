@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from conftest import SMALL_RUN, typed_config
-from fmnist_exp import data, evaluation, tracking
+from fmnist_exp import data, evaluation, logged_model
+from fmnist_exp.store import Store
 
 
 def test_per_class_report_by_hand():
@@ -61,7 +62,7 @@ def run_module(module: str, *arguments: str) -> subprocess.CompletedProcess:
 
 def test_evaluate_reproduces_the_logged_accuracy(finished_run):
     outcome, run, uri, _ = finished_run
-    result = run_module("fmnist_exp.evaluate", f"model_uri=runs:/{run.info.run_id}/model", f"tracking_uri={uri}")
+    result = run_module("fmnist_exp.evaluate", f"model_uri=runs:/{run.info.run_id}/model", f"mlflow.tracking_uri={uri}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"test_accuracy={outcome.test_accuracy:.4f}" in result.stdout
     assert "matches the run's logged test_accuracy" in result.stdout
@@ -69,7 +70,7 @@ def test_evaluate_reproduces_the_logged_accuracy(finished_run):
 
 def test_evaluate_refuses_an_unknown_run(finished_run):
     _, _, uri, _ = finished_run
-    result = run_module("fmnist_exp.evaluate", "model_uri=runs:/0123456789abcdef/model", f"tracking_uri={uri}")
+    result = run_module("fmnist_exp.evaluate", "model_uri=runs:/0123456789abcdef/model", f"mlflow.tracking_uri={uri}")
     assert result.returncode == 2 and "model_uri:" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -83,7 +84,7 @@ def test_predict_names_the_class_of_test_images(finished_run, tmp_path):
     Image.fromarray(np.repeat(np.kron(images[0, ..., 0], np.ones((2, 2), np.uint8))[..., None], 3, axis=2)).save(
         tmp_path / "big_colour.png"
     )
-    model = tracking.load_keras_model(f"runs:/{run.info.run_id}/model", uri)
+    model = logged_model.load(f"runs:/{run.info.run_id}/model", Store(uri))
     expected = model.predict(images[:3], verbose=0)
     result = run_module("fmnist_exp.predict", f"model_uri=runs:/{run.info.run_id}/model", f"images={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -121,8 +122,8 @@ def test_registry_champion_alias_loads(finished_run):
     client = mlflow.MlflowClient()
     (first,) = client.search_model_versions("name='fmnist_cnn'")
     assert first.run_id == run.info.run_id  # filed by register=true
-    version = tracking.register_model(run.info.run_id, "fmnist_cnn", alias="champion")
+    version = Store(uri).register_model(run.info.run_id, "fmnist_cnn", alias="champion")
     assert str(client.get_model_version_by_alias("fmnist_cnn", "champion").version) == version
-    result = run_module("fmnist_exp.evaluate", "model_uri=models:/fmnist_cnn@champion", f"tracking_uri={uri}")
+    result = run_module("fmnist_exp.evaluate", "model_uri=models:/fmnist_cnn@champion", f"mlflow.tracking_uri={uri}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"test_accuracy={outcome.test_accuracy:.4f}" in result.stdout

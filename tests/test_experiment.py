@@ -69,5 +69,5 @@ def test_mirrored_strategy_runs_on_one_cpu_device(tmp_path, tracking_uri):
         f"mlflow.tracking_uri={tracking_uri}",
     ]
     outcome = experiment.run(typed_config(overrides), tmp_path)
-    assert mlflow.get_run(outcome.run_id).info.status == "FINISHED"
+    assert mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id).info.status == "FINISHED"
     assert 0.1 < outcome.test_accuracy <= 1.0

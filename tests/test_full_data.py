@@ -19,7 +19,7 @@ def test_one_full_epoch_of_the_default_model(full_data_dir, tmp_path, tracking_u
         f"mlflow.tracking_uri={tracking_uri}",
     ]
     outcome = experiment.run(typed_config(overrides), tmp_path / "output")
-    run = mlflow.get_run(outcome.run_id)
+    run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
     assert run.data.params["data.train_images"] == "54000"
     assert run.data.params["data.test_images"] == "10000"
     # One epoch of the article's model reaches about 85% on the official test set.

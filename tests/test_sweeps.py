@@ -91,7 +91,7 @@ def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
     assert len(parents) == 1 and len(children_after) == 4
     assert parents[0].info.status == "FINISHED" and parents[0].data.tags["sweep_resumed"] == "true"
 
-    rows = report.main([f"tracking_uri={tracking_uri}", "champion=sweep_best"])
+    rows = report.main([f"mlflow.tracking_uri={tracking_uri}", "champion=sweep_best"])
     assert [row["run_id"] for row in rows][0] == best.info.run_id and len(rows) == 4
     champion = mlflow.MlflowClient(tracking_uri).get_model_version_by_alias("sweep_best", "champion")
     assert champion.run_id == best.info.run_id
@@ -105,11 +105,11 @@ def test_optuna_search_names_the_best_trial(tmp_path, tracking_uri):
     assert len(children) == 3
     best = max(children, key=lambda child: child.data.metrics["val_accuracy"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
-    for key in ("optimizer.learning_rate=", "batch_size=", "model.layers.8.rate=", "model.layers.7.units="):
+    for key in ("optimizer.learning_rate=", "batch_size=", "model.dropout=", "model.width="):
         assert key in parent.data.tags["best_overrides"]
     # The searched values reached the trained models.
     assert best.data.params["batch_size"] in {"32", "64", "128"}
-    assert best.data.params["model.layers.7.units"] in {"128", "256", "512"}
+    assert best.data.params["model.width"] in {"16", "24", "32", "48"}
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
@@ -147,8 +147,8 @@ def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):
     assert {child.data.params["trainer.threads"] for child in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
-@pytest.mark.parametrize("arguments", [["sweep=0123"], ["experiment=nothing"]])
+@pytest.mark.parametrize("arguments", [["sweep=0123"], ["mlflow.experiment_name=nothing"]])
 def test_report_refuses_unknown_names(tracking_uri, arguments, capsys):
     with pytest.raises(SystemExit) as stopped:
-        report.main([*arguments, f"tracking_uri={tracking_uri}"])
+        report.main([*arguments, f"mlflow.tracking_uri={tracking_uri}"])
     assert stopped.value.code == 2

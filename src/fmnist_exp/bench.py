@@ -106,57 +106,41 @@ def compose(overrides: list[str]):
     from fmnist_exp.config import PROJECT_ROOT, register_schemas, to_experiment_config
 
     register_schemas()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
         return to_experiment_config(hydra_compose(config_name="config", overrides=overrides))
 
 
 def throughput(arguments: dict) -> dict:
-    """Images/s of the runner's fit (its pipeline, callbacks, MLflow logging, checkpoints) and of a bare fit."""
-    from fmnist_exp import data
+    """Images/s of the runner's fit stage (`experiment.fit`: its stream, every callback the runner
+    adds, MLflow logging, checkpoints) against a bare `model.fit` on NumPy arrays, interleaved."""
+    from fmnist_exp import data, experiment
 
+    rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
     started = time.perf_counter()
-    config = compose([f"model={arguments['model']}", f"batch_size={arguments['batch_size']}",
-                      f"trainer.precision={arguments['precision']}", f"trainer.jit_compile={arguments['jit_compile']}", "data.validation=none", "trainer.verbose=0"])  # fmt: skip
-    splits = data.load(config.data, config.seed)
+    data.load(compose([]).data, seed=0)
     load_seconds = time.perf_counter() - started
     load_memory = peak_memory_mb()
-
-    import keras
-
-    from fmnist_exp import models, optim, tracking, train
-
-    images, labels = (array[: arguments["images"]] for array in splits.train)
-    batch_size = config.batch_size
-    steps = -(-len(images) // batch_size)
-    train.configure_precision(config.trainer.precision)
-
-    def fresh_model():
-        keras.utils.set_random_seed(config.seed)
-        model = models.build(config.model.layers)
-        train.compile_model(model, optim.build(config.optimizer, steps, 1000), config.trainer)
-        return model
-
-    runner_model, bare_model = fresh_model(), fresh_model()
-    rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
-    stream = train.training_pipeline(images, labels, batch_size, config.seed, 0, rounds)
     runner_rounds, bare_rounds = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        store = f"sqlite:///{scratch}/mlflow.db"
-        with tracking.run(store, "bench", "runner", {}) as active:
-            callbacks = [
-                train.EpochTimer(len(images)),
-                train.StopOnNonFiniteLoss(),
-                tracking.epoch_logger(),
-                train.Checkpointer(Path(scratch) / "checkpoints", active.info.run_id),
-            ]
+        config = compose([f"model={arguments['model']}", f"batch_size={arguments['batch_size']}",
+                          f"trainer.precision={arguments['precision']}", f"trainer.jit_compile={arguments['jit_compile']}",
+                          "data.validation=none", f"data.max_train_samples={arguments['images']}", f"epochs={rounds}",
+                          "trainer.verbose=0", f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db"])  # fmt: skip
+        prepared = experiment.prepare(config, Path(scratch) / "output")
+        keras = experiment.start_keras(config)
+        runner_model, bare_model = experiment.build(prepared), experiment.build(prepared)
+        images, labels = prepared.splits.train
+        with prepared.store.run("bench", "runner", {}) as run:
             for epoch in range(rounds):
                 with Timed() as runner_round:
-                    runner_model.fit(stream, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps,
-                                     callbacks=callbacks, verbose=0, shuffle=False)  # fmt: skip
+                    experiment.fit(prepared, runner_model, run, first_epoch=epoch, last_epoch=epoch + 1)
                 with Timed() as bare_round:
-                    bare_model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
+                    bare_model.fit(images, labels, batch_size=config.batch_size, epochs=1, verbose=0)
                 runner_rounds.append(runner_round)
                 bare_rounds.append(bare_round)
+    batch_size = config.batch_size
+    from fmnist_exp import models, train
+
     runner_rounds, bare_rounds = runner_rounds[1:], bare_rounds[1:]  # drop the tracing round
     runner_rates = [len(images) / measured.seconds for measured in runner_rounds]
     bare_rates = [len(images) / measured.seconds for measured in bare_rounds]

@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from fmnist_exp.errors import ConfigError
 
@@ -58,15 +59,46 @@ class DataConfig:
     # holdout: a stratified slice of the training set; test: the article's test-as-validation; none.
     validation: str = "holdout"
     validation_fraction: float = 0.1
-    # Shuffle buffer for the training pipeline (None: the whole training set).
-    shuffle_buffer: int | None = None
+
+
+MODEL_FIELDS = ("name", "augmentation", "layers")
 
 
 @dataclass
 class ModelConfig:
+    """A model file of conf/model/: its name, the layer stack and the knobs the stack refers to.
+
+    In YAML the knobs sit beside `layers` (`dropout: 0.3`, referred to as `${model.dropout}`), so a
+    sweep names them as `model.dropout=0.2,0.4`; here they are gathered in `knobs`.
+    """
+
     name: str = MISSING
     # The layer stack, each item {type: <registry name>, ...its arguments}; see models.LAYER_SPECS.
     layers: list[dict[str, Any]] = MISSING
+    # Training-only augmentation layers in front of the stack (random_flip, random_translation, ...).
+    augmentation: list[dict[str, Any]] = field(default_factory=list)
+    # The model's named hyperparameters: {knob name: value}.
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    # Epochs without improvement before training stops (null: off). The best epoch's weights are
+    # restored, so the test metrics and the logged model are the best epoch's.
+    patience: int | None = None
+    monitor: str = "val_accuracy"
+    min_delta: float = 0.0
+
+
+@dataclass
+class PruningConfig:
+    # Stop a sweep's job whose validation accuracy trails the median of the sweep's other jobs at the
+    # same epoch. Read from the shared MLflow store, so it works with every sweeper and launcher.
+    enabled: bool = False
+    # No job is pruned before this epoch has ended.
+    warmup_epochs: int = 1
+    # How many other jobs must have reached an epoch before the median there is trusted.
+    min_jobs: int = 3
 
 
 @dataclass
@@ -113,6 +145,7 @@ class TrainerConfig:
     distribute: str = "none"
     # TensorFlow's CPU threads per job; None: all cores, or cores / n_jobs under the joblib launcher.
     threads: int | None = None
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
@@ -139,17 +172,24 @@ class ExperimentConfig:
     force: bool = False
     # Register the trained model in the MLflow model registry (as mlflow.registered_model_name).
     register: bool = False
+    # Check and describe the config (layer table, data) and exit without training.
+    dry_run: bool = False
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # A model file of conf/model/ (a ModelConfig once validated); a mapping here so that each model
+    # file can declare its own knobs beside its layers.
+    model: Any = field(default_factory=dict)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
 def register_schemas() -> None:
-    """Register the schemas so that conf/config.yaml can extend `experiment_schema`."""
-    store = ConfigStore.instance()
-    store.store(name="experiment_schema", node=ExperimentConfig)
+    """Register the schema that conf/config.yaml extends, and the resolvers model files use."""
+    ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig, replace=True)
+    # Integer arithmetic for knobs: `filters: ${mul:${model.width},2}`.
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_resolver("mul", lambda left, right: left * right)
 
 
 def _fail(key: str, message: str) -> None:
@@ -226,24 +266,124 @@ def validate(config: ExperimentConfig) -> None:
     if not config.mlflow.experiment_name.strip():
         _fail("mlflow.experiment_name", "must not be empty")
 
-    models.check_stack(config.model.layers, key="model.layers")
+    stopping = trainer.early_stopping
+    _check_positive("trainer.early_stopping.patience", stopping.patience, allow_none=True)
+    _check_choice("trainer.early_stopping.monitor", stopping.monitor, MONITORS)
+    if stopping.patience and stopping.monitor.startswith("val_") and data.validation == "none":
+        _fail("trainer.early_stopping.monitor", f"{stopping.monitor} needs a validation set, but data.validation=none")
+    if config.pruning.warmup_epochs < 1:
+        _fail("pruning.warmup_epochs", f"{config.pruning.warmup_epochs} must be 1 or more")
+    if config.pruning.min_jobs < 1:
+        _fail("pruning.min_jobs", f"{config.pruning.min_jobs} must be 1 or more")
+
+    model = config.model
+    if not isinstance(model, ModelConfig):
+        raise TypeError("validate() takes a config whose model went through model_config()")
+    for knob, value in model.knobs.items():
+        if not isinstance(value, (int, float, str, bool)) and value is not None:
+            _fail(f"model.{knob}", f"a knob must be a single value, got {value!r}")
+    models.check_stack(model.layers, key="model.layers", augmentation=model.augmentation)
+
+
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+def model_config(node: Any) -> ModelConfig:
+    """The typed model from a model file's mapping: name, layers, augmentation and its knobs."""
+    if isinstance(node, ModelConfig):
+        return node
+    if not isinstance(node, dict):
+        _fail("model", f"must be a model file's mapping (name, layers, knobs), got {node!r}")
+    if not isinstance(node.get("name"), str) or not node["name"]:
+        _fail("model.name", "every model needs a name")
+    layers = node.get("layers")
+    if not isinstance(layers, list):
+        _fail("model.layers", f"must be a list of layers, got {layers!r}")
+    augmentation = node.get("augmentation") or []
+    if not isinstance(augmentation, list):
+        _fail("model.augmentation", f"must be a list of augmentation layers, got {augmentation!r}")
+    knobs = {key: value for key, value in node.items() if key not in MODEL_FIELDS}
+    return ModelConfig(name=node["name"], layers=layers, augmentation=augmentation, knobs=knobs)
 
 
 def to_experiment_config(config: DictConfig) -> ExperimentConfig:
     """Turn Hydra's composed DictConfig into the typed object and validate it."""
-    typed = OmegaConf.to_object(config)
+    try:
+        typed = OmegaConf.to_object(config)
+    except InterpolationResolutionError as error:
+        raise ConfigError(f"{error.full_key or 'config'}: {str(error).splitlines()[0]}") from error
     if not isinstance(typed, ExperimentConfig):
         raise TypeError("the composed config does not extend experiment_schema")
+    typed.model = model_config(typed.model)
     validate(typed)
     return typed
 
 
+def as_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as a user writes it: plain types, each model knob beside the model's layers."""
+    tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    model = tree["model"]
+    tree["model"] = {
+        "name": model["name"],
+        **model.get("knobs", {}),
+        "augmentation": model["augmentation"],
+        "layers": model["layers"],
+    }
+    return tree
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(as_dict(config)))
+
+
+def from_yaml(path: Path) -> ExperimentConfig:
+    """A config written by `to_yaml` (a run's config.yaml), typed; raises ConfigError if it is not one."""
+    register_schemas()
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(path))
+        typed = OmegaConf.to_object(merged)
+    except Exception as error:  # noqa: BLE001 (any unreadable file is the same user error)
+        raise ConfigError(f"{path}: not a readable run config ({str(error).splitlines()[0]})") from error
+    typed.model = model_config(typed.model)
+    return typed
+
+
+# Keys that do not change what is trained: they stay out of the config hash and the run's name.
+UNTRAINED_KEYS = ("mlflow", "trainer.verbose", "resume", "register", "force", "dry_run", "hydra")
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """What a re-run sweep recognises finished work by: the trained config, without tracking keys."""
+    import hashlib
+    import json
+
+    tree = as_dict(config)
+    for dotted in UNTRAINED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = tree
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trains_something(override: str) -> bool:
+    """Whether a command-line override changes what is trained (not tracking, output or bookkeeping)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return not any(key == untrained or key.startswith(untrained + ".") for untrained in UNTRAINED_KEYS)
+
+
+def run_name(overrides: list[str] | tuple[str, ...]) -> str:
+    """A run's name: the overrides that change what is trained, the preset first; "default" if none."""
+    trained = [override for override in overrides if trains_something(override)]
+    trained.sort(key=lambda override: not override.startswith("experiment="))
+    return ",".join(trained)[:250] or "default"
+
+
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys for MLflow params: {'model.layers.0.filters': 32, ...}."""
-    if OmegaConf.is_config(node):
-        node = OmegaConf.to_container(node, resolve=True)
-    elif hasattr(node, "__dataclass_fields__"):
-        node = OmegaConf.to_container(OmegaConf.structured(node), resolve=True)
+    """Dotted keys for MLflow params: {'model.dropout': 0.3, 'model.layers.0.filters': 32, ...}."""
+    if isinstance(node, ExperimentConfig):
+        node = as_dict(node)
     items: dict[str, Any] = {}
     if isinstance(node, dict):
         for key, value in node.items():

@@ -16,14 +16,14 @@ from fmnist_exp.errors import UserError
 
 USAGE = (
     "usage: python -m fmnist_exp.evaluate model_uri=URI [data.dir=DIR] [data.max_test_samples=N] "
-    "[batch_size=N] [tracking_uri=URI] [output_dir=DIR]"
+    "[batch_size=N] [mlflow.tracking_uri=URI] [output_dir=DIR]"
 )
 DEFAULTS = {
     "model_uri": "",
     "data.dir": "",
     "data.max_test_samples": 0,
     "batch_size": 0,
-    "tracking_uri": "",
+    "mlflow.tracking_uri": "",
     "output_dir": "",
 }
 
@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> float:
     if not arguments["model_uri"]:
         cli.fail(f"model_uri: required, e.g. runs:/<run_id>/model or models:/<name>@champion\n{USAGE}")
 
-    from fmnist_exp import data, evaluation, tracking, train
+    from fmnist_exp import data, evaluation, logged_model, train
+    from fmnist_exp.store import Store
 
-    tracking_uri = arguments["tracking_uri"] or default_tracking_uri()
+    store = Store(arguments["mlflow.tracking_uri"] or default_tracking_uri())
     try:
-        run = tracking.source_run(arguments["model_uri"], tracking_uri)
+        store.check()
+        run = store.source_run(arguments["model_uri"])
         logged = run.data.params if run else {}
         data_config = DataConfig(
             dir=arguments["data.dir"] or logged.get("data.dir") or os.environ.get("FMNIST_DATA_DIR"),
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> float:
         )
         batch_size = arguments["batch_size"] or int(logged.get("batch_size", 256))
         images, labels = data.load(data_config, seed=0).test
-        model = tracking.load_keras_model(arguments["model_uri"], tracking_uri)
+        model = logged_model.load(arguments["model_uri"], store)
     except UserError as error:
         cli.fail(str(error))
     result = train.evaluate(model, images, labels, batch_size)

@@ -1,26 +1,43 @@
-"""One experiment, top to bottom: data, model, optimizer, MLflow run, fit, test, artifacts, objective.
+"""One experiment as its stages: prepare, build or restore, fit, evaluate and log.
 
-`run()` takes the typed config and plain arguments, so tests call it without Hydra. `resume()`
-continues an interrupted run from its last checkpoint, into the same MLflow run.
+    prepared = prepare(config, output_dir)          # validate, store, data, output folder
+    model = build(prepared)                          # or restore(...) from a checkpoint
+    with prepared.store.run(...) as run:
+        fitted = fit(prepared, model, run)           # model.fit with the runner's callbacks
+        outcome = evaluate_and_log(prepared, model, run, fitted)
+
+`run()` and `resume()` are those stages in order; each stage is a plain function a test (or
+`bench`) can call. Adding a callback touches `callbacks_for`; adding an artifact touches
+`evaluate_and_log`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
 import math
+import os
+import signal
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from fmnist_exp import config as config_module
-from fmnist_exp import data, evaluation, models, tracking
-from fmnist_exp import sweep as sweeps
+from fmnist_exp import data, summary
 from fmnist_exp.config import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
+from fmnist_exp.store import Run, Store
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"
+RUN_FILE = "run.json"  # the MLflow run id, written as soon as the run exists
+LOCK_FILE = ".lock"
 CHECKPOINTS = "checkpoints"
 
 
@@ -28,20 +45,345 @@ class TrainingDiverged(RunStopped):
     """The loss became NaN or infinite; the run ends FAILED."""
 
 
+class TrainingCollapsed(RunStopped):
+    """The accuracy fell back to chance after the model had learned; the run ends FAILED."""
+
+
+@dataclass
+class Prepared:
+    """Everything checked and loaded; nothing trained, no run started."""
+
+    config: ExperimentConfig
+    output_dir: Path
+    overrides: list[str]
+    splits: data.Splits
+    store: Store
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.splits.train[0]) / self.config.batch_size)
+
+
+@dataclass
+class Fitted:
+    history: dict[str, list[float]]
+    seconds: float
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights the model holds
+    pruned_at: int | None = None
+
+
 @dataclass
 class Outcome:
     run_id: str
-    objective: float  # the last epoch's validation accuracy (training accuracy with data.validation=none)
+    objective: float  # see summary.objective
     test_accuracy: float
     test_loss: float
-    history: dict[str, list[float]]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None
+    pruned_at: int | None = None
 
 
-def run_name_from(overrides: Sequence[str]) -> str:
-    return ",".join(overrides)[:250] or "default"
+# -- the stages ---------------------------------------------------------------------------------
 
 
-def prepare_output(output_dir: Path) -> Path:
+def prepare(
+    config: ExperimentConfig, output_dir: Path, overrides: Sequence[str] = (), store: Store | None = None
+) -> Prepared:
+    """Everything that can be wrong with the input fails here, before Keras and before a run."""
+    config_module.validate(config)
+    store = store or Store(config.mlflow.tracking_uri)
+    store.check()
+    splits = data.load(config.data, config.seed)
+    check_splits(splits)
+    output_dir = make_output_folder(Path(output_dir))
+    (output_dir / CONFIG_FILE).write_text(config_module.to_yaml(config))
+    (output_dir / OVERRIDES_FILE).write_text(json.dumps(list(overrides)) + "\n")
+    return Prepared(config, output_dir, list(overrides), splits, store)
+
+
+def start_keras(config: ExperimentConfig):
+    """Keras for this job: a clean session, threads, determinism, seeds and precision. Returns keras."""
+    import keras
+
+    from fmnist_exp import train
+
+    # Jobs of a sweep share this process under Hydra's default launcher: start each from a clean slate.
+    keras.backend.clear_session()
+    train.configure_gpus()
+    train.configure_threads(config.trainer.threads)
+    train.configure_determinism(config.deterministic)
+    keras.utils.set_random_seed(config.seed)
+    train.configure_precision(config.trainer.precision)
+    return keras
+
+
+def build(prepared: Prepared):
+    """A new, compiled model from the config."""
+    from fmnist_exp import models, optim, train
+
+    config = prepared.config
+    with train.strategy_scope(config.trainer.distribute):
+        model = models.build(config.model.layers, name=config.model.name, augmentation=config.model.augmentation)
+        optimizer = optim.build(config.optimizer, prepared.steps_per_epoch, config.epochs)
+        train.compile_model(model, optimizer, config.trainer)
+    return model
+
+
+def restore(prepared: Prepared, state: dict):
+    """The checkpointed model, compiled, with its optimizer state."""
+    from fmnist_exp import train
+
+    with train.strategy_scope(prepared.config.trainer.distribute):
+        return train.load_checkpoint(prepared.output_dir / CHECKPOINTS, state)
+
+
+def fit(
+    prepared: Prepared,
+    model,
+    run: Run,
+    first_epoch: int = 0,
+    last_epoch: int | None = None,
+    parent_run_id: str | None = None,
+) -> Fitted:
+    """Train epochs first_epoch+1 .. last_epoch (default: the config's) with the runner's callbacks."""
+    from fmnist_exp import train
+
+    config = prepared.config
+    last_epoch = config.epochs if last_epoch is None else last_epoch
+    images, labels = prepared.splits.train
+    stream = train.training_pipeline(images, labels, config.batch_size, config.seed, first_epoch, last_epoch)
+    validation = prepared.splits.validation
+    callbacks = callbacks_for(prepared, run, first_epoch, parent_run_id)
+    started = time.perf_counter()
+    model.fit(
+        stream,
+        validation_data=train.pipeline(*validation, config.batch_size) if validation else None,
+        initial_epoch=first_epoch,
+        epochs=last_epoch,
+        steps_per_epoch=prepared.steps_per_epoch,
+        callbacks=list(callbacks.values()),
+        verbose=0 if "progress" in callbacks else train.verbosity(config.trainer.verbose),
+        shuffle=False,  # the stream already orders each epoch by (seed, epoch)
+    )
+    seconds = time.perf_counter() - started
+    stop_if_broken(config, callbacks)
+    stopping, pruner = callbacks.get("early_stopping"), callbacks.get("pruner")
+    return Fitted(
+        history=run.histories(),
+        seconds=seconds,
+        best_epoch=stopping.best_epoch_number if stopping else None,
+        pruned_at=pruner.pruned_at if pruner else None,
+    )
+
+
+def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id: str | None) -> dict:
+    """The runner's callbacks, by name, in the order Keras calls them."""
+    from fmnist_exp import callbacks, train
+    from fmnist_exp.pruning import SweepPruner
+
+    config = prepared.config
+    folder = prepared.output_dir / CHECKPOINTS
+    history = run.histories() if first_epoch else {}
+    objective_metric = summary.objective_metric(prepared.splits.validation is not None)
+    chosen = {
+        "timer": train.EpochTimer(len(prepared.splits.train[0])),
+        "non_finite": callbacks.StopOnNonFiniteLoss(),
+        "collapse": callbacks.StopOnCollapse(max(history.get("accuracy", [0.0]))),
+    }
+    stopping = config.trainer.early_stopping
+    if stopping.patience:
+        chosen["early_stopping"] = callbacks.EarlyStopping(stopping.monitor, stopping.patience, stopping.min_delta)
+        if first_epoch and (folder / "best.keras").is_file():
+            import keras
+
+            chosen["early_stopping"].continue_from(history, keras.saving.load_model(folder / "best.keras"))
+    chosen["logger"] = callbacks.EpochLogger(run)
+    if config.trainer.verbose == "auto" and train.verbosity("auto") != 1:  # a log, not a terminal
+        chosen["progress"] = callbacks.ProgressLine(config.epochs)
+    if config.pruning.enabled and parent_run_id:
+        chosen["pruner"] = SweepPruner(prepared.store, run, parent_run_id, objective_metric, config.pruning)
+    best_so_far = summary.objective(history) if history else None
+    chosen["best_checkpoint"] = callbacks.BestCheckpoint(folder, objective_metric, best_so_far)
+    chosen["checkpoint"] = train.Checkpointer(folder, run.run_id)
+    return chosen
+
+
+def stop_if_broken(config: ExperimentConfig, chosen: dict) -> None:
+    """A NaN loss or a collapse ends the run FAILED (the best checkpoint stays in checkpoints/)."""
+    if chosen["non_finite"].diverged_at is not None:
+        raise TrainingDiverged(
+            f"the training loss became NaN or infinite in epoch {chosen['non_finite'].diverged_at}; "
+            f"lower optimizer.learning_rate (now {config.optimizer.learning_rate}) or set optimizer.clipnorm"
+        )
+    if chosen["collapse"].collapsed_at is not None:
+        raise TrainingCollapsed(
+            f"training collapsed in epoch {chosen['collapse'].collapsed_at}: the training accuracy fell to "
+            f"chance level after reaching {chosen['collapse'].best:.4f}; the best epoch's model is in "
+            f"checkpoints/best.keras. Lower optimizer.learning_rate (now {config.optimizer.learning_rate}), "
+            "set optimizer.clipnorm, or stop earlier with trainer.early_stopping.patience"
+        )
+
+
+def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Outcome:
+    """The test pass, reports, curves, the model and its registration, and the objective."""
+    from fmnist_exp import evaluation, logged_model, plots, train
+
+    config, output_dir = prepared.config, prepared.output_dir
+    run.log_metrics({"train_seconds": fitted.seconds})
+    test = train.evaluate(model, *prepared.splits.test, config.batch_size)
+    objective = summary.objective(fitted.history, fitted.best_epoch)
+    final = {"test_loss": test.loss, "test_accuracy": test.accuracy, "objective": objective}
+    if fitted.best_epoch:
+        final["best_epoch"] = fitted.best_epoch
+    run.log_metrics(final)
+    run.log_metrics(evaluation.write_reports(*prepared.splits.test, test.probabilities, output_dir / "evaluation"))
+    run.log_artifacts(output_dir / "evaluation", "evaluation")
+    run.log_artifact(plots.learning_curves(fitted.history, output_dir / "learning_curves.png"), "plots")
+    if config.mlflow.log_model or config.register:
+        logged_model.log(run, model, prepared.splits.test[0][:2], output_dir)
+    if config.register:
+        prepared.store.register_model(run.run_id, config.mlflow.registered_model_name)
+    return Outcome(
+        run_id=run.run_id,
+        objective=objective,
+        test_accuracy=test.accuracy,
+        test_loss=test.loss,
+        history=fitted.history,
+        best_epoch=fitted.best_epoch,
+        pruned_at=fitted.pruned_at,
+    )
+
+
+# -- whole runs ---------------------------------------------------------------------------------
+
+
+def run(
+    config: ExperimentConfig,
+    output_dir: Path,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+    store: Store | None = None,
+) -> Outcome:
+    """Train and evaluate one config in a new MLflow run (a child of `parent_run_id` in a sweep)."""
+    prepared = prepare(config, output_dir, overrides, store)
+    with one_writer(prepared.output_dir), signals_as_interrupt():
+        start_keras(config)
+        model = build(prepared)
+        with prepared.store.run(
+            config.mlflow.experiment_name,
+            config.mlflow.run_name or config_module.run_name(prepared.overrides),
+            run_tags(prepared),
+            parent_run_id=parent_run_id,
+        ) as active:
+            (prepared.output_dir / RUN_FILE).write_text(json.dumps({"run_id": active.run_id}) + "\n")
+            log_inputs(prepared, active, model)
+            announce(prepared, model, active)
+            fitted = fit(prepared, model, active, parent_run_id=parent_run_id)
+            return evaluate_and_log(prepared, model, active, fitted)
+
+
+def resume(target: str, store: Store) -> Outcome:
+    """Continue the run whose output folder (or run id) is `target` from its last completed epoch.
+
+    A run stopped in its first epoch starts again from epoch 0; a run whose epochs are all done
+    (stopped during its test pass or model logging) only finishes what is missing. Either way it is
+    the same MLflow run.
+    """
+    folder = output_folder_of(target, store)
+    with one_writer(folder):
+        config = config_module.from_yaml(folder / CONFIG_FILE)
+        overrides = json.loads((folder / OVERRIDES_FILE).read_text()) if (folder / OVERRIDES_FILE).is_file() else []
+        prepared = prepare(config, folder, overrides, store)
+        run_id = json.loads((folder / RUN_FILE).read_text())["run_id"]
+        state = checkpoint_state(folder / CHECKPOINTS)
+        with signals_as_interrupt():
+            start_keras(config)
+            model = restore(prepared, state) if state else build(prepared)
+            first_epoch = state["epoch"] if state else 0
+            parent = store.get_run(run_id).data.tags.get("mlflow.parentRunId")
+            with store.run(config.mlflow.experiment_name, "", {}, run_id=run_id) as active:
+                active.set_tags({"resumed_from_epoch": first_epoch})
+                log.info(f"resuming run {run_id} after epoch {first_epoch} of {config.epochs}")
+                if first_epoch < config.epochs:
+                    fitted = fit(prepared, model, active, first_epoch, parent_run_id=parent)
+                else:
+                    fitted = finished_fit(prepared, model, active)
+                return evaluate_and_log(prepared, model, active, fitted)
+
+
+def finished_fit(prepared: Prepared, model, run: Run) -> Fitted:
+    """A run whose epochs are all done: its history from the store; the best epoch's weights if early
+    stopping chose one (from checkpoints/best.keras)."""
+    history = run.histories()
+    seconds = sum(history.get("epoch_seconds", []))
+    stopping = prepared.config.trainer.early_stopping
+    best_path = prepared.output_dir / CHECKPOINTS / "best.keras"
+    if stopping.patience and best_path.is_file():
+        import keras
+
+        model.set_weights(keras.saving.load_model(best_path).get_weights())
+        metric = summary.objective_metric(prepared.splits.validation is not None)
+        values = history.get(metric, [])
+        best_epoch = 1 + max(range(len(values)), key=values.__getitem__) if values else None
+        return Fitted(history, seconds, best_epoch=best_epoch)
+    return Fitted(history, seconds)
+
+
+# -- helpers of the stages ------------------------------------------------------------------------
+
+
+def check_splits(splits: data.Splits) -> None:
+    """Each side of a split needs at least one image of every class, or its figures mean nothing."""
+    import numpy as np
+
+    sides = {"data.max_train_samples": splits.train, "data.max_test_samples": splits.test}
+    if splits.validation is not None:
+        sides["data.validation_fraction"] = splits.validation
+    for key, (_, labels) in sides.items():
+        present = len(np.unique(labels))
+        if present < data.NUM_CLASSES:
+            raise UserError(
+                f"{key}: leaves {len(labels)} images covering {present} of the {data.NUM_CLASSES} classes; "
+                "each of the training, validation and test sets needs at least one image of every class"
+            )
+
+
+def checkpoint_state(folder: Path) -> dict | None:
+    """state.json of a checkpoint folder ({epoch, model, run_id}), or None before the first epoch ended."""
+    path = folder / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        if not (folder / state["model"]).is_file():
+            raise FileNotFoundError(folder / state["model"])
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
+        raise UserError(f"resume: the checkpoint in {folder} is damaged ({type(error).__name__}: {error})") from error
+    return state
+
+
+def device_description() -> str:
+    """The backend and what it trains on, for the start-up block."""
+    import keras
+
+    backend = keras.backend.backend()
+    gpus = 0
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = len(tf.config.list_physical_devices("GPU"))
+    elif backend == "jax":
+        import jax
+
+        gpus = sum(device.platform == "gpu" for device in jax.devices())
+    elif backend == "torch":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    return f"{backend} on {gpus} GPU(s)" if gpus else f"{backend} on the CPU ({os.cpu_count()} cores)"
+
+
+def make_output_folder(output_dir: Path) -> Path:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".write-test"
@@ -52,150 +394,103 @@ def prepare_output(output_dir: Path) -> Path:
     return output_dir
 
 
-def run(
-    config: ExperimentConfig,
-    output_dir: Path,
-    overrides: Sequence[str] = (),
-    parent_run_id: str | None = None,
-) -> Outcome:
-    """Train and evaluate one config in a new MLflow run (a child of `parent_run_id` in a sweep)."""
-    return _train(config, Path(output_dir), overrides, parent_run_id=parent_run_id)
+@contextlib.contextmanager
+def one_writer(output_dir: Path) -> Iterator[None]:
+    """One process writes a run at a time: a second run or resume of the same folder is refused."""
+    lock_path = output_dir / LOCK_FILE
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the block, closed below)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"resume: {output_dir} is in use by {holder}; wait for it to end or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
-def resume(target: str, tracking_uri: str) -> Outcome:
-    """Continue the run whose output folder (or run id) is `target` from its last completed epoch."""
-    folder = Path(target)
-    if not (folder / CHECKPOINTS).is_dir():
-        folder = tracking.output_dir_of_run(target, tracking_uri)
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise UserError(f"resume: {folder} holds no {CONFIG_FILE}; is it a run's output folder?")
-    config_module.register_schemas()
-    schema = OmegaConf.structured(ExperimentConfig)
-    config = OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.load(config_path)))
-    overrides = OmegaConf.load(folder / "overrides.yaml") if (folder / "overrides.yaml").is_file() else []
-    return _train(config, folder, list(overrides), resume_from=folder / CHECKPOINTS)
+def output_folder_of(target: str, store: Store) -> Path:
+    """`resume=` takes a run's output folder or its run id."""
+    folder = Path(target).expanduser()
+    if not (folder / CONFIG_FILE).is_file():
+        tags = store.get_run(target).data.tags if not folder.exists() else {}
+        if "output_dir" not in tags:
+            raise UserError(f"resume: {target!r} is neither a run's output folder nor a run id in {store.uri}")
+        folder = Path(tags["output_dir"])
+    if not (folder / CONFIG_FILE).is_file() or not (folder / RUN_FILE).is_file():
+        raise UserError(f"resume: {folder} holds no {CONFIG_FILE} and {RUN_FILE}; is it a run's output folder?")
+    return folder
 
 
-def _train(
-    config: ExperimentConfig,
-    output_dir: Path,
-    overrides: Sequence[str],
-    resume_from: Path | None = None,
-    parent_run_id: str | None = None,
-) -> Outcome:
-    # Everything that can be wrong with the input fails here, before TensorFlow and before a run.
-    config_module.validate(config)
-    tracking.check_reachable(config.mlflow.tracking_uri)
-    splits = data.load(config.data, config.seed)
-    prepare_output(output_dir)
-    (output_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)))
-    (output_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, like Ctrl-C, for the whole run
+    (training, test pass, model logging), so the run ends KILLED and can be resumed."""
 
-    import keras
-    import mlflow
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    from fmnist_exp import optim, plots, train
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
-    # Jobs of a sweep share this process under Hydra's default launcher: start each from a clean slate.
-    keras.backend.clear_session()
-    train.configure_gpus()
-    train.configure_threads(config.trainer.threads)
-    train.configure_determinism(config.deterministic)
-    keras.utils.set_random_seed(config.seed)
-    train.configure_precision(config.trainer.precision)
-    train_images, train_labels = splits.train
-    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
 
-    first_epoch, run_id = 0, None
-    with train.strategy_scope(config.trainer.distribute):
-        if resume_from is not None:
-            state = train.read_checkpoint(resume_from)
-            first_epoch, run_id = state["epoch"], state["run_id"]
-            if first_epoch >= config.epochs:
-                raise UserError(f"resume: {resume_from} already completed all {config.epochs} epochs")
-            model = train.load_checkpoint(resume_from, state)
-        else:
-            model = models.build(config.model.layers, name=config.model.name)
-            train.compile_model(model, optim.build(config.optimizer, steps_per_epoch, config.epochs), config.trainer)
-
-    training_data = train.training_pipeline(
-        train_images, train_labels, config.batch_size, config.seed, first_epoch, config.epochs
-    )
-    validation_data = train.pipeline(*splits.validation, config.batch_size) if splits.validation else None
-    tags = {
-        "overrides": " ".join(overrides),
-        "data_source": str(splits.source),
-        "output_dir": str(output_dir.resolve()),
+def run_tags(prepared: Prepared) -> dict[str, str]:
+    return {
+        "overrides": " ".join(prepared.overrides),
+        "data_source": str(prepared.splits.source),
+        "output_dir": str(prepared.output_dir.resolve()),
         # What re-run sweeps match finished work by.
-        "config_hash": sweeps.config_hash(config),
+        "config_hash": config_module.config_hash(prepared.config),
     }
 
-    with tracking.run(
-        config.mlflow.tracking_uri,
-        config.mlflow.experiment_name,
-        config.mlflow.run_name or run_name_from(overrides),
-        tags,
-        parent_run_id=parent_run_id,
-        run_id=run_id,
-    ) as active:
-        if resume_from is None:
-            tracking.log_params(config_module.flatten(config))
-            mlflow.log_params(
-                {
-                    "data.train_images": len(train_images),
-                    "data.validation_images": len(splits.validation[0]) if splits.validation else 0,
-                    "data.test_images": len(splits.test[0]),
-                    "model.parameters": model.count_params(),
-                }
-            )
-            mlflow.log_artifact(str(output_dir / CONFIG_FILE))
-            mlflow.log_artifact(str(output_dir / "overrides.yaml"))
-        else:
-            mlflow.set_tag("resumed_from_epoch", str(first_epoch))
-        divergence = train.StopOnNonFiniteLoss()
-        started = time.perf_counter()
-        with train.sigterm_as_interrupt():
-            model.fit(
-                training_data,
-                validation_data=validation_data,
-                initial_epoch=first_epoch,
-                epochs=config.epochs,
-                steps_per_epoch=steps_per_epoch,
-                callbacks=[
-                    train.EpochTimer(len(train_images)),
-                    divergence,
-                    tracking.epoch_logger(),
-                    train.Checkpointer(output_dir / CHECKPOINTS, active.info.run_id),
-                ],
-                verbose=train.verbosity(config.trainer.verbose),
-                shuffle=False,  # the pipeline already orders each epoch by (seed, epoch)
-            )
-        if divergence.diverged_at is not None:
-            raise TrainingDiverged(
-                f"the training loss became NaN or infinite in epoch {divergence.diverged_at}; "
-                f"lower optimizer.learning_rate (now {config.optimizer.learning_rate}) or set optimizer.clipnorm"
-            )
-        mlflow.log_metric("train_seconds", time.perf_counter() - started)
 
-        test = train.evaluate(model, *splits.test, config.batch_size)
-        mlflow.log_metrics({"test_loss": test.loss, "test_accuracy": test.accuracy})
-        mlflow.log_metrics(evaluation.write_reports(*splits.test, test.probabilities, output_dir / "evaluation"))
-        mlflow.log_artifacts(str(output_dir / "evaluation"), "evaluation")
-        # The whole run's curves, from the store: a resumed run's Keras history holds only its own epochs.
-        history = tracking.metric_histories(active.info.run_id)
-        mlflow.log_artifact(str(plots.learning_curves(history, output_dir / "learning_curves.png")), "plots")
-        if config.mlflow.log_model or config.register:
-            tracking.log_keras_model(model, splits.test[0][:2], output_dir)
-        if config.register:
-            tracking.register_model(active.info.run_id, config.mlflow.registered_model_name)
-        run_id = active.info.run_id
-
-    objective_key = "val_accuracy" if "val_accuracy" in history else "accuracy"
-    return Outcome(
-        run_id=run_id,
-        objective=float(history[objective_key][-1]),
-        test_accuracy=test.accuracy,
-        test_loss=test.loss,
-        history=history,
+def log_inputs(prepared: Prepared, run: Run, model) -> None:
+    splits = prepared.splits
+    run.log_params(config_module.flatten(prepared.config))
+    run.log_params(
+        {
+            "data.train_images": len(splits.train[0]),
+            "data.validation_images": len(splits.validation[0]) if splits.validation else 0,
+            "data.test_images": len(splits.test[0]),
+            "model.parameters": model.count_params(),
+        }
     )
+    run.log_artifact(prepared.output_dir / CONFIG_FILE)
+    run.log_artifact(prepared.output_dir / OVERRIDES_FILE)
+
+
+def announce(prepared: Prepared, model, run: Run) -> None:
+    """The start-up block: what is about to be trained, where, and where to look at it."""
+    config, splits = prepared.config, prepared.splits
+    validation = f"{len(splits.validation[0]):,} validation" if splits.validation else "no validation"
+    lines = [
+        f"model      {config.model.name}: {model.count_params():,} parameters"
+        + (f" ({', '.join(f'{k}={v}' for k, v in config.model.knobs.items())})" if config.model.knobs else ""),
+        f"data       {len(splits.train[0]):,} training, {validation}, {len(splits.test[0]):,} test images from {splits.source}",
+        f"training   {config.epochs} epochs at batch size {config.batch_size}, {config.optimizer.name} "
+        f"lr {config.optimizer.learning_rate} ({config.optimizer.schedule.name})",
+        f"device     {device_description()}, {config.trainer.precision}",
+        f"run        {run.run_id} in experiment {config.mlflow.experiment_name}",
+        f"output     {prepared.output_dir.resolve()}",
+        f"watch      {ui_command(prepared.store.uri)}",
+    ]
+    log.info("\n".join(lines))
+
+
+def ui_command(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri}"
+    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}"

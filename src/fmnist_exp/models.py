@@ -156,10 +156,29 @@ def _check_arguments(key: str, layer_type: str, args: dict[str, Any]) -> None:
                     raise ConfigError(f"{where}.{factor_name}: {factor!r} must be a number of at least 0")
 
 
-def check_stack(layers: Sequence[dict[str, Any]], key: str = "model.layers") -> list[Shape]:
+AUGMENTATION_TYPES = ("random_flip", "random_translation")
+
+
+def check_augmentation(items: Sequence[dict[str, Any]], key: str = "model.augmentation") -> None:
+    """The training-only augmentation list in front of the stack: augmentation layer types only."""
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("type") not in AUGMENTATION_TYPES:
+            raise ConfigError(
+                f"{key}[{index}]: {item!r} is not an augmentation layer; allowed types: {', '.join(AUGMENTATION_TYPES)}"
+            )
+    if items:
+        check_stack(
+            [*items, {"type": "flatten"}, {"type": "dense", "units": NUM_CLASSES, "activation": "softmax"}], key
+        )
+
+
+def check_stack(
+    layers: Sequence[dict[str, Any]], key: str = "model.layers", augmentation: Sequence[dict[str, Any]] = ()
+) -> list[Shape]:
     """Validate a layer list and return each layer's output shape; raises ConfigError naming the layer."""
     if not layers:
         raise ConfigError(f"{key}: the layer stack is empty")
+    check_augmentation(augmentation)
     shape: Shape = IMAGE_SHAPE
     shapes = []
     for index, layer in enumerate(layers):
@@ -213,17 +232,26 @@ def _describe(shape: Shape) -> str:
     return f"{shape[0]}x{shape[1]}x{shape[2]}" if len(shape) == 3 else str(shape)
 
 
-def count_parameters(layers: Sequence[dict[str, Any]]) -> int:
-    """Total weights, trainable or not, worked out without building the model."""
-    shapes = [IMAGE_SHAPE, *check_stack(layers)]
-    total = 0
-    for layer, input_shape in zip(layers, shapes[:-1], strict=True):
+def layer_table(
+    layers: Sequence[dict[str, Any]], augmentation: Sequence[dict[str, Any]] = ()
+) -> list[tuple[str, Shape, int]]:
+    """(name, output shape, parameters) per layer, augmentation first, worked out without Keras."""
+    shapes = [IMAGE_SHAPE, *check_stack(layers, augmentation=augmentation)]
+    rows = [(f"augmentation.{index} {item['type']}", IMAGE_SHAPE, 0) for index, item in enumerate(augmentation)]
+    for index, (layer, input_shape, output_shape) in enumerate(zip(layers, shapes[:-1], shapes[1:], strict=True)):
         args = {name: value for name, value in layer.items() if name != "type"}
-        total += LAYER_SPECS[layer["type"]].parameters(input_shape, args)
-    return total
+        rows.append(
+            (f"{index} {layer['type']}", output_shape, LAYER_SPECS[layer["type"]].parameters(input_shape, args))
+        )
+    return rows
 
 
-def count_multiply_adds(layers: Sequence[dict[str, Any]]) -> int:
+def count_parameters(layers: Sequence[dict[str, Any]], augmentation: Sequence[dict[str, Any]] = ()) -> int:
+    """Total weights, trainable or not, worked out without building the model."""
+    return sum(parameters for _, _, parameters in layer_table(layers, augmentation))
+
+
+def count_multiply_adds(layers: Sequence[dict[str, Any]], augmentation: Sequence[dict[str, Any]] = ()) -> int:
     """Multiply-adds of one image's forward pass through the convolutions and dense layers.
 
     Pooling, normalisation and activations are left out: they are a rounding error next to these.
@@ -253,7 +281,7 @@ def _keras_arguments(args: dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
-def build(layers: Sequence[dict[str, Any]], name: str = "model"):
+def build(layers: Sequence[dict[str, Any]], name: str = "model", augmentation: Sequence[dict[str, Any]] = ()):
     """Build the keras.Model. Its input is raw pixels (0-255, any numeric dtype); scaling is its first layer.
 
     Scaling inside the model keeps the data pipeline uint8 and lets a logged model take raw images.
@@ -261,9 +289,13 @@ def build(layers: Sequence[dict[str, Any]], name: str = "model"):
     import keras
     from keras import layers as keras_layers
 
-    check_stack(layers)
+    check_stack(layers, augmentation=augmentation)
     inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
     outputs = keras_layers.Rescaling(1.0 / 255, name="scale_to_unit")(inputs)
+    for index, item in enumerate(augmentation):
+        args = _keras_arguments({key: value for key, value in item.items() if key != "type"})
+        keras_class = getattr(keras_layers, LAYER_SPECS[item["type"]].keras_name)
+        outputs = keras_class(**args, name=f"augmentation_{item['type']}_{index}")(outputs)
     for index, layer in enumerate(layers):
         spec = LAYER_SPECS[layer["type"]]
         args = _keras_arguments({key: value for key, value in layer.items() if key != "type"})

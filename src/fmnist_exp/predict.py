@@ -17,8 +17,8 @@ from fmnist_exp.config import default_tracking_uri
 from fmnist_exp.data import CLASS_NAMES
 from fmnist_exp.errors import UserError
 
-USAGE = "usage: python -m fmnist_exp.predict model_uri=URI images=FILE[,FILE...]|FOLDER [tracking_uri=URI]"
-DEFAULTS = {"model_uri": "", "images": "", "tracking_uri": ""}
+USAGE = "usage: python -m fmnist_exp.predict model_uri=URI images=FILE[,FILE...]|FOLDER [mlflow.tracking_uri=URI]"
+DEFAULTS = {"model_uri": "", "images": "", "mlflow.tracking_uri": ""}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -62,12 +62,15 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     for key in ("model_uri", "images"):
         if not arguments[key]:
             cli.fail(f"{key}: required\n{USAGE}")
-    from fmnist_exp import tracking
+    from fmnist_exp import logged_model
+    from fmnist_exp.store import Store
 
     try:
         paths = image_paths(arguments["images"])
         loaded = [load_image(path) for path in paths]
-        model = tracking.load_keras_model(arguments["model_uri"], arguments["tracking_uri"] or default_tracking_uri())
+        store = Store(arguments["mlflow.tracking_uri"] or default_tracking_uri())
+        store.check()
+        model = logged_model.load(arguments["model_uri"], store)
     except UserError as error:
         cli.fail(str(error))
     probabilities = model.predict(np.stack([pixels for pixels, _ in loaded]), verbose=0)

@@ -1,0 +1,175 @@
+"""Keras callbacks the fit stage adds: logging to the run, early stopping, collapse and best checkpoint.
+
+Each is checked once per epoch, never per batch, so the hot loop gains no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from fmnist_exp.data import NUM_CLASSES
+from fmnist_exp.store import Run
+
+log = logging.getLogger(__name__)
+
+# A run has "learned" once its training accuracy passed this, and "collapsed" when an epoch's
+# training accuracy then falls to within this much of chance (1 / 10 classes).
+LEARNED_ACCURACY = 0.5
+COLLAPSED_ACCURACY = 2.0 / NUM_CLASSES
+
+
+def is_better(monitor: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+    """Accuracies improve upwards, losses downwards."""
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    if monitor.endswith("loss"):
+        return value < best - min_delta
+    return value > best + min_delta
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Every numeric value of an epoch's logs as a metric at step = epoch number, and a heartbeat."""
+
+    def __init__(self, run: Run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {key: float(value) for key, value in (logs or {}).items() if _is_number(value)}
+        self.run.log_metrics(metrics, step=epoch + 1)
+        self.run.heartbeat(last_completed_epoch=epoch + 1)
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class ProgressLine(keras.callbacks.Callback):
+    """One line per epoch for logs (no terminal): the figures and the estimated time left for the run."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+        self.started = 0.0
+        self.first_epoch: int | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch, self.started = epoch, time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        done = epoch + 1 - self.first_epoch
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / done * (self.epochs - epoch - 1)
+        figures = " ".join(
+            f"{key}={logs[key]:.4f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs
+        )
+        log.info(
+            f"epoch {epoch + 1}/{self.epochs} {figures} {logs.get('epoch_seconds', 0):.1f}s, {_duration(left)} left"
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's early stopping with the best weights restored at the end, and the best epoch (1-based)."""
+
+    def __init__(self, monitor: str, patience: int, min_delta: float):
+        super().__init__(
+            monitor=monitor,
+            patience=patience,
+            min_delta=min_delta,
+            mode="min" if monitor.endswith("loss") else "max",
+            restore_best_weights=True,
+        )
+
+    def continue_from(self, history: dict[str, list[float]], best_model: keras.Model | None) -> None:
+        """After a resume: the best so far comes from the run's history and its best checkpoint."""
+        values = history.get(self.monitor) or []
+        if not values or best_model is None:
+            return
+        pick = np.nanargmin if self.monitor.endswith("loss") else np.nanargmax
+        self.best_epoch = int(pick(values))
+        self.best = float(values[self.best_epoch])
+        self.wait = len(values) - 1 - self.best_epoch
+        self.best_weights = best_model.get_weights()
+
+    @property
+    def best_epoch_number(self) -> int | None:
+        return None if self.best_weights is None else self.best_epoch + 1
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the end of an epoch whose loss is NaN or infinite, and remembers it."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged_at: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.diverged_at = epoch + 1
+            self.model.stop_training = True
+
+
+class StopOnCollapse(keras.callbacks.Callback):
+    """Stops a run whose training accuracy fell back to about chance after it had learned.
+
+    A collapse keeps a finite loss, so the NaN check cannot see it. The epoch's mean training
+    accuracy is used, not a validation figure: a brief spike inside an epoch that recovers does not
+    pull a whole epoch's mean down to chance.
+    """
+
+    def __init__(self, best_so_far: float = 0.0):
+        super().__init__()
+        self.best = best_so_far
+        self.collapsed_at: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = (logs or {}).get("accuracy")
+        if accuracy is None or not np.isfinite(accuracy):
+            return
+        if self.best >= LEARNED_ACCURACY and accuracy <= COLLAPSED_ACCURACY:
+            self.collapsed_at = epoch + 1
+            self.model.stop_training = True
+        self.best = max(self.best, float(accuracy))
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps `best.keras`, the model of the best epoch by `monitor`, written atomically."""
+
+    def __init__(self, folder: Path, monitor: str, best_so_far: float | None = None):
+        super().__init__()
+        self.folder = folder
+        self.monitor = monitor
+        self.best = best_so_far
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not is_better(self.monitor, float(value), self.best):
+            return
+        self.best = float(value)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.folder / ".best.partial.keras"
+        self.model.save(partial)
+        os.replace(partial, self.folder / "best.keras")

@@ -1,0 +1,39 @@
+"""`dry_run=true`: compose, validate and describe the experiment, then exit without training.
+
+Plain Python only (no Keras, no MLflow), so it answers in about a second.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fmnist_exp import data, models
+from fmnist_exp.config import ExperimentConfig
+
+log = logging.getLogger("fmnist_exp.dry_run")
+
+
+def describe(config: ExperimentConfig) -> int:
+    """Log the layer table and the data that would be used; returns the parameter count."""
+    rows = models.layer_table(config.model.layers, augmentation=config.model.augmentation)
+    width = max(len(row[0]) for row in rows)
+    lines = [f"model {config.model.name}" + "".join(f", {k}={v}" for k, v in config.model.knobs.items())]
+    lines.append(f"  {'layer':<{width}}  {'output shape':>14}  {'parameters':>11}")
+    for name, shape, parameters in rows:
+        lines.append(f"  {name:<{width}}  {'x'.join(map(str, shape)):>14}  {parameters:>11,}")
+    total = models.count_parameters(config.model.layers, augmentation=config.model.augmentation)
+    multiply_adds = models.count_multiply_adds(config.model.layers, augmentation=config.model.augmentation)
+    lines.append(f"  total {total:,} parameters; {multiply_adds:,} multiply-adds per image (forward)")
+    folder = data.locate(config.data.dir, download=False) if not config.data.download else "(download allowed)"
+    train_count = min(config.data.max_train_samples or 60000, 60000)
+    test_count = min(config.data.max_test_samples or 10000, 10000)
+    held = round(train_count * config.data.validation_fraction) if config.data.validation == "holdout" else 0
+    validation = {"holdout": f"{held:,} held out of them", "test": "the test set", "none": "none"}[
+        config.data.validation
+    ]
+    lines.append(
+        f"data  {folder}: {train_count - held:,} training images, validation {validation}, {test_count:,} test images"
+    )
+    lines.append(f"train {config.epochs} epochs at batch size {config.batch_size}; nothing was trained (dry_run=true)")
+    log.info("\n".join(lines))
+    return total

@@ -1,0 +1,105 @@
+"""The model a run logs, and the only way this project loads one back.
+
+Logged: MLflow's Keras flavour in Keras 3's `.keras` format, with a signature (float32 pixels
+(-1, 28, 28, 1), values 0-255 -> ten probabilities) and an input example.
+
+Loaded: only that, through `keras.saving.load_model(safe_mode=True)`. MLflow would pick its loader
+from the model folder's own MLmodel file, and an exported SavedModel (`save_exported_model: true`)
+goes to `tf.saved_model.load`, which has no safe mode and runs the graph's own ops (file writes
+included). So the MLmodel is read here and anything but a plain `.keras` file is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from fmnist_exp.errors import ModelUriError
+from fmnist_exp.store import Run, Store
+
+ARTIFACT = "model"
+
+
+def requirements() -> list[str]:
+    """The model's pip requirements, pinned from the running versions (inferring them would load
+    the model once more in a subprocess)."""
+    import keras
+    import mlflow
+
+    pins = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow
+
+        pins.append(f"tensorflow=={tensorflow.__version__}")
+    elif backend == "jax":
+        import jax
+
+        pins.append(f"jax=={jax.__version__}")
+    elif backend == "torch":
+        import torch
+
+        pins.append(f"torch=={torch.__version__.split('+')[0]}")
+    return pins
+
+
+def log(run: Run, model, example_images: np.ndarray, output_dir: Path) -> Path:
+    """Save the model into the run's output folder, then upload it as the run's `model` artifact.
+
+    Saved with `mlflow.keras.save_model` into a folder made first, and uploaded, because MLflow 3.17's
+    `mlflow.keras.log_model(..., input_example=...)` writes the example before it creates its folder.
+    """
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    example = np.asarray(example_images, dtype=np.float32)
+    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+    local = output_dir / ARTIFACT
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)  # MLflow writes the input example into it before creating it itself
+    mlflow.keras.save_model(
+        model, str(local), signature=signature, input_example=example, pip_requirements=requirements()
+    )
+    run.log_artifacts(local, ARTIFACT)
+    return local
+
+
+def keras_file(folder: Path) -> Path:
+    """The `.keras` file of a logged model folder; refuses anything that is not this runner's format."""
+    import yaml
+
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelUriError(f"model_uri: {folder} holds no MLmodel file; is it a logged model?")
+    try:
+        flavors = yaml.safe_load(mlmodel.read_text()).get("flavors", {})
+    except (yaml.YAMLError, AttributeError) as error:
+        raise ModelUriError(f"model_uri: {mlmodel} is not a readable MLmodel file") from error
+    keras_flavor = flavors.get("keras")
+    if not isinstance(keras_flavor, dict):
+        raise ModelUriError(f"model_uri: {folder} is not a Keras model (flavors: {', '.join(flavors) or 'none'})")
+    if keras_flavor.get("save_exported_model"):
+        raise ModelUriError(
+            f"model_uri: {folder} is an exported SavedModel, which loads without Keras's safe mode; "
+            "only models saved in the .keras format are loaded"
+        )
+    path = (folder / str(keras_flavor.get("data", "data")) / "model.keras").resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        raise ModelUriError(f"model_uri: {folder} has no data/model.keras file inside it")
+    return path
+
+
+def load(model_uri: str, store: Store):
+    """A logged model (runs:/, models:/ or a local folder) as a Keras model, with safe_mode on."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = store.download_model(model_uri, Path(scratch))
+        path = keras_file(folder)
+        try:
+            return keras.saving.load_model(path, safe_mode=True)
+        except (ValueError, OSError, TypeError) as error:
+            raise ModelUriError(f"model_uri: {model_uri} cannot be loaded safely ({error})") from error

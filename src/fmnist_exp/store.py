@@ -1,0 +1,409 @@
+"""MLflow behind one boundary: a `Store` made from a tracking URI and passed to whoever needs it.
+
+It owns the client, the experiments, the run lifecycle (a run ends FINISHED, KILLED or FAILED, never
+RUNNING), params, metrics, tags, artifacts, searches, models and the registry. Nothing else in the
+project calls `mlflow.set_tracking_uri` or the fluent `mlflow.*` run API, so a sweep, a report and
+a test can each hold a store of their own in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmnist_exp.config import PROJECT_ROOT
+from fmnist_exp.errors import ModelUriError, TrackingError, UserError
+
+# Tags that say which process owns a RUNNING run, so that a run whose process died can be found.
+HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
+    "fmnist_exp.host",
+    "fmnist_exp.pid",
+    "fmnist_exp.pid_start",
+    "fmnist_exp.heartbeat",
+)
+# The UI shows experiments of this kind as machine-learning experiments (runs table, not GenAI).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(tracking_uri[len(prefix) :]) if tracking_uri.startswith(prefix) else None
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (clock ticks since boot), or None if it is gone.
+
+    With the pid it identifies one process: a pid reused by a later process has another start time.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19]  # field 22 of stat; fields[0] here is field 3
+
+
+def artifact_folder_name(experiment_name: str) -> str:
+    """A folder name for an experiment's artifacts: its name made safe, plus a digest of the whole name."""
+    import hashlib
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment_name).strip("._")[:40] or "experiment"
+    return f"{slug}-{hashlib.sha256(experiment_name.encode()).hexdigest()[:8]}"
+
+
+def owner_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(pid),
+        PID_START_TAG: process_start(pid) or "",
+        HEARTBEAT_TAG: str(int(time.time())),
+    }
+
+
+def git_tags() -> dict[str, str]:
+    """The commit the code ran from, and whether the tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower()}
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes on this machine, held for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Store:
+    """One MLflow tracking store (a sqlite:/// file or an http:// server)."""
+
+    def __init__(self, tracking_uri: str):
+        self.uri = tracking_uri
+        self._client = None
+
+    # -- the store itself -------------------------------------------------------------------------
+
+    @property
+    def client(self):
+        """The MLflow client; a new SQLite store's schema is created under a file lock.
+
+        Two processes opening a new SQLite store at once otherwise race MLflow's schema migration
+        (alembic: "Online migration expected to match one row").
+        """
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            database = sqlite_path(self.uri)
+            if database is None:
+                self._client = MlflowClient(self.uri)
+            else:
+                with file_lock(database.with_name(database.name + ".lock")):
+                    client = MlflowClient(self.uri)
+                    client.search_experiments(max_results=1)  # creates or migrates the schema now
+                    self._client = client
+        return self._client
+
+    def check(self, key: str = "mlflow.tracking_uri", timeout: float = 5.0) -> None:
+        """Fail in seconds with one line naming the URI, before any training, if the store is unusable."""
+        if self.uri.startswith(("http://", "https://")):
+            try:
+                with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=timeout):  # noqa: S310
+                    return
+            except (urllib.error.URLError, OSError) as error:
+                raise TrackingError(
+                    f"{key}: cannot reach the tracking server {self.uri} ({error}). "
+                    "Start it, or point the key at a reachable server or a sqlite:/// file."
+                ) from error
+        database = sqlite_path(self.uri)
+        if database is not None:
+            try:
+                database.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TrackingError(f"{key}: cannot create {database.parent} ({error})") from error
+            if not os.access(database.parent, os.W_OK):
+                raise TrackingError(f"{key}: the folder {database.parent} is not writable")
+            if database.exists() and not database.is_file():
+                raise TrackingError(f"{key}: {database} is not a file")
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as error:  # noqa: BLE001 (any failure here means the store is unusable)
+            self._client = None
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise TrackingError(
+                f"{key}: {self.uri} cannot be used as an MLflow store ({reason}). "
+                "Use a sqlite:///<absolute path>.db file or an http://host:port tracking server."
+            ) from error
+
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        """The experiment's id; created (when `create`) with its artifacts under the store's artifact root.
+
+        A name is only ever a name: the artifact folder is a slug of it plus a digest, so an absolute
+        or dotted name (`/etc`, `../x`) cannot send artifacts outside the store's folder.
+        """
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        if not create:
+            return None
+        database = sqlite_path(self.uri)
+        # MLflow's default for a SQLite store is ./mlruns relative to the working folder; keep the
+        # artifacts beside the database instead, whatever the cwd. A server decides for itself.
+        location = (database.parent / "artifacts" / artifact_folder_name(name)).as_uri() if database else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except MlflowException:  # another job of a parallel sweep created it first
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    # -- runs -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        experiment_name: str,
+        run_name: str,
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> Iterator[Run]:
+        """One run that ends FINISHED, KILLED (Ctrl-C, SIGTERM, SIGHUP) or FAILED, never RUNNING.
+
+        With `run_id`, the existing run is continued (a resume) instead of a new one started. The run
+        carries owner tags (host, pid, heartbeat), so that `reap_orphans` can end it as KILLED if
+        this process dies without cleaning up.
+        """
+        experiment_id = self.experiment_id(experiment_name)
+        self.reap_orphans(experiment_id)
+        all_tags = {**git_tags(), **tags, **owner_tags()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            self.set_tags(run_id, all_tags)
+        else:
+            run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
+        try:
+            yield Run(self, run_id)
+        except KeyboardInterrupt:
+            self.client.set_terminated(run_id, "KILLED")
+            raise
+        except BaseException as error:
+            self.client.set_tag(run_id, "failure_reason", f"{type(error).__name__}: {error}"[:5000])
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        else:
+            self.client.set_terminated(run_id, "FINISHED")
+
+    def reap_orphans(self, experiment_id: str) -> list[str]:
+        """Mark RUNNING runs of this machine whose process is gone as KILLED; returns their ids.
+
+        A process killed with SIGKILL, by the OOM killer or with its machine cannot end its own run.
+        Runs of other machines are left alone: whether their process lives cannot be seen from here.
+        """
+        host = socket.gethostname()
+        running = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+            max_results=1000,
+        )
+        reaped = []
+        for stale in running:
+            tags = stale.data.tags
+            pid = int(tags.get(PID_TAG, "0") or 0)
+            if pid and process_start(pid) == tags.get(PID_START_TAG) and tags.get(PID_START_TAG):
+                continue  # its process is alive
+            self.client.set_tag(
+                stale.info.run_id, "killed_reason", f"process {pid} on {host} ended without closing the run"
+            )
+            self.client.set_terminated(stale.info.run_id, "KILLED")
+            reaped.append(stale.info.run_id)
+        return reaped
+
+    def get_run(self, run_id: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as error:
+            raise UserError(f"run {run_id!r} is not a run in {self.uri}") from error
+
+    def search(self, experiment_name: str, filter_string: str = "", max_results: int = 10000, order_by=None) -> list:
+        """Runs of an experiment (none if it does not exist)."""
+        experiment_id = self.experiment_id(experiment_name, create=False)
+        if experiment_id is None:
+            return []
+        return list(
+            self.client.search_runs(
+                [experiment_id], filter_string=filter_string, max_results=max_results, order_by=order_by
+            )
+        )
+
+    def first(self, experiment_name: str, filter_string: str):
+        found = self.search(experiment_name, filter_string, max_results=1)
+        return found[0] if found else None
+
+    def children(self, parent_run_id: str) -> list:
+        parent = self.client.get_run(parent_run_id)
+        return list(
+            self.client.search_runs(
+                [parent.info.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                max_results=10000,
+            )
+        )
+
+    def histories(self, run_id: str, skip_prefix: str = "test_") -> dict[str, list[float]]:
+        """Every per-epoch metric of a run, ordered by epoch: {'loss': [...], 'val_accuracy': [...]}."""
+        keys = [key for key in self.client.get_run(run_id).data.metrics if not key.startswith(skip_prefix)]
+        histories = {}
+        for key in keys:
+            points = sorted(self.client.get_metric_history(run_id, key), key=lambda point: point.step)
+            if points and points[0].step >= 1:
+                histories[key] = [point.value for point in points]
+        return histories
+
+    def metric_at(self, run_id: str, key: str, step: int) -> float | None:
+        for point in self.client.get_metric_history(run_id, key):
+            if point.step == step:
+                return point.value
+        return None
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    # -- models -----------------------------------------------------------------------------------
+
+    def register_model(self, run_id: str, name: str, alias: str | None = None) -> str:
+        """Register the run's `model` artifact as a new version of `name`; optionally point `alias` at it."""
+        from mlflow.exceptions import MlflowException
+
+        run = self.client.get_run(run_id)
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException:
+            pass  # it exists already
+        version = self.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id).version
+        if alias:
+            self.client.set_registered_model_alias(name, alias, version)
+        return str(version)
+
+    def source_run(self, model_uri: str):
+        """The run a runs:/ or models:/ URI comes from, or None for a plain path."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            if model_uri.startswith("runs:/"):
+                return self.client.get_run(model_uri[len("runs:/") :].split("/", 1)[0])
+            if model_uri.startswith("models:/"):
+                version = self._model_version(model_uri)
+                return self.client.get_run(version.run_id) if version.run_id else None
+        except MlflowException as error:
+            raise ModelUriError(f"model_uri: {model_uri} cannot be resolved in {self.uri} ({error.message})") from error
+        return None
+
+    def _model_version(self, model_uri: str):
+        name, _, selector = model_uri[len("models:/") :].partition("@")
+        if selector:
+            return self.client.get_model_version_by_alias(name, selector)
+        name, _, number = name.partition("/")
+        return self.client.get_model_version(name, number)
+
+    def download_model(self, model_uri: str, into: Path) -> Path:
+        """The model folder of a runs:/, models:/ URI or a local path, as a local folder."""
+        from mlflow.exceptions import MlflowException
+
+        if not model_uri.startswith(("runs:/", "models:/")):
+            folder = Path(model_uri).expanduser()
+            if not folder.is_dir():
+                raise ModelUriError(f"model_uri: {model_uri} is neither a runs:/ or models:/ URI nor a folder")
+            return folder
+        try:
+            if model_uri.startswith("models:/"):
+                source = self._model_version(model_uri).source
+            else:
+                run_id, _, path = model_uri[len("runs:/") :].partition("/")
+                source = f"{self.client.get_run(run_id).info.artifact_uri}/{path or 'model'}"
+            import mlflow.artifacts
+
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into)))
+        except (MlflowException, OSError) as error:
+            message = getattr(error, "message", str(error))
+            raise ModelUriError(f"model_uri: {model_uri} cannot be resolved in {self.uri} ({message})") from error
+
+
+@dataclass
+class Run:
+    """The run a job writes to; everything it logs goes through here."""
+
+    store: Store
+    run_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params as strings; MLflow keeps 6,000 characters of a value and takes 100 per call."""
+        from mlflow.entities import Param
+
+        items = [Param(key, ("null" if value is None else str(value))[:6000]) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self.store.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.store.client.log_batch(self.run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.store.set_tags(self.run_id, tags)
+
+    def heartbeat(self, **tags: Any) -> None:
+        self.set_tags({HEARTBEAT_TAG: int(time.time()), **tags})
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.store.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_artifacts(self, path: Path, folder: str | None = None) -> None:
+        self.store.client.log_artifacts(self.run_id, str(path), folder)
+
+    def log_dict(self, data: Any, file_name: str) -> None:
+        self.store.client.log_text(self.run_id, json.dumps(data, indent=2), file_name)
+
+    def histories(self) -> dict[str, list[float]]:
+        return self.store.histories(self.run_id)
+
+    @property
+    def info(self):
+        return self.store.client.get_run(self.run_id).info
