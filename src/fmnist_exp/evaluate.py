@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> float:
     arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
     if not arguments["model_uri"]:
         cli.fail(f"model_uri: required, e.g. runs:/<run_id>/model or models:/<name>@champion\n{USAGE}")
+    for key in ("batch_size", "data.max_test_samples"):
+        if arguments[key] is not None and arguments[key] < 0:
+            cli.fail(f"{key}: {arguments[key]} must be a positive number (0 or unset: the run's own)")
 
     from fmnist_exp import data, evaluation, logged_model, train
     from fmnist_exp.store import Store
