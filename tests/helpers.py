@@ -57,26 +57,46 @@ def typed_config(overrides: list[str] | None = None) -> ExperimentConfig:
 
 
 def start_command(module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`python -m <module> <arguments>` in its own process group, stdout and stderr captured."""
-    return subprocess.Popen(
+    """`python -m <module> <arguments>` in its own process group.
+
+    Its stdout and stderr go to unnamed files, not pipes: a test that polls files while the process
+    runs reads nothing, and a full pipe would stop the process mid-write.
+    """
+    import tempfile
+
+    stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    process = subprocess.Popen(
         [sys.executable, "-m", module, *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=stdout,
+        stderr=stderr,
         text=True,
         env={**os.environ, **(env or {})},
         cwd=cwd,
         start_new_session=True,
     )
+    process.output_files = (stdout, stderr)
+    return process
+
+
+def read_output(process: subprocess.Popen) -> tuple[str, str]:
+    texts = []
+    for handle in process.output_files:
+        handle.seek(0)
+        texts.append(handle.read())
+    return texts[0], texts[1]
 
 
 def finish(process: subprocess.Popen, timeout: float = PROCESS_TIMEOUT) -> subprocess.CompletedProcess:
     """Wait for a process we started; on a timeout end it (and only its own group) and fail."""
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"{process.args} ran past {timeout} s:\n{stderr[-3000:]}") from None
+        process.wait()
+        raise AssertionError(f"{process.args} ran past {timeout} s:\n{read_output(process)[1][-3000:]}") from None
+    stdout, stderr = read_output(process)
+    for handle in process.output_files:
+        handle.close()
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -102,9 +122,12 @@ def wait_for(condition, process: subprocess.Popen | None = None, timeout: float 
         if value:
             return value
         if process is not None and process.poll() is not None:
-            _, stderr = process.communicate()
+            stderr = read_output(process)[1]
             raise AssertionError(f"the process ended ({process.returncode}) before {what}:\n{stderr[-3000:]}")
         if time.monotonic() > deadline:
+            if process is not None:  # leave nothing running: end the process (its own group only)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
             raise AssertionError(f"{what} did not happen within {timeout} s")
         time.sleep(0.02)
 

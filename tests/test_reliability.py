@@ -1,136 +1,50 @@
-"""Bad input, faults mid-training, resume and determinism, against real subprocesses and stores."""
+"""Faults: signals and kills at every stage of a run, resume, races between processes, a store
+converging to the truth, hostile files. Real processes, real signals, real stores; no mocks.
+
+Bad input (a wrong key, a broken store, a damaged data file) is the table in test_cli.py.
+"""
 
 from __future__ import annotations
 
-import json
+import gzip
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import mlflow
+import numpy as np
 import pytest
+from mlflow import MlflowClient
 
-from conftest import SMALL_RUN, SUBSET_DIR, typed_config
 from fmnist_exp import data, experiment
-
-
-def start_cli(arguments: list[str], tracking_uri: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fmnist_exp.run", *arguments],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-        cwd=cwd,
-    )
-
-
-def run_cli(arguments: list[str], tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    process = start_cli([*arguments, f"hydra.run.dir={cwd}/out"], tracking_uri, cwd)
-    stdout, stderr = process.communicate(timeout=300)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def all_runs(tracking_uri: str) -> list:
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
-
-
-def corrupt_copy(tmp_path: Path, how: str) -> Path:
-    copy = tmp_path / "data"
-    data.copy_dataset(SUBSET_DIR, copy)
-    (copy / data.MANIFEST_NAME).unlink()  # so that reading, not the checksum, meets the damage
-    if how == "truncated":
-        path = copy / data.FILES["train_images"]
-        path.write_bytes(path.read_bytes()[:4000])
-    elif how == "magic":
-        labels = data.read_idx(copy / data.FILES["test_labels"], data.LABELS_MAGIC)
-        data.write_idx(copy / data.FILES["test_labels"], labels, 2052)
-    elif how == "counts":
-        labels = data.read_idx(copy / data.FILES["train_labels"], data.LABELS_MAGIC)
-        data.write_idx(copy / data.FILES["train_labels"], labels[:100], data.LABELS_MAGIC)
-    return copy
-
-
-POOLS = (
-    "["
-    + ",".join(["{type:max_pooling2d,pool_size:2}"] * 5)
-    + ",{type:flatten},{type:dense,units:10,activation:softmax}]"
+from fmnist_exp.store import HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG, Store
+from helpers import (
+    SMALL_RUN,
+    SUBSET_DIR,
+    TINY_RUN,
+    all_runs,
+    assert_refused,
+    checkpoint_epoch,
+    finish,
+    hostile_saved_model,
+    metric_steps,
+    run_cli,
+    run_command,
+    start_command,
+    typed_config,
+    wait_for,
 )
 
-# (override(s), text the message must hold). Each must exit non-zero before a run exists.
-BAD_INPUTS = [
-    (["batch_size=0"], "batch_size: 0 must be a positive number"),
-    (["batch_size=-1"], "batch_size: -1 must be a positive number"),
-    (["batch_size=abc"], "batch_size"),
-    (["batch_size=1000000000"], "batch_size: 1000000000 is larger than 65536"),
-    (["epochs=-1"], "epochs: -1 must be a positive number"),
-    (["seed=-3"], "seed: -3 must be 0 or more"),
-    (["optimizer=adagrad"], "optimizer/adagrad"),
-    (["optimizer.learning_rate=-0.01"], "optimizer.learning_rate: -0.01 must be a positive number"),
-    (["optimizer.learning_rate=fast"], "optimizer.learning_rate"),
-    (["optimizer.momentum=0.9"], "optimizer.momentum: adam takes no momentum"),
-    (["optimizer.schedule.name=linear"], "optimizer.schedule.name: 'linear' is not one of constant, cosine"),
-    (["model=resnet"], "model/resnet"),
-    (["model.layers.0.type=conv3d"], "model.layers[0].type: 'conv3d' is not a known layer type"),
-    (["model.layers.0.type=os.system"], "model.layers[0].type: 'os.system' is not a known layer type"),
-    (["model.layers.0.filters=0"], "model.layers[0].filters: 0 must be an integer of at least 1"),
-    (["model.layers.4.kernel_size=13"], "model.layers[4].kernel_size: 13 does not fit the 12x12x64 feature map"),
-    ([f"model.layers={POOLS}"], "model.layers[4].pool_size: 2 does not fit the 1x1x1 feature map"),
-    (["model.layers.8.rate=1.5"], "model.layers[8].rate: 1.5 must be a number in [0, 1)"),
-    (["model.layers.9.units=9"], "model.layers[9]: the last layer must be {type: dense, units: 10"),
-    (["model.layers=[{type:flatten}]"], "model.layers[0]: the last layer must be"),
-    (["data.max_train_samples=0"], "data.max_train_samples: 0 must be a positive number"),
-    (["data.validation=cross"], "data.validation: 'cross' is not one of holdout, test, none"),
-    (["data.dir=/nonexistent/fashion"], "data.dir: '/nonexistent/fashion' is not a folder"),
-    (["trainer.precision=float8"], "trainer.precision: 'float8' is not one of float32"),
-    (
-        ["mlflow.tracking_uri=http://127.0.0.1:9"],
-        "mlflow.tracking_uri: cannot reach the tracking server http://127.0.0.1:9",
-    ),
-    (["data.no_such_key=1"], "no_such_key"),
-]
+RUN = "fmnist_exp.run"
 
 
-@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[" ".join(o)[:40] for o, _ in BAD_INPUTS])
-def test_bad_input_is_refused_clearly_and_leaves_no_run(tmp_path, tracking_uri, overrides, message):
-    result = run_cli([*SMALL_RUN, *overrides], tracking_uri, tmp_path)
-    assert result.returncode != 0
-    assert message in result.stderr, result.stderr[-1500:]
-    assert "Traceback" not in result.stderr
-    assert all_runs(tracking_uri) == []
-
-
-@pytest.mark.parametrize(
-    "how, message",
-    [
-        ("truncated", "train-images-idx3-ubyte.gz: not a readable gzip file"),
-        ("magic", "t10k-labels-idx1-ubyte.gz: IDX magic number 2052, expected 2049"),
-        ("counts", "4,000 images but train-labels-idx1-ubyte.gz 100 labels"),
-    ],
-)
-def test_damaged_data_files_are_named(tmp_path, tracking_uri, how, message):
-    copy = corrupt_copy(tmp_path, how)
-    result = run_cli([*SMALL_RUN, f"data.dir={copy}", "data.verify=false"], tracking_uri, tmp_path)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert all_runs(tracking_uri) == []
-
-
-def test_unwritable_output_folder_is_named(tmp_path, tracking_uri):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    for key in ("hydra.run.dir", "hydra.sweep.dir"):
-        multirun = ["-m"] if key == "hydra.sweep.dir" else []
-        process = start_cli([*multirun, *SMALL_RUN, f"{key}={blocker}/out/${{now:%H}}"], tracking_uri, tmp_path)
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 2
-        assert f"{key}: cannot create" in stderr and f"{blocker} is a file" in stderr
-        assert "Traceback" not in stderr
-    assert all_runs(tracking_uri) == []
+# -- a run stops itself, or is stopped -----------------------------------------------------------
 
 
 def test_nan_loss_fails_the_run_with_a_reason(tmp_path, tracking_uri):
@@ -171,17 +85,14 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, tr
         "mlflow.log_model=false",
     ]
     output = tmp_path / "interrupted"
-    process = start_cli([*arguments, f"hydra.run.dir={output}"], tracking_uri, tmp_path)
-    state_file = output / "checkpoints" / "state.json"
-    deadline = time.monotonic() + 240
-    while not state_file.exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    time.sleep(0.5)  # into the second epoch
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri}
+    process = start_command(RUN, [*arguments, f"hydra.run.dir={output}"], tmp_path, environment)
+    wait_for(lambda: checkpoint_epoch(output) >= 1, process, what="the first checkpoint")
+    time.sleep(0.5)  # into the second epoch (an epoch here takes many seconds)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
-    assert json.loads(state_file.read_text())["epoch"] == 1
+    result = finish(process)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert checkpoint_epoch(output) == 1
     (killed,) = all_runs(tracking_uri)
     assert killed.info.status == "KILLED"
     assert killed.data.tags["last_completed_epoch"] == "1"
@@ -192,8 +103,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, tr
     assert finished.info.run_id == killed.info.run_id
     assert finished.info.status == "FINISHED"
     assert finished.data.tags["resumed_from_epoch"] == "1"
-    steps = [point.step for point in mlflow.MlflowClient().get_metric_history(finished.info.run_id, "val_accuracy")]
-    assert steps == [1, 2, 3]
+    assert metric_steps(tracking_uri, finished.info.run_id, "val_accuracy") == [1, 2, 3]
 
     (tmp_path / "reference").mkdir()
     uninterrupted = run_cli([*arguments, "mlflow.experiment_name=reference"], tracking_uri, tmp_path / "reference")
@@ -203,3 +113,346 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, tr
     # stream restarts at the resume, so the figures agree closely rather than bit for bit.
     assert finished.data.metrics["val_accuracy"] == pytest.approx(reference.data.metrics["val_accuracy"], abs=0.03)
     assert finished.data.metrics["test_accuracy"] == pytest.approx(reference.data.metrics["test_accuracy"], abs=0.03)
+
+
+def test_sigterm_after_the_last_epoch_ends_killed_and_its_hint_finishes_the_run(tmp_path, tracking_uri):
+    """Issue 13, 2: a SIGTERM in the test pass or model logging ends the run KILLED (not RUNNING), and
+    the printed hint (which names the run's store) resumes it: the test pass and the model only."""
+    decoy = f"sqlite:///{tmp_path / 'decoy' / 'mlflow.db'}"  # the default store here: never the run's
+    output = tmp_path / "run"
+    arguments = [*TINY_RUN, "epochs=1", f"mlflow.tracking_uri={tracking_uri}", f"hydra.run.dir={output}"]
+    process = start_command(RUN, arguments, tmp_path, {"MLFLOW_TRACKING_URI": decoy})
+    wait_for(lambda: checkpoint_epoch(output) == 1, process, what="the last epoch's checkpoint")
+    process.send_signal(signal.SIGTERM)
+    result = finish(process)
+    assert result.returncode == 130, f"the run ended before the signal or failed:\n{result.stderr[-3000:]}"
+    (killed,) = all_runs(tracking_uri)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["last_completed_epoch"] == "1"
+
+    hint = re.search(r"continue with: (python -m fmnist_exp\.run .*)$", result.stderr, re.MULTILINE)
+    assert hint, result.stderr[-2000:]
+    assert f"resume={killed.info.run_id}" in hint.group(1)
+    assert f"mlflow.tracking_uri={tracking_uri}" in hint.group(1)
+    arguments = shlex.split(hint.group(1))[3:]
+    resumed = run_command(
+        RUN, [*arguments, f"hydra.run.dir={tmp_path / 'resumed'}"], tmp_path, {"MLFLOW_TRACKING_URI": decoy}
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    (finished,) = all_runs(tracking_uri)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.tags["resumed_from_epoch"] == "1"
+    assert {"test_accuracy", "test_loss", "objective"} <= set(finished.data.metrics)
+    assert metric_steps(tracking_uri, finished.info.run_id, "val_accuracy") == [1]  # no epoch trained twice
+    assert [item.path for item in MlflowClient(tracking_uri).list_artifacts(finished.info.run_id, "model")]
+    assert all_runs(decoy) == []
+
+
+def test_sighup_ends_killed_and_of_two_resumes_at_once_one_writes(tmp_path, tracking_uri):
+    """Issue 13, 3 and 5: SIGHUP ends a run KILLED as SIGTERM does; two resume= of it at once: the
+    second is refused naming the first, and the run's history has every epoch once."""
+    output = tmp_path / "run"
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPROFILEIMPORTTIME": "1"}
+    process = start_command(
+        RUN, [*TINY_RUN, "epochs=2", "mlflow.log_model=false", f"hydra.run.dir={output}"], tmp_path, environment
+    )
+    wait_for(lambda: checkpoint_epoch(output) == 1, process, what="the first checkpoint")
+    process.send_signal(signal.SIGHUP)
+    result = finish(process)
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "interrupted (SIGHUP)" in result.stderr
+    (killed,) = all_runs(tracking_uri)
+    assert killed.info.status == "KILLED"
+
+    both = [
+        start_command(RUN, [f"resume={output}", f"hydra.run.dir={tmp_path / name}"], tmp_path, environment)
+        for name in ("first", "second")
+    ]
+    results = [finish(process) for process in both]
+    assert sorted(result.returncode for result in results) == [0, 2], [r.stderr[-1500:] for r in results]
+    winner, loser = (0, 1) if results[0].returncode == 0 else (1, 0)
+    assert_refused(results[loser], f"resume: {output} is in use by process {both[winner].pid}")
+
+    (finished,) = all_runs(tracking_uri)
+    assert finished.info.status == "FINISHED"
+    assert metric_steps(tracking_uri, finished.info.run_id, "val_accuracy") == [1, 2]
+    assert metric_steps(tracking_uri, finished.info.run_id, "loss") == [1, 2]
+
+
+# -- processes that cannot clean up: the store converges to the truth -----------------------------
+
+ORPHAN = """
+import os, signal, sys
+from fmnist_exp.store import Store
+with Store(sys.argv[1]).run("fmnist_exp", "orphan", {}) as run:
+    print(run.run_id, flush=True)
+    if sys.argv[2] == "die":
+        os.kill(os.getpid(), signal.SIGKILL)
+    sys.stdin.readline()
+"""
+
+
+def start_owner(tracking_uri: str, fate: str) -> tuple[subprocess.Popen, str]:
+    """A process that opens a run through Store and then dies by SIGKILL ("die") or waits ("live")."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN, tracking_uri, fate],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    run_id = process.stdout.readline().strip()
+    assert run_id, "the owner process opened no run"
+    if fate == "die":
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    return process, run_id
+
+
+def status(tracking_uri: str, run_id: str):
+    return MlflowClient(tracking_uri).get_run(run_id)
+
+
+def test_the_hint_after_an_interrupted_resume_names_the_run_and_its_store(tmp_path, monkeypatch):
+    """Issue 13, low: interrupted during resume=<folder>, the hint names the run id from the folder
+    and the store the run lives in, not the default one."""
+    from fmnist_exp import preflight
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'default' / 'mlflow.db'}")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_text('{"run_id": "0123abcd"}\n')
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    config = typed_config([f"resume={folder}", f"mlflow.tracking_uri={store}"])
+    hint = preflight.resume_hint(config, tmp_path / "this-command's-output")
+    assert hint == f"continue with: python -m fmnist_exp.run resume=0123abcd mlflow.tracking_uri={store}"
+
+
+def test_runs_of_dead_processes_are_marked_killed_by_report_and_sweep_but_live_ones_are_not(tmp_path, tracking_uri):
+    """Issue 13, 3: a run whose process was killed (-9) stays RUNNING until the next report or sweep
+    sees that its process is gone; a run whose process lives is left alone."""
+    live, live_id = start_owner(tracking_uri, "live")
+    try:
+        _, dead_id = start_owner(tracking_uri, "die")
+        assert status(tracking_uri, dead_id).info.status == "RUNNING"
+
+        report = run_command("fmnist_exp.report", ["sweep=all", f"mlflow.tracking_uri={tracking_uri}"], tmp_path)
+        assert report.returncode == 0, report.stderr[-2000:]
+        dead = status(tracking_uri, dead_id)
+        assert dead.info.status == "KILLED"
+        assert f"process {dead.data.tags[PID_TAG]} on {dead.data.tags[HOST_TAG]}" in dead.data.tags["killed_reason"]
+        assert status(tracking_uri, live_id).info.status == "RUNNING"
+
+        _, dead_id = start_owner(tracking_uri, "die")
+        sweep = run_command(
+            RUN,
+            ["-m", "batch_size=0", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+            tmp_path,
+            {"MLFLOW_TRACKING_URI": tracking_uri},
+        )
+        assert "job failed: batch_size: 0" in sweep.stdout + sweep.stderr
+        assert status(tracking_uri, dead_id).info.status == "KILLED"
+        assert "killed_reason" in status(tracking_uri, dead_id).data.tags
+        assert status(tracking_uri, live_id).info.status == "RUNNING"
+    finally:
+        live.communicate("\n", timeout=60)
+    assert status(tracking_uri, live_id).info.status == "FINISHED"
+
+
+def test_kill_9_of_training_then_report_marks_it_killed_and_resume_finishes_it(tmp_path, tracking_uri):
+    """Issue 13, 3: kill -9 mid-training leaves RUNNING; `report` marks it KILLED with a reason;
+    resume= finishes it; and that resume (a new run) marks another dead process's run KILLED."""
+    output = tmp_path / "run"
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri}
+    process = start_command(
+        RUN, [*TINY_RUN, "epochs=2", "mlflow.log_model=false", f"hydra.run.dir={output}"], tmp_path, environment
+    )
+    wait_for(lambda: checkpoint_epoch(output) == 1, process, what="the first checkpoint")
+    process.kill()
+    finish(process)
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "RUNNING"  # nothing could close it
+    assert {HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG} <= set(run.data.tags)
+
+    report = run_command("fmnist_exp.report", ["sweep=all", f"mlflow.tracking_uri={tracking_uri}"], tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    killed = status(tracking_uri, run.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert f"process {process.pid}" in killed.data.tags["killed_reason"]
+
+    _, orphan_id = start_owner(tracking_uri, "die")
+    resumed = run_cli([f"resume={output}"], tracking_uri, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    finished = status(tracking_uri, run.info.run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.tags["resumed_from_epoch"] == "1"
+    assert metric_steps(tracking_uri, run.info.run_id, "val_accuracy") == [1, 2]
+    assert status(tracking_uri, orphan_id).info.status == "KILLED"
+
+
+# -- races ----------------------------------------------------------------------------------------
+
+CHECK_STORE = "import sys; from fmnist_exp.store import Store; Store(sys.argv[1]).check()"
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Issue 13, 4: MLflow's schema creation on a new SQLite store races (alembic's "Online migration
+    expected to match one row"); Store creates it under a file lock. Four at once, as cheap processes."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", CHECK_STORE, uri], stderr=subprocess.PIPE, text=True) for _ in range(4)
+    ]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, "\n".join(error[-1500:] for error in errors)
+
+
+def test_runs_started_together_on_a_new_store_all_finish(tmp_path, tracking_uri):
+    """Issue 13, 4: three trainings started at once on a store that does not exist yet."""
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri}
+    processes = [
+        start_command(
+            RUN,
+            [*TINY_RUN, "epochs=1", "mlflow.log_model=false", f"hydra.run.dir={tmp_path / str(n)}"],
+            tmp_path,
+            environment,
+        )
+        for n in range(3)
+    ]
+    results = [finish(process) for process in processes]
+    assert [result.returncode for result in results] == [0, 0, 0], [result.stderr[-1500:] for result in results]
+    assert [run.info.status for run in all_runs(tracking_uri)] == ["FINISHED"] * 3
+
+
+# -- names, damaged run folders, hostile files ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["{tmp}/absolute/folder", "../outside", "a/../../b"])
+def test_experiment_names_never_send_artifacts_outside_the_store(tmp_path, monkeypatch, name):
+    """Issue 13, 9: an experiment name is a name, not a path."""
+    name = name.replace("{tmp}", str(tmp_path))
+    (tmp_path / "cwd" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "cwd" / "deeper")
+    store = Store(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    artifact = tmp_path / "artifact.txt"
+    artifact.write_text("x")
+    with store.run(name, "named", {}) as run:
+        run.log_artifact(artifact)
+        location = Path(urlsplit(run.info.artifact_uri).path)
+    assert location.resolve().is_relative_to((tmp_path / "store" / "artifacts").resolve())
+    assert (location / "artifact.txt").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["artifact.txt", "cwd", "store"]
+    assert list((tmp_path / "cwd").rglob("*")) == [tmp_path / "cwd" / "deeper"]
+
+
+@pytest.fixture
+def resumable(finished_run, tmp_path):
+    """A private copy of the shared finished run (its store and output folder), marked KILLED."""
+    _, run, uri, output = finished_run
+    database = Path(uri.removeprefix("sqlite:///"))
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy2(database, tmp_path / "mlruns" / "mlflow.db")
+    copy_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    folder = tmp_path / "run"
+    shutil.copytree(output, folder, ignore=shutil.ignore_patterns(".lock"))
+    MlflowClient(copy_uri).set_terminated(run.info.run_id, "KILLED")
+    return folder, copy_uri, run.info.run_id
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, message, before_keras",
+    [
+        ("checkpoint", "resume: the checkpoint {folder}/checkpoints/epoch-0002.keras cannot be read", False),
+        ("state.json", "resume: the checkpoint in {folder}/checkpoints is damaged", True),
+        ("finished", "resume: run {run_id} already FINISHED; there is nothing to resume", True),
+    ],
+)
+def test_resume_of_a_damaged_or_finished_run_is_one_line(resumable, tmp_path, damage, message, before_keras):
+    folder, uri, run_id = resumable
+    if damage == "checkpoint":
+        truncate(folder / "checkpoints" / "epoch-0002.keras")
+    elif damage == "state.json":
+        truncate(folder / "checkpoints" / "state.json")
+    else:
+        MlflowClient(uri).set_terminated(run_id, "FINISHED")
+    result = run_command(
+        RUN,
+        [f"resume={folder}", f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"],
+        tmp_path,
+        {"PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert_refused(result, message.format(folder=folder, run_id=run_id), before_keras)
+    assert status(uri, run_id).info.status == ("FINISHED" if damage == "finished" else "KILLED")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gzip_that_expands_far_beyond_its_header_is_refused_before_it_fills_memory(tmp_path, tracking_uri):
+    """Issue 13, low: a labels file whose header says 4,000 labels, followed by 1 GiB of zeros (a few
+    hundred KB compressed), is refused after reading one byte past the header's size."""
+    copy = tmp_path / "data"
+    data.copy_dataset(SUBSET_DIR, copy)
+    (copy / data.MANIFEST_NAME).unlink()
+    path = copy / data.FILES["train_labels"]
+    with gzip.open(path, "rb") as stream:
+        content = stream.read()
+    zeros = gzip.compress(bytes(1 << 24), compresslevel=9)  # 16 MiB of zeros in one gzip member
+    path.write_bytes(gzip.compress(content) + zeros * 64)  # gzip reads every member: 1 GiB more
+
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                RUN,
+                *SMALL_RUN,
+                f"data.dir={copy}",
+                "data.verify=false",
+                f"hydra.run.dir={tmp_path / 'out'}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+            cwd=tmp_path,
+        )
+        _, wait_status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(wait_status)
+    result = subprocess.CompletedProcess(process.args, process.returncode, "", (tmp_path / "stderr").read_text())
+    peak_mib = usage.ru_maxrss / 1024  # kilobytes on Linux
+    assert peak_mib < 700, f"peak memory {peak_mib:.0f} MiB: the file was read whole"
+    assert_refused(result, f"{path}: holds more than the 4,000 bytes its header (4000,) says")
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """Issue 13, low: a 16-bit PNG predicts like its 8-bit original (Pillow's convert("L") clips it white)."""
+    from PIL import Image
+
+    from fmnist_exp import predict
+
+    images, _ = data.read_pair(SUBSET_DIR, data.FILES["test_images"], data.FILES["test_labels"])
+    pixels = images[0, ..., 0]
+    Image.fromarray(pixels).save(tmp_path / "eight.png")
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    eight, _ = predict.load_image(tmp_path / "eight.png")
+    sixteen, notes = predict.load_image(tmp_path / "sixteen.png")
+    assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")  # really 16-bit
+    assert np.array_equal(eight, sixteen)
+    assert notes == ["scaled 16-bit (I;16) to 8-bit"]
+
+
+def test_the_hostile_model_folder_runs_code_when_mlflow_loads_it(tmp_path, tracking_uri):
+    """The model folder of test_cli's exported-SavedModel cases is a real threat: loaded MLflow's way
+    and called, it writes a file. This project's loader refuses it and nothing runs."""
+    import mlflow.keras
+
+    from fmnist_exp import logged_model
+    from fmnist_exp.errors import ModelUriError
+
+    folder = hostile_saved_model(tmp_path / "model", marker=tmp_path / "pwned")
+    with pytest.raises(ModelUriError, match="is an exported SavedModel"):
+        logged_model.load(str(folder), Store(tracking_uri))
+    assert not (tmp_path / "pwned").exists()
+    mlflow.keras.load_model(str(folder)).serve(np.zeros((1, 28, 28, 1), np.float32))
+    assert (tmp_path / "pwned").read_text() == "code from a model folder ran"
