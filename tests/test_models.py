@@ -287,3 +287,19 @@ def test_resnet_small_trains_one_epoch_on_real_images(tmp_path, monkeypatch):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     # Augmentation is off at prediction: the same images give the same probabilities.
     np.testing.assert_array_equal(probabilities, model.predict(splits.test[0][:100], verbose=0))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_blocks_and_augmentation_train_under_mixed_precision(policy):
+    import keras
+
+    layers = [*STEM, residual(conv(16, strides=2, use_bias=False), {"type": "batch_normalization"}), *POOLED_HEAD]
+    pixels = np.random.default_rng(0).integers(0, 256, size=(32, 28, 28, 1)).astype("uint8")
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = models.build(layers, augmentation=AUGMENTATION)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        loss = model.train_on_batch(pixels, np.arange(32) % 10)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.isfinite(float(np.asarray(loss))) and model.output.dtype == "float32"

@@ -542,6 +542,10 @@ def _apply(node: _Traced, inputs, dtype: str | None = None):
         return outputs
     spec = AUGMENTATION_SPECS.get(node.type) or LAYER_SPECS[node.type]
     keras_class = getattr(keras_layers, spec.keras_name)
+    if node.type in AUGMENTATION_SPECS:
+        # Augmentation has no weights and costs little, so it runs in float32 under every precision
+        # policy: Keras 3.15's RandomErasing fails under mixed_float16 (a float16 range).
+        dtype = "float32"
     extra = {"dtype": dtype} if dtype is not None else {}
     return keras_class(**_keras_arguments(node), name=node.name, **extra)(inputs)
 
