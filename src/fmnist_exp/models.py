@@ -36,7 +36,8 @@ The API:
 - `check_augmentation(items, key="model.augmentation") -> None`: validate an augmentation list.
 - `count_parameters(layers) -> int`, `count_multiply_adds(layers) -> int`: without building.
 - `build(layers, augmentation=(), name="model") -> keras.Model`: checks both lists, then builds with
-  the Keras functional API, using only `keras.layers` (so it works on every Keras 3 backend).
+  the Keras functional API from `keras.layers` only, no backend-specific calls, so that it can run on
+  every Keras 3 backend (tested on TensorFlow; jax and torch are not installed on this machine).
 """
 
 from __future__ import annotations
