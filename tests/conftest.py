@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from fmnist_exp.config import PROJECT_ROOT, ExperimentConfig, register_schemas, 
 SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
 CONF_DIR = PROJECT_ROOT / "conf"
 FULL_DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
+# The decoded-data cache of the whole session (and its subprocesses) stays out of the user's home.
+os.environ.setdefault("FMNIST_CACHE_DIR", tempfile.mkdtemp(prefix="fmnist-exp-cache-"))
 
 # The shrunken real config that fast tests train: 1 epoch on 1,000 real images.
 SMALL_RUN = [
