@@ -32,12 +32,12 @@ def job(composed: DictConfig) -> float | dict:
     try:
         config = to_experiment_config(composed)
     except UserError as error:
-        preflight.discard_unused(output_dir)
-        if sweeping:  # one bad combination must not stop the sweep
+        if sweeping:  # one bad combination must not stop the sweep; its log file says why
             from fmnist_exp.sweep import JobResult
 
             log.error(f"job failed: {error}")
             return dataclasses.asdict(JobResult(objective=math.nan))
+        preflight.discard_unused(output_dir)
         fail(str(error))
     if config.dry_run:
         preflight.discard_unused(output_dir)
