@@ -16,14 +16,14 @@ from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
 from fmnist_exp import preflight
-from fmnist_exp.config import register_schemas, to_experiment_config
+from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
 
 log = logging.getLogger("fmnist_exp.run")
 CALLBACKS = ["fmnist_exp.sweep.SweepCallback"]
 
 
-@hydra.main(config_path="../../conf", config_name="config")
+@hydra.main(config_path=str(CONF_DIR), config_name="config")
 def job(composed: DictConfig) -> float | dict:
     """One job: validate, train, log; returns the objective (a JobResult in a sweep) for sweepers."""
     runtime = HydraConfig.get()
