@@ -24,7 +24,7 @@ Result = TypeVar("Result")
 
 
 @dataclasses.dataclass
-class TestDataConfig:
+class EvaluationDataConfig:
     """The runner's `data.*` keys that choose the test set (config.DataConfig's, with its defaults)."""
 
     # None: the model's run's own data.dir, else $FMNIST_DATA_DIR, else the Keras cache, then Debian's.

@@ -24,7 +24,7 @@ class EvaluateConfig:
     batch_size: int | None = None
     # A folder for the confusion matrix and the per-class report (None: none written).
     output_dir: str | None = None
-    data: commands.TestDataConfig = field(default_factory=commands.TestDataConfig)
+    data: commands.EvaluationDataConfig = field(default_factory=commands.EvaluationDataConfig)
     mlflow: commands.StoreConfig = field(default_factory=commands.StoreConfig)
 
 
