@@ -15,30 +15,39 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from fmnist_exp import cli
-from fmnist_exp.errors import UserError
+from omegaconf import MISSING
 
-USAGE = (
-    "usage: python -m fmnist_exp.bench [model=NAME] [batch_size=N] [images=N] [repeats=N] "
-    "[precision=float32|mixed_bfloat16] [jit_compile=auto|true|false] [time_to_accuracy=PRESET] [output=FILE.json]"
-)
-DEFAULTS = {
-    "model": "seed_cnn",
-    "batch_size": 32,
-    "images": 12800,
-    "repeats": 3,
-    "precision": "float32",
-    "jit_compile": "auto",
-    "time_to_accuracy": "",
-    "target": "0.9052",
-    "output": "",
-}
+from fmnist_exp import commands, noise
+from fmnist_exp.errors import ConfigError
+
 ARTICLE_ACCURACY = 0.9052
+
+
+@dataclass
+class BenchTrainerConfig:
+    # The runner's trainer.precision and trainer.jit_compile (their choices are checked there).
+    precision: str = "float32"
+    jit_compile: str = "auto"
+
+
+@dataclass
+class BenchConfig:
+    # The runner's model group: model=fast_cnn picks conf/model/fast_cnn.yaml, measured as it stands.
+    model: Any = MISSING
+    batch_size: int = 32
+    images: int = 12800  # training images per repeat
+    repeats: int = 3  # measured rounds per side, after one tracing round
+    trainer: BenchTrainerConfig = field(default_factory=BenchTrainerConfig)
+    # A preset of conf/experiment/: measure the wall seconds until its test accuracy reaches `target`.
+    time_to_accuracy: str | None = None
+    target: float = ARTICLE_ACCURACY
+    output: str | None = None  # a .json file for the figures
 
 
 def machine() -> str:
@@ -103,10 +112,10 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from fmnist_exp.config import PROJECT_ROOT, register_schemas, to_experiment_config
+    from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
 
     register_schemas()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return to_experiment_config(hydra_compose(config_name="config", overrides=overrides))
 
 
@@ -193,20 +202,48 @@ def time_to_accuracy(preset: str, target: float) -> dict:
             "final_test_accuracy": outcome.test_accuracy, "epochs": len(outcome.history["val_accuracy"])}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    if arguments["repeats"] < 1 or arguments["images"] < arguments["batch_size"]:
-        cli.fail("repeats must be at least 1 and images at least one batch")
+def main(argv: list[str] | None = None) -> dict | None:
+    """The command line (`argv`, else sys.argv): prints and returns the figures."""
+    from fmnist_exp.config import register_schemas
+
+    noise.quiet()
+    register_schemas()  # the resolvers the model files use
+    return commands.run("bench", BenchConfig, bench, argv)
+
+
+def model_name(model: dict) -> str:
+    """The model's name; refuses a knob changed on the command line, which the measurement would not see."""
+    from omegaconf import OmegaConf
+
+    from fmnist_exp.config import CONF_DIR, MODEL_FIELDS
+
+    as_defined = OmegaConf.load(CONF_DIR / "model" / f"{model['name']}.yaml")
+    for knob, value in model.items():
+        if knob not in MODEL_FIELDS and as_defined.get(knob) != value:
+            raise ConfigError(f"model.{knob}: bench measures {model['name']} as conf/model/ defines it, knobs included")
+    return model["name"]
+
+
+def bench(config: BenchConfig) -> dict:
+    if config.repeats < 1 or config.images < config.batch_size:
+        raise ConfigError("repeats must be at least 1 and images at least one batch")
+    arguments = {
+        "model": model_name(config.model),
+        "batch_size": config.batch_size,
+        "images": config.images,
+        "repeats": config.repeats,
+        "precision": config.trainer.precision,
+        "jit_compile": config.trainer.jit_compile,
+    }
     from hydra.errors import HydraException
 
     try:
-        if arguments["time_to_accuracy"]:
-            result = time_to_accuracy(arguments["time_to_accuracy"], float(arguments["target"]))
+        if config.time_to_accuracy:
+            result = time_to_accuracy(config.time_to_accuracy, config.target)
         else:
             result = throughput(arguments)
-    except (UserError, HydraException) as error:  # bad model/preset name or value, data not found
-        cli.fail(str(error).split("\nConfig search path")[0])  # Hydra's search path says nothing useful here
+    except HydraException as error:  # a bad model or preset name, or value; Hydra's search path says nothing useful
+        raise ConfigError(commands.joined(str(error).split("\nConfig search path")[0].splitlines())) from error
     for key, value in result.items():
         shown = (
             [round(item, 3) if isinstance(item, float) else item for item in value]
@@ -214,8 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
             else value
         )
         print(f"{key:>38}: {round(shown, 4) if isinstance(shown, float) else shown}")
-    if arguments["output"]:
-        Path(arguments["output"]).write_text(json.dumps(result, indent=2) + "\n")
+    if config.output:
+        Path(config.output).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

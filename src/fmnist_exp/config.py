@@ -19,15 +19,36 @@ from omegaconf.errors import InterpolationResolutionError
 
 from fmnist_exp.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _source_checkout() -> Path | None:
+    """The repository this code runs from (src/fmnist_exp inside it), or None when installed."""
+    repository = _PACKAGE.parents[1]
+    if _PACKAGE.parent.name == "src" and (repository / "conf" / "config.yaml").is_file():
+        return repository
+    return None
+
+
+# The repository when the code runs from a checkout (an editable install, or PYTHONPATH=src); None
+# when it runs from an installed wheel (site-packages, or an unpacked wheel).
+CHECKOUT = _source_checkout()
+# The Hydra configs: the checkout's conf/ (the source of truth), else the copy the wheel carries in
+# the package (pyproject.toml maps conf/ to fmnist_exp/conf at build time).
+CONF_DIR = CHECKOUT / "conf" if CHECKOUT else _PACKAGE / "conf"
+# The checkout, or for an installed package the working folder the command was started in.
+PROJECT_ROOT = CHECKOUT or Path.cwd()
 
 
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the project's mlruns/ folder.
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in mlruns/ of the project.
 
-    Absolute, so that every Hydra job of a sweep writes to the same store whatever its cwd.
+    The project is the checkout; for an installed package (nothing belongs in site-packages) it is
+    the working folder. Absolute, so that every Hydra job of a sweep writes to the same store
+    whatever its cwd.
     """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    folder = (CHECKOUT or Path.cwd()) / "mlruns"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder / 'mlflow.db'}"
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")

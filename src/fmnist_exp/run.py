@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -15,15 +14,15 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
-from fmnist_exp import preflight
-from fmnist_exp.config import register_schemas, to_experiment_config
+from fmnist_exp import noise, preflight
+from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
 
 log = logging.getLogger("fmnist_exp.run")
 CALLBACKS = ["fmnist_exp.sweep.SweepCallback"]
 
 
-@hydra.main(config_path="../../conf", config_name="config")
+@hydra.main(config_path=str(CONF_DIR), config_name="config")
 def job(composed: DictConfig) -> float | dict:
     """One job: validate, train, log; returns the objective (a JobResult in a sweep) for sweepers."""
     runtime = HydraConfig.get()
@@ -48,6 +47,9 @@ def job(composed: DictConfig) -> float | dict:
         except UserError as error:
             fail(str(error))
 
+    noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
+    if config.trainer.backend == "tensorflow":
+        noise.import_tensorflow()
     from fmnist_exp import experiment, sweep
     from fmnist_exp.store import Store
 
@@ -73,7 +75,7 @@ def job(composed: DictConfig) -> float | dict:
 
 
 def main() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter.
+    noise.quiet()  # before anything imports TensorFlow
     register_schemas()
     try:
         preflight.check_arguments(sys.argv[1:])
