@@ -134,7 +134,7 @@ def test_sweep_without_validation_ranks_by_training_accuracy_and_says_so(tmp_pat
     assert parent.data.tags["best_run_id"] == best.info.run_id
     assert "best_val_accuracy" not in parent.data.metrics  # no validation set, no validation figure
     table = (tmp_path / "sweep" / "summary" / "sweep_summary.csv").read_text().splitlines()
-    assert table[0].startswith("run_name,status,objective,val_accuracy,")
+    assert table[0].startswith("run_name,status,pruned_at,objective,val_accuracy,")
     assert all(",nan," in line for line in table[1:])  # val_accuracy column: none measured
 
 
@@ -223,6 +223,9 @@ def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, t
 
     search = [*TINY, "epochs=2", "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=3",
               f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
+    from fmnist_exp.store import Store
+
+    Store(tracking_uri).check()  # the store's schema exists before this test polls it
     process = subprocess.Popen(
         [sys.executable, "-m", "fmnist_exp.run", "-m", *search],
         cwd=tmp_path,
@@ -235,7 +238,7 @@ def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, t
     try:  # kill -9 the search in the middle of its second trial
         while True:
             assert process.poll() is None and time.monotonic() < deadline, "the second trial never started"
-            children = split(runs(tracking_uri))[1] if Path(tracking_uri.removeprefix("sqlite:///")).exists() else []
+            children = split(runs(tracking_uri))[1]
             if len(children) == 2 and any(child.data.tags.get("last_completed_epoch") is None for child in children):
                 break
             time.sleep(0.5)
