@@ -480,7 +480,7 @@ def announce(prepared: Prepared, model, run: Run) -> None:
         f"model      {config.model.name}: {model.count_params():,} parameters"
         + (f" ({', '.join(f'{k}={v}' for k, v in config.model.knobs.items())})" if config.model.knobs else ""),
         f"data       {len(splits.train[0]):,} training, {validation}, {len(splits.test[0]):,} test images from {splits.source}",
-        f"training   {config.epochs} epochs at batch size {config.batch_size}, {config.optimizer.name} "
+        f"training   {config.epochs} epoch{'s' if config.epochs != 1 else ''} at batch size {config.batch_size}, {config.optimizer.name} "
         f"lr {config.optimizer.learning_rate} ({config.optimizer.schedule.name})",
         f"device     {device_description()}, {config.trainer.precision}",
         f"run        {run.run_id} in experiment {config.mlflow.experiment_name}",
