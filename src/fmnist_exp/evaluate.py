@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> float:
     if not arguments["model_uri"]:
         cli.fail(f"model_uri: required, e.g. runs:/<run_id>/model or models:/<name>@champion\n{USAGE}")
 
+    from fmnist_exp import backend
+
+    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
     from fmnist_exp import data, evaluation, tracking, train
 
     tracking_uri = arguments["tracking_uri"] or default_tracking_uri()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fmnist_exp import backend, data, evaluation, models, tracking
 from fmnist_exp import config as config_module
-from fmnist_exp import data, evaluation, models, tracking
 from fmnist_exp import sweep as sweeps
 from fmnist_exp.config import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
@@ -86,6 +86,7 @@ def _train(
 ) -> Outcome:
     # Everything that can be wrong with the input fails here, before TensorFlow and before a run.
     config_module.validate(config)
+    backend.activate(config.trainer, config.deterministic)  # before anything imports Keras
     tracking.check_reachable(config.mlflow.tracking_uri)
     splits = data.load(config.data, config.seed)
     prepare_output(output_dir)

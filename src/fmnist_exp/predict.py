@@ -62,8 +62,9 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
     for key in ("model_uri", "images"):
         if not arguments[key]:
             cli.fail(f"{key}: required\n{USAGE}")
-    from fmnist_exp import tracking
+    from fmnist_exp import backend, tracking
 
+    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
     try:
         paths = image_paths(arguments["images"])
         loaded = [load_image(path) for path in paths]

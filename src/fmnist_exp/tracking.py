@@ -176,10 +176,10 @@ def log_keras_model(model, example_images, output_dir: Path) -> None:
     """
     import shutil
 
-    import keras
     import numpy as np
-    import tensorflow as tf
     from mlflow.models import infer_signature
+
+    from fmnist_exp import backend
 
     example = np.asarray(example_images, dtype=np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
@@ -191,11 +191,7 @@ def log_keras_model(model, example_images, output_dir: Path) -> None:
         str(local),
         signature=signature,
         input_example=example,
-        pip_requirements=[
-            f"tensorflow=={tf.__version__}",
-            f"keras=={keras.__version__}",
-            f"mlflow=={mlflow.__version__}",
-        ],
+        pip_requirements=[*backend.pip_requirements(), f"mlflow=={mlflow.__version__}"],
     )
     mlflow.log_artifacts(str(local), artifact_path="model")
 
