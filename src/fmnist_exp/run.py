@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fmnist_exp import backend
 from fmnist_exp.config import register_schemas, to_experiment_config
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, EXIT_USER_ERROR, RunStopped, UserError, fail
 
@@ -75,6 +76,10 @@ def check_output_folders(arguments: list[str]) -> None:
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter.
     check_output_folders(sys.argv[1:])
+    try:
+        backend.refuse_backend_sweep(sys.argv[1:])  # a process keeps one Keras backend
+    except UserError as error:
+        stop(error)
     register_schemas()
     job()
 
