@@ -178,9 +178,13 @@ def devices() -> list[str]:
     if name == "jax":
         import jax
 
-        return [
-            f"{device.platform}:{device.id} {getattr(device, 'device_kind', '')}".strip() for device in jax.devices()
-        ]
+        described = []
+        for device in jax.devices():
+            kind = getattr(device, "device_kind", "")
+            described.append(
+                f"{device.platform}:{device.id}" + (f" {kind}" if kind and kind != device.platform else "")
+            )
+        return described
     import torch
 
     if torch.cuda.is_available():

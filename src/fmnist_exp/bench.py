@@ -25,7 +25,8 @@ from fmnist_exp.errors import UserError
 
 USAGE = (
     "usage: python -m fmnist_exp.bench [model=NAME] [batch_size=N] [images=N] [repeats=N] "
-    "[precision=float32|mixed_bfloat16] [jit_compile=auto|true|false] [time_to_accuracy=PRESET] [output=FILE.json]"
+    "[precision=float32|mixed_bfloat16|mixed_float16] [jit_compile=auto|true|false] [backend=tensorflow|jax|torch] "
+    "[stream=auto|tf_data|pydataset] [time_to_accuracy=PRESET] [output=FILE.json]"
 )
 DEFAULTS = {
     "model": "seed_cnn",
@@ -34,6 +35,8 @@ DEFAULTS = {
     "repeats": 3,
     "precision": "float32",
     "jit_compile": "auto",
+    "backend": "",  # empty: trainer.backend's default, i.e. KERAS_BACKEND or tensorflow
+    "stream": "auto",  # the runner's training stream: auto = tf_data on TensorFlow, pydataset elsewhere
     "time_to_accuracy": "",
     "target": "0.9052",
     "output": "",
@@ -82,19 +85,31 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def matmul_peak_flops(size: int = 2048, trials: int = 5) -> float:
-    """Best float32 FLOP/s of a square matmul on this machine, measured now."""
-    import tensorflow as tf
+def matmul_peak_flops(dtype: str = "float32", size: int | None = None, trials: int = 5) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on the running backend's default device, measured now.
 
-    left = tf.random.normal((size, size))
-    right = tf.random.normal((size, size))
-    (left @ right).numpy()  # warm-up
+    Through keras.ops, so it runs on whichever backend is active. 2048 on a CPU, 8192 on an
+    accelerator (where a 2048 product takes well under a millisecond). Each trial ends by copying one
+    number to the host, which waits for the device.
+    """
+    import keras
+
+    from fmnist_exp import backend
+
+    size = size or (8192 if backend.has_accelerator() else 2048)
+    left = keras.random.normal((size, size), dtype=dtype, seed=1)
+    right = keras.random.normal((size, size), dtype=dtype, seed=2)
+
+    def wait(product) -> None:
+        keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.cast(product[:1], "float32")))
+
+    wait(keras.ops.matmul(left, right))  # warm-up
     best = 0.0
     for _ in range(trials):
         started = time.perf_counter()
         for _ in range(4):
-            product = left @ right
-        product.numpy()
+            product = keras.ops.matmul(left, right)
+        wait(product)
         best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
     return best
 
@@ -116,11 +131,15 @@ def throughput(arguments: dict) -> dict:
 
     started = time.perf_counter()
     config = compose([f"model={arguments['model']}", f"batch_size={arguments['batch_size']}",
-                      f"trainer.precision={arguments['precision']}", f"trainer.jit_compile={arguments['jit_compile']}", "data.validation=none", "trainer.verbose=0"])  # fmt: skip
+                      f"trainer.precision={arguments['precision']}", f"trainer.jit_compile={arguments['jit_compile']}", "data.validation=none", "trainer.verbose=0",
+                      *backend_override(arguments)])  # fmt: skip
     splits = data.load(config.data, config.seed)
     load_seconds = time.perf_counter() - started
     load_memory = peak_memory_mb()
 
+    from fmnist_exp import backend
+
+    backend.activate(config.trainer)
     import keras
 
     from fmnist_exp import models, optim, tracking, train
@@ -138,7 +157,7 @@ def throughput(arguments: dict) -> dict:
 
     runner_model, bare_model = fresh_model(), fresh_model()
     rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
-    stream = train.training_pipeline(images, labels, batch_size, config.seed, 0, rounds)
+    stream = train.training_pipeline(images, labels, batch_size, config.seed, 0, rounds, stream=arguments["stream"])
     runner_rounds, bare_rounds = [], []
     with tempfile.TemporaryDirectory() as scratch:
         store = f"sqlite:///{scratch}/mlflow.db"
@@ -164,15 +183,19 @@ def throughput(arguments: dict) -> dict:
 
     multiply_adds = models.count_multiply_adds(config.model.layers)
     peak = matmul_peak_flops()
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    compute_peak = matmul_peak_flops(compute_dtype) if compute_dtype != "float32" else peak
     achieved = statistics.median(runner_rates) * 3 * 2 * multiply_adds
     return {
         "machine": machine(),
-        "tensorflow": __import__("tensorflow").__version__,
+        "backend": keras.backend.backend(),
+        "backend_version": backend.describe(),
         "keras": keras.__version__,
         "model": config.model.name,
         "batch_size": batch_size,
         "precision": config.trainer.precision,
-        "jit_compile": str(train.jit_compile_for_device(config.trainer.jit_compile)),
+        "jit_compile": str(runner_model.jit_compile),  # what Keras resolved `auto` to
+        "stream": train.stream_kind(arguments["stream"]),
         "images_per_repeat": len(images),
         "runner_images_per_second": runner_rates,
         "bare_images_per_second": bare_rates,
@@ -184,19 +207,27 @@ def throughput(arguments: dict) -> dict:
         "achieved_gflops": achieved / 1e9,
         "matmul_peak_gflops": peak / 1e9,
         "fraction_of_matmul_peak": achieved / peak,
+        # The same against a matmul in the policy's compute dtype (bfloat16, float16), when not float32.
+        "compute_dtype": compute_dtype,
+        "compute_dtype_matmul_peak_gflops": compute_peak / 1e9,
+        "fraction_of_compute_dtype_peak": achieved / compute_peak,
         "data_load_seconds_all_70000_verified": load_seconds,
         "peak_memory_mb_after_data_load": load_memory,
         "peak_memory_mb_total": peak_memory_mb(),
     }
 
 
-def time_to_accuracy(preset: str, target: float) -> dict:
+def backend_override(arguments: dict) -> list[str]:
+    return [f"trainer.backend={arguments['backend']}"] if arguments.get("backend") else []
+
+
+def time_to_accuracy(preset: str, target: float, backend_choice: list[str] = ()) -> dict:
     """Train a preset with the test set as validation (the article's way) and find when it first reaches `target`."""
     from fmnist_exp import experiment
 
     with tempfile.TemporaryDirectory() as scratch:
         config = compose([f"experiment={preset}", "data.validation=test", "mlflow.log_model=false",
-                          f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db"])  # fmt: skip
+                          f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db", *backend_choice])  # fmt: skip
         outcome = experiment.run(config, Path(scratch) / "output")
     elapsed, reached = 0.0, None
     for epoch, (seconds, accuracy) in enumerate(
@@ -218,7 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         if arguments["time_to_accuracy"]:
-            result = time_to_accuracy(arguments["time_to_accuracy"], float(arguments["target"]))
+            result = time_to_accuracy(
+                arguments["time_to_accuracy"], float(arguments["target"]), backend_override(arguments)
+            )
         else:
             result = throughput(arguments)
     except (UserError, HydraException) as error:  # bad model/preset name or value, data not found
