@@ -260,7 +260,9 @@ class EpochTimer(keras.callbacks.Callback):
     """Adds learning_rate, epoch_seconds and images_per_second to each epoch's logs.
 
     images_per_second counts the training pass only (it stops the clock when validation begins), so
-    it compares across validation schemes.
+    it compares across validation schemes. JAX, and every backend on a GPU, run steps asynchronously:
+    Python reaches the end of the training pass while the device still works on its last steps, so
+    the clock stops only after one number written by the last step has reached the host.
     """
 
     def __init__(self, train_images: int):
@@ -273,11 +275,16 @@ class EpochTimer(keras.callbacks.Callback):
         self._train_end = None
         self._epoch_start = time.perf_counter()
 
+    def _wait_for_device(self) -> None:
+        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+
     def on_test_begin(self, logs=None):
         if self._train_end is None:
+            self._wait_for_device()
             self._train_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._wait_for_device()
         now = time.perf_counter()
         train_seconds = (self._train_end or now) - self._epoch_start
         if logs is not None:
