@@ -70,10 +70,9 @@ def activate(trainer: TrainerConfig, deterministic: bool = False) -> str:
             )
         return name
     if importlib.util.find_spec(name) is None:
-        here = ", ".join(installed()) or "none"
-        raise ConfigError(
-            f"trainer.backend: {name} is not installed here (pip install -e '.[{EXTRAS[name]}]'); installed: {here}"
-        )
+        here = installed()
+        hint = f"; installed: {', '.join(here)} (choose with trainer.backend= or KERAS_BACKEND=)" if here else ""
+        raise ConfigError(f"trainer.backend: {name} is not installed here (pip install -e '.[{EXTRAS[name]}]'){hint}")
     os.environ["KERAS_BACKEND"] = name
     if name == "jax":
         _prepare_jax(trainer.threads, deterministic)
