@@ -232,7 +232,7 @@ def _check_positive(key: str, value: float | int | None, allow_none: bool = Fals
 def validate(config: ExperimentConfig) -> None:
     """Raise ConfigError naming the first bad key; returns quietly for a sound config."""
     # Imported here so that the registry module's TensorFlow-free checks stay the only dependency.
-    from fmnist_exp import models
+    from fmnist_exp import backend, models
 
     _check_positive("batch_size", config.batch_size)
     if config.batch_size > 65536:
@@ -283,6 +283,7 @@ def validate(config: ExperimentConfig) -> None:
     _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
     _check_positive("trainer.threads", trainer.threads, allow_none=True)
     _check_choice("trainer.distribute", trainer.distribute, ("none", "mirrored"))
+    backend.check(trainer)  # the backend's name, and what it cannot do (mirrored outside TensorFlow)
 
     if not config.mlflow.experiment_name.strip():
         _fail("mlflow.experiment_name", "must not be empty")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from fmnist_exp import commands, noise
+from fmnist_exp import backend, commands, noise
 from fmnist_exp.config import DataConfig, _check_positive
 
 
@@ -54,6 +54,7 @@ def evaluate(config: EvaluateConfig) -> float:
     )
     batch_size = config.batch_size or int(logged.get("batch_size", 256))
     images, labels = data.load(data_config, seed=0).test
+    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
     noise.import_tensorflow()
     from fmnist_exp import evaluation, logged_model, train
 

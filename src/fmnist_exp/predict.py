@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from fmnist_exp import commands, noise
+from fmnist_exp import backend, commands, noise
 from fmnist_exp.data import CLASS_NAMES
 from fmnist_exp.errors import UserError
 
@@ -81,6 +81,7 @@ def predict(config: PredictConfig) -> list[tuple[str, str, float]]:
     loaded = [load_image(path) for path in paths]
     store = Store(config.mlflow.tracking_uri)
     store.check()
+    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
     noise.import_tensorflow()
     from fmnist_exp import logged_model
 

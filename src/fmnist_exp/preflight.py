@@ -19,6 +19,9 @@ UNUSED_OUTPUT = {".hydra", "run.log", "config.yaml", "overrides.yaml", ".lock", 
 
 
 def check_arguments(arguments: list[str]) -> None:
+    from fmnist_exp import backend
+
+    backend.refuse_backend_sweep(arguments)  # a process keeps one Keras backend
     check_callbacks(arguments)
     check_output_folders(arguments)
     check_model_knobs(arguments)
