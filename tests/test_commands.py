@@ -97,10 +97,10 @@ def test_every_command_takes_the_runners_dotted_keys(name, arguments, shown, cle
         ("report", ["+colour=red"], "colour: not a known key"),
         ("report", ["-m", "sweep=a,b"], "-m: report runs once"),
         ("report", ["sweep=${oc.env:FMNIST_NO_SUCH_VARIABLE}"], "sweep: "),
-        ("bench", ["precision=float32"], "precision: not a known key; the keys: model, batch_size, images, repeats, trainer.precision"),
+        ("bench", ["precision=float32"], "precision: not a known key; the keys: model, batch_size, images, repeats, trainer.backend, trainer.precision"),
         ("bench", ["repeats=0"], "repeats must be at least 1"),
         ("bench", ["model=nosuch"], "Available options in 'model': fast_cnn"),
-        ("bench", ["model=fast_cnn", "model.width=48"], "model.width: bench measures fast_cnn as conf/model/ defines it"),
+        ("bench", ["model=fast_cnn", "model.widht=48"], "model.widht"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(name, arguments, message, clean_folder, capsys):
