@@ -1,4 +1,8 @@
-"""Shared fixtures: the shipped real subset, a private MLflow store, Hydra's compose API."""
+"""Shared fixtures: a private MLflow store, a finished run, a real MLflow server.
+
+Shared helpers and constants live in helpers.py; the names below are re-exported for test modules
+that still import them from here.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +11,21 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from fmnist_exp.config import PROJECT_ROOT, ExperimentConfig, register_schemas, to_experiment_config
+from helpers import (  # noqa: F401 (re-exported)
+    CONF_DIR,
+    FULL_DATA_DIR,
+    SMALL_RUN,
+    SUBSET_DIR,
+    compose_config,
+    free_port,
+    stop_process_group,
+    typed_config,
+    wait_for_http,
+)
 
-SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
-CONF_DIR = PROJECT_ROOT / "conf"
-FULL_DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
 # The decoded-data cache of the whole session (and its subprocesses) stays out of the user's home.
 os.environ.setdefault("FMNIST_CACHE_DIR", tempfile.mkdtemp(prefix="fmnist-exp-cache-"))
-
-# The shrunken real config that fast tests train: 1 epoch on 1,000 real images.
-SMALL_RUN = [
-    f"data.dir={SUBSET_DIR}",
-    "data.max_train_samples=1000",
-    "data.max_test_samples=300",
-    "epochs=1",
-    "batch_size=64",
-    "trainer.verbose=0",
-]
-
-
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return compose(config_name="config", overrides=overrides or [])
-
-
-def typed_config(overrides: list[str] | None = None) -> ExperimentConfig:
-    return to_experiment_config(compose_config(overrides))
 
 
 @pytest.fixture
@@ -68,44 +57,6 @@ def finished_run(tmp_path_factory):
     outcome = experiment.run(typed_config(overrides), root / "output", overrides=["epochs=2", "batch_size=64"])
     mlflow.set_tracking_uri(uri)
     return outcome, mlflow.get_run(outcome.run_id), uri, root / "output"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_http(url: str, process, seconds: float = 90) -> None:
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode} before answering {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {seconds} s")
-
-
-def stop_process_group(process) -> None:
-    """End a server we started (and only its own process group), politely first."""
-    import signal
-    import subprocess
-
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -238,8 +238,8 @@ def validate(config: ExperimentConfig) -> None:
     if config.batch_size > 65536:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
     _check_positive("epochs", config.epochs)
-    if config.seed < 0:
-        _fail("seed", f"{config.seed} must be 0 or more")
+    if not 0 <= config.seed <= 2**32 - 1:
+        _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
 
     data = config.data
     _check_positive("data.max_train_samples", data.max_train_samples, allow_none=True)

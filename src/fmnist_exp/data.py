@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import mmap
 import os
@@ -102,13 +103,19 @@ def _has_all_files(folder: Path) -> bool:
 def locate(configured: str | None, download: bool = False, mirror: str = DEFAULT_MIRROR) -> Path:
     """Return the first folder that holds all four files, downloading into the Keras cache if allowed.
 
-    A configured folder that does not exist is an error of its own: silently falling back to another
-    copy would hide a typo in `data.dir`.
+    A configured folder is all or nothing: one that does not exist, or lacks any of the four files,
+    is an error naming what is missing. Silently falling back to another copy would hide a typo in
+    `data.dir` or a half-copied folder.
     """
     if configured and not Path(configured).expanduser().is_dir():
         raise DataError(
             f"data.dir: {configured!r} is not a folder. Point data.dir (or FMNIST_DATA_DIR) at the folder "
             f"holding the four Fashion-MNIST files: {', '.join(FILES.values())}."
+        )
+    missing = [name for name in FILES.values() if configured and not (Path(configured).expanduser() / name).is_file()]
+    if missing:
+        raise DataError(
+            f"data.dir: {configured} lacks {', '.join(missing)}; it must hold all four Fashion-MNIST files."
         )
     places = candidate_dirs(configured)
     for folder in places:
@@ -188,14 +195,50 @@ def expected_checksums(folder: Path) -> dict[str, str]:
     if not manifest.is_file():
         return dict(CANONICAL_SHA256)
     table = {}
-    for line in manifest.read_text().splitlines():
+    try:
+        lines = manifest.read_text(encoding="ascii").splitlines()
+    except (UnicodeDecodeError, OSError) as error:
+        raise DataError(f"{manifest}: not a text file in sha256sum format ({error}); fix or delete it.") from error
+    for number, line in enumerate(lines, start=1):
         if line.strip():
-            digest, name = line.split(maxsplit=1)
-            table[name.lstrip("*")] = digest
+            fields = line.split(maxsplit=1)
+            if len(fields) != 2 or len(fields[0]) != 64 or any(c not in "0123456789abcdef" for c in fields[0].lower()):
+                raise DataError(f"{manifest}: line {number} is not '<sha256>  <file name>': {line[:80]!r}")
+            digest, name = fields
+            table[name.strip().lstrip("*")] = digest.lower()
     missing = [name for name in FILES.values() if name not in table]
     if missing:
         raise DataError(f"{manifest}: no checksum for {', '.join(missing)}.")
     return table
+
+
+# No IDX file of Fashion-MNIST holds more than the 70,000 images of the whole data set.
+MAX_IDX_BYTES = 70_000 * 28 * 28
+
+
+def read_bounded(stream, path: Path) -> bytes:
+    """An IDX file's decompressed bytes (header and payload), read no further than its header says.
+
+    A gzip that expands far beyond that (a few MB can hold gigabytes of zeros) is refused after
+    reading one byte too many, never read whole into memory.
+    """
+    head = stream.read(4)
+    rank = head[3] if len(head) == 4 and head[:2] == b"\0\0" else 0
+    if rank not in (1, 3):
+        return head + stream.read(4)  # read_idx names the wrong magic number or the short file
+    header = head + stream.read(4 * rank)
+    if len(header) < 4 + 4 * rank:
+        return header
+    dims = struct.unpack(f">{rank}i", header[4:])
+    size = int(np.prod(dims, dtype=np.int64))
+    if min(dims) < 0 or size > MAX_IDX_BYTES:
+        raise DataError(f"{path}: header says {dims} ({size:,} bytes), more than Fashion-MNIST holds; replace it.")
+    payload = stream.read(size + 1)
+    if len(payload) > size:
+        raise DataError(
+            f"{path}: holds more than the {size:,} bytes its header {dims} says; the file is corrupt: replace it."
+        )
+    return header + payload
 
 
 def cache_dir() -> Path:
@@ -287,7 +330,7 @@ def _decompressed(path: Path, expected_sha256: str | None, cache: DecodedCache |
     if expected_sha256 is None or cache is None:
         try:
             with gzip.open(path, "rb") as stream:
-                raw = stream.read()
+                raw = read_bounded(stream, path)
         except (OSError, EOFError, zlib.error) as error:
             raise _unreadable(path, error) from error
         if expected_sha256 is not None:
@@ -302,7 +345,8 @@ def _decompressed(path: Path, expected_sha256: str | None, cache: DecodedCache |
     if mapped is not None:
         return mapped
     try:
-        raw = gzip.decompress(compressed)
+        with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
+            raw = read_bounded(stream, path)
     except (OSError, EOFError, zlib.error) as error:
         raise _unreadable(path, error) from error
     _check_sha256(path, hashlib.sha256(raw).hexdigest(), expected_sha256)

@@ -94,7 +94,7 @@ def prepare(
     store = store or Store(config.mlflow.tracking_uri)
     store.check()
     splits = data.load(config.data, config.seed)
-    check_splits(splits)
+    check_splits(splits, held_out=config.data.validation == "holdout")
     output_dir = make_output_folder(Path(output_dir))
     (output_dir / CONFIG_FILE).write_text(config_module.to_yaml(config))
     (output_dir / OVERRIDES_FILE).write_text(json.dumps(list(overrides)) + "\n")
@@ -136,10 +136,20 @@ def build(prepared: Prepared):
 
 def restore(prepared: Prepared, state: dict):
     """The checkpointed model, compiled, with its optimizer state."""
+    import zipfile
+
     from fmnist_exp import train
 
+    path = prepared.output_dir / CHECKPOINTS / state["model"]
     with train.strategy_scope(prepared.config.trainer.distribute):
-        return train.load_checkpoint(prepared.output_dir / CHECKPOINTS, state)
+        try:
+            return train.load_checkpoint(prepared.output_dir / CHECKPOINTS, state)
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            reason = " ".join(str(error).split())[:300]
+            raise UserError(
+                f"resume: the checkpoint {path} cannot be read ({type(error).__name__}: {reason}); "
+                "it is probably truncated. Start the run afresh, or restore the file."
+            ) from error
 
 
 def fit(
@@ -298,12 +308,15 @@ def resume(target: str, store: Store) -> Outcome:
     (stopped during its test pass or model logging) only finishes what is missing. Either way it is
     the same MLflow run.
     """
+    store.check()
     folder = output_folder_of(target, store)
     with one_writer(folder):
         config = config_module.from_yaml(folder / CONFIG_FILE)
         overrides = json.loads((folder / OVERRIDES_FILE).read_text()) if (folder / OVERRIDES_FILE).is_file() else []
         prepared = prepare(config, folder, overrides, store)
-        run_id = json.loads((folder / RUN_FILE).read_text())["run_id"]
+        run_id = run_id_of(folder)
+        if store.get_run(run_id).info.status == "FINISHED":
+            raise UserError(f"resume: run {run_id} already FINISHED; there is nothing to resume")
         state = checkpoint_state(folder / CHECKPOINTS)
         with signals_as_interrupt():
             start_keras(config)
@@ -341,11 +354,15 @@ def finished_fit(prepared: Prepared, model, run: Run) -> Fitted:
 # -- helpers of the stages ------------------------------------------------------------------------
 
 
-def check_splits(splits: data.Splits) -> None:
-    """Each side of a split needs at least one image of every class, or its figures mean nothing."""
+def check_splits(splits: data.Splits, held_out: bool = False) -> None:
+    """Each side of a split needs at least one image of every class, or its figures mean nothing.
+
+    With a held-out validation split (`held_out`), both of its sides depend on data.validation_fraction.
+    """
     import numpy as np
 
-    sides = {"data.max_train_samples": splits.train, "data.max_test_samples": splits.test}
+    train_key = "data.validation_fraction (with data.max_train_samples)" if held_out else "data.max_train_samples"
+    sides = {train_key: splits.train, "data.max_test_samples": splits.test}
     if splits.validation is not None:
         sides["data.validation_fraction"] = splits.validation
     for key, (_, labels) in sides.items():
@@ -355,6 +372,14 @@ def check_splits(splits: data.Splits) -> None:
                 f"{key}: leaves {len(labels)} images covering {present} of the {data.NUM_CLASSES} classes; "
                 "each of the training, validation and test sets needs at least one image of every class"
             )
+
+
+def run_id_of(folder: Path) -> str:
+    """The MLflow run id in a run's output folder (run.json)."""
+    try:
+        return str(json.loads((folder / RUN_FILE).read_text())["run_id"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"resume: {folder / RUN_FILE} is damaged ({type(error).__name__}: {error})") from error
 
 
 def checkpoint_state(folder: Path) -> dict | None:

@@ -57,8 +57,20 @@ def load_image(path: Path) -> tuple[np.ndarray, list[str]]:
     try:
         with Image.open(path) as opened:
             image = opened.copy()
-    except (UnidentifiedImageError, OSError) as error:
+    except Image.DecompressionBombError as error:
+        raise UserError(f"images: {path} is too large to be a clothing photo ({error})") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserError(f"images: {path} is not a readable image ({error})") from error
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit grayscale (PNG opens as I;16 or I): scale 0..65535 to 0..255. Pillow's own convert
+        # to L clips everything above 255 to white.
+        wide = np.asarray(image, dtype=np.int64)
+        if wide.min() < 0 or wide.max() > 65535:
+            raise UserError(f"images: {path} has {image.mode} pixels outside 0..65535; save it as an 8-bit image")
+        notes.append(f"scaled 16-bit ({image.mode}) to 8-bit")
+        image = Image.fromarray(np.round(wide / 257.0).astype(np.uint8))
+    elif image.mode == "F":
+        raise UserError(f"images: {path} has floating-point pixels; save it as an 8-bit image")
     if image.mode != "L":
         notes.append(f"converted {image.mode} to grayscale")
         image = image.convert("L")

@@ -23,8 +23,97 @@ def check_arguments(arguments: list[str]) -> None:
 
     backend.refuse_backend_sweep(arguments)  # a process keeps one Keras backend
     check_callbacks(arguments)
+    check_duplicate_keys(arguments)
     check_output_folders(arguments)
     check_model_knobs(arguments)
+    check_sweep_store(arguments)
+
+
+def check_sweep_store(arguments: list[str]) -> None:
+    """A sweep's store, checked before Hydra starts (`-m`): Hydra turns an exception in the sweep's
+    callback into a warning and goes on, and every job would then fail the same way.
+
+    The store is the command line's mlflow.tracking_uri, else MLFLOW_TRACKING_URI or the default; a
+    single run checks its store itself, before Keras starts.
+    """
+    if not any(argument in ("-m", "--multirun") for argument in arguments):
+        return
+    uris = [default_tracking_uri()]
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+~") == "mlflow.tracking_uri" and value:
+            uris = [uri.strip().strip("'\"") for uri in value.split(",")]
+    from fmnist_exp.store import Store
+
+    for uri in uris:
+        Store(uri).check()
+
+
+def duplicate_keys(value: str) -> list[str]:
+    """Keys given twice in one {...} mapping of an override's value; Hydra's parser keeps the last."""
+    stack: list[set[str] | None] = []  # a set of keys per open mapping; None for a list or ${...}
+    duplicates, token, quote, expect_key, previous = [], "", "", False, ""
+    for char in value:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "{":
+            stack.append(None if previous == "$" else set())
+            expect_key, token = stack[-1] is not None, ""
+        elif char == "[":
+            stack.append(None)
+            expect_key = False
+        elif char in "]}" and stack:
+            stack.pop()
+            expect_key = False
+        elif char == "," and stack and stack[-1] is not None:
+            expect_key, token = True, ""
+        elif char == ":" and expect_key and stack and stack[-1] is not None:
+            key = token.strip()
+            if key in stack[-1]:
+                duplicates.append(key)
+            stack[-1].add(key)
+            expect_key = False
+        elif expect_key:
+            token += char
+        previous = char
+    return duplicates
+
+
+def check_duplicate_keys(arguments: list[str]) -> None:
+    """`model.layers=[{type: conv2d, filters: 8, filters: 16}]` names filters twice: refused, not the last kept.
+
+    (A YAML file with a duplicated key is refused by OmegaConf's loader itself.)
+    """
+    for argument in arguments:
+        key, separator, value = argument.partition("=")
+        if separator and "{" in value:
+            for duplicate in duplicate_keys(value):
+                raise UserError(
+                    f"{key.lstrip('+~')}: the key {duplicate!r} is given twice in one mapping; give it once"
+                )
+
+
+def hydra_error_line(error: BaseException) -> str:
+    """One line for what Hydra (or its YAML loader) refuses: a bad override, a missing config, a
+    target outside the execution whitelist, a config file that is not valid YAML."""
+    import yaml
+
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        return f"{error.problem_mark.name}, line {error.problem_mark.line + 1}: {error.problem}"
+    text = str(error)
+    whitelisted = re.search(r"Target '([^']+)' is not in the Hydra execution whitelist", text)
+    if whitelisted:
+        key = re.search(r"full_key: (\S+)", text)
+        return (
+            f"{key.group(1) if key else 'config'}: {whitelisted.group(1)} may not be called from a config; "
+            "a config cannot run code (the runner's own sweep callback is the only target allowed)"
+        )
+    cause = error.__cause__
+    if getattr(cause, "full_key", None) and getattr(cause, "msg", None):
+        return f"{cause.full_key}: {' '.join(str(cause.msg).split())} ({' '.join(text.split())})"
+    return " ".join(text.split())
 
 
 def check_callbacks(arguments: list[str]) -> None:

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
@@ -54,11 +56,17 @@ def job(composed: DictConfig) -> float | dict:
     from fmnist_exp.store import Store
 
     if sweeping:
+        try:
+            Store(config.mlflow.tracking_uri).check()  # a store set in a config file, not on the command line
+        except UserError as error:
+            log.error(f"job failed: {error}")
+            return dataclasses.asdict(sweep.JobResult(objective=math.nan))
         config.trainer.threads = config.trainer.threads or sweep.threads_per_job(runtime.launcher)
         return sweep.run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
     store = Store(config.mlflow.tracking_uri)
     try:
         if config.resume:
+            refuse_overrides_with_resume(list(runtime.overrides.task))
             outcome = experiment.resume(config.resume, store)
         else:
             outcome = experiment.run(config, output_dir, runtime.overrides.task, store=store)
@@ -74,6 +82,20 @@ def job(composed: DictConfig) -> float | dict:
     return outcome.objective
 
 
+# What resume= takes beside itself: the store to find the run in. Everything else is the run's own.
+RESUME_KEYS = ("resume", "mlflow.tracking_uri")
+
+
+def refuse_overrides_with_resume(overrides: list[str]) -> None:
+    """A resumed run keeps its config.yaml; an override would be silently ignored, so it is refused."""
+    ignored = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in RESUME_KEYS]
+    if ignored:
+        raise UserError(
+            f"resume: {' '.join(ignored)} would be ignored: a resumed run keeps its own config "
+            "(only mlflow.tracking_uri may be given with resume=)"
+        )
+
+
 def main() -> None:
     noise.quiet()  # before anything imports TensorFlow
     register_schemas()
@@ -81,10 +103,19 @@ def main() -> None:
         preflight.check_arguments(sys.argv[1:])
     except UserError as error:
         fail(str(error))
-    # The only code a config may name is this project's own Hydra callback: any other _target_
-    # under hydra.callbacks (from a file or the command line) is refused by Hydra.
-    with execution_whitelist(CALLBACKS):
-        job()
+    # Hydra raises what it would otherwise print (a traceback for a refused target, several lines
+    # for a bad override), so that a config error is one line and exit 2 like every other one.
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        # The only code a config may name is this project's own Hydra callback: any other _target_
+        # under hydra.callbacks (from a file or the command line) is refused by Hydra.
+        with execution_whitelist(CALLBACKS):
+            job()
+    except (HydraException, yaml.YAMLError) as error:
+        if user_full_error:
+            raise
+        fail(preflight.hydra_error_line(error))
 
 
 if __name__ == "__main__":

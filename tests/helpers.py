@@ -1,0 +1,252 @@
+"""What the tests share: the shipped real subset, Hydra's compose API, and the command line as a
+user runs it (a subprocess against a real store). Imported as `from helpers import ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from fmnist_exp.config import CONF_DIR, ExperimentConfig, register_schemas, to_experiment_config
+
+SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
+
+FULL_DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
+
+# The shrunken real config that fast tests train: 1 epoch on 1,000 real images.
+SMALL_RUN = [
+    f"data.dir={SUBSET_DIR}",
+    "data.max_train_samples=1000",
+    "data.max_test_samples=300",
+    "epochs=1",
+    "batch_size=64",
+    "trainer.verbose=0",
+]
+# Smaller still, for the fault tests that start several trainings: 400 images, no model logged.
+TINY_RUN = [
+    f"data.dir={SUBSET_DIR}",
+    "data.max_train_samples=400",
+    "data.max_test_samples=200",
+    "batch_size=50",
+    "trainer.verbose=2",
+    "trainer.threads=1",
+]
+# Generous: the test machine may be shared and slow.
+PROCESS_TIMEOUT = 600
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        return compose(config_name="config", overrides=overrides or [])
+
+
+def typed_config(overrides: list[str] | None = None) -> ExperimentConfig:
+    return to_experiment_config(compose_config(overrides))
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def start_command(module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m <module> <arguments>` in its own process group, stdout and stderr captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = PROCESS_TIMEOUT) -> subprocess.CompletedProcess:
+    """Wait for a process we started; on a timeout end it (and only its own group) and fail."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"{process.args} ran past {timeout} s:\n{stderr[-3000:]}") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_command(module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None):
+    return finish(start_command(module, arguments, cwd, env), timeout or PROCESS_TIMEOUT)
+
+
+def run_cli(arguments: list[str], tracking_uri: str, cwd: Path, env: dict[str, str] | None = None):
+    """`python -m fmnist_exp.run` with the store in MLFLOW_TRACKING_URI and its output in cwd/out."""
+    return run_command(
+        "fmnist_exp.run",
+        [*arguments, f"hydra.run.dir={cwd}/out"],
+        cwd,
+        {"MLFLOW_TRACKING_URI": tracking_uri, **(env or {})},
+    )
+
+
+def wait_for(condition, process: subprocess.Popen | None = None, timeout: float = PROCESS_TIMEOUT, what: str = ""):
+    """Poll `condition()` until it returns something true; fail if the process ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            _, stderr = process.communicate()
+            raise AssertionError(f"the process ended ({process.returncode}) before {what}:\n{stderr[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+
+
+def checkpoint_epoch(output_dir: Path) -> int:
+    """The last epoch checkpointed in a run's output folder (0 before the first)."""
+    import json
+
+    try:
+        return int(json.loads((output_dir / "checkpoints" / "state.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+
+def all_runs(tracking_uri: str) -> list:
+    """Every run of every experiment in a store (none for a store that was never created)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    database = tracking_uri.removeprefix("sqlite:///")
+    if tracking_uri.startswith("sqlite:///") and not Path(database).is_file():
+        return []
+    client = MlflowClient(tracking_uri)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments(view_type=ViewType.ALL)]
+    return list(client.search_runs(experiments, max_results=1000)) if experiments else []
+
+
+def metric_steps(tracking_uri: str, run_id: str, key: str) -> list[int]:
+    from mlflow import MlflowClient
+
+    return sorted(point.step for point in MlflowClient(tracking_uri).get_metric_history(run_id, key))
+
+
+# -- what every refusal must look like -------------------------------------------------------------
+
+# Lines that are not the command's own: Python's import-time profile (see assert_refused), MLflow's
+# INFO lines when it creates a new store's tables, and TensorFlow's start-up lines (absl's format).
+NOISE = re.compile(
+    r"^(import time:|\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO mlflow\."
+    r"|WARNING: All log messages before absl|[IWE]\d{4} [\d:.]+ +\d+ \w+\.cc:\d+\])"
+)
+FRAMEWORKS = re.compile(r"^import time:.*\|\s*(tensorflow|keras|torch|jax)\s*$", re.MULTILINE)
+
+
+def assert_refused(result: subprocess.CompletedProcess, message: str, before_keras: bool = True) -> str:
+    """Exit 2 with one line naming `message`, no traceback; with `before_keras`, TensorFlow and Keras
+    were never imported (the command ran with PYTHONPROFILEIMPORTTIME=1). Returns that line."""
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not NOISE.match(line)]
+    shown = "\n".join(lines)[-3000:]
+    assert result.returncode == 2, f"exit {result.returncode}:\n{shown}"
+    assert "Traceback" not in result.stderr, shown
+    assert len(lines) == 1 and lines[0].startswith("fmnist_exp: error: "), f"not one line:\n{shown}"
+    assert message in lines[0], f"{message!r} not in:\n{lines[0]}"
+    if before_keras:
+        imported = FRAMEWORKS.search(result.stderr)
+        assert imported is None, f"{imported.group(1)} was imported before the refusal"
+    return lines[0]
+
+
+# -- servers --------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, process, seconds: float = 90) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {seconds} s")
+
+
+def stop_process_group(process) -> None:
+    """End a server we started (and only its own process group), politely first."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+# -- hostile and odd inputs -----------------------------------------------------------------------
+
+
+def hostile_saved_model(folder: Path, marker: Path) -> Path:
+    """A model folder that runs code when loaded MLflow's way: an exported SavedModel (its MLmodel
+    says save_exported_model: true) whose serve function writes `marker` with tf.io.write_file."""
+    import keras
+    import tensorflow as tf
+
+    class Hostile(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
+        def serve(self, images):
+            tf.io.write_file(str(marker), "code from a model folder ran")
+            return tf.zeros([tf.shape(images)[0], 10])
+
+    module = Hostile()
+    tf.saved_model.save(module, str(folder / "data" / "model"), signatures={"serving_default": module.serve})
+    (folder / "MLmodel").write_text(
+        "artifact_path: model\n"
+        "flavors:\n"
+        "  keras:\n"
+        "    data: data\n"
+        f"    keras_version: {keras.__version__}\n"
+        "    save_exported_model: true\n"
+        "  python_function:\n"
+        "    data: data\n"
+        "    loader_module: mlflow.keras\n"
+        "    python_version: 3.11.0\n"
+    )
+    return folder
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A small PNG whose header claims width x height (what a decompression bomb looks like to PIL)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(path)
+    raw = bytearray(path.read_bytes())
+    # The IHDR chunk: length (4) and type (4) at byte 8, then width and height, then its CRC at byte 29.
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    path.write_bytes(bytes(raw))
+    return path
