@@ -1,25 +1,94 @@
 #!/usr/bin/env bash
-# GPU check, under 10 minutes on one GPU: the throughput benchmark, then the article's recipe for a
-# few epochs, with the device and the figures written to $OUT (or ./gpu_check). Run from the repo root:
-#   FMNIST_DATA_DIR=/path/to/fashion-mnist bash scripts/gpu_check.sh
-set -euo pipefail
+# The GPU check, on the JAX backend, in one command of under 10 minutes on the lent H200:
+#   1. bench: the runner against a bare Keras fit, float32 and mixed_bfloat16, batch 32 and 256;
+#   2. the article's recipe (experiment=article: seed_cnn, batch 32, test set as validation), 3 epochs;
+#   3. experiment=fast to completion;
+# then the figures in $OUT: summary.md (tables), results.json (every figure), log.txt (all output),
+# learning_curves_article.png, learning_curves_fast.png and details.tar.gz (bench JSON, MLflow store,
+# Hydra logs): six files (the device tool brings back eight at most).
+#
+# On the lent machine (JAX and PyTorch on Python 3.12; no TensorFlow, no Keras, no network):
+#   here, once:   bash scripts/gpu_wheels.sh       (fills the ignored .gpu/ with wheels and the data)
+#   device run:   command "bash scripts/gpu_check.sh", carry [".gpu"], timeout_s 600
+# Here, on the CPU, the same steps at toy sizes, in a few minutes:
+#   GPU_CHECK_SIZE=tiny KERAS_BACKEND=jax bash scripts/gpu_check.sh
+# GPU_CHECK_SIZE=tiny shrinks the work and nothing else. OUT defaults to ./gpu_check.
+set -uo pipefail
+cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
 mkdir -p "$out"
-export FMNIST_DATA_DIR="${FMNIST_DATA_DIR:-$(pwd)/../shared/data/fashion-mnist}"
-export MLFLOW_TRACKING_URI="sqlite:///$(pwd)/$out/mlflow.db"
+scratch="$(mktemp -d)"
 
-python3 -m pip install -q -e ".[gpu]"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/device.csv"
-python3 -c "import tensorflow as tf; print(tf.config.list_physical_devices('GPU'))" | tee "$out/tf_devices.txt"
+if [ "${GPU_CHECK_SIZE:-full}" = tiny ]; then
+    # Toy sizes for a CPU; the limits only stop a hang (a loaded 2-core machine is slow).
+    bench_images=(64 256) bench_repeats=1 bench_limit=600
+    article=(epochs=1 data.max_train_samples=2000 data.max_test_samples=500) article_limit=600
+    fast=(epochs=2 data.max_train_samples=2000 data.max_test_samples=500) fast_limit=600
+else
+    # Each bench round is a whole epoch of 60,000 images (1,875 steps at batch 32, 235 at 256), so the
+    # runner's per-epoch costs (MLflow logging, a checkpoint) weigh what they weigh in a real run;
+    # 3 counted rounds after 1 traced. The limits add up to 520 s: the figures are written inside
+    # the device tool's 600 s even when a step runs out of time.
+    bench_images=(60000 60000) bench_repeats=3 bench_limit=85
+    article=(epochs=3) article_limit=90
+    fast=() fast_limit=90
+fi
 
-# Runner against bare Keras, float32 and mixed_float16, at the article's batch size and a GPU-sized one.
-for precision in float32 mixed_float16; do
-    for batch in 32 256; do
-        timeout 150 python3 -m fmnist_exp.bench batch_size=$batch precision=$precision images=25600 repeats=3 \
-            output="$out/bench_${precision}_b${batch}.json" | tee "$out/bench_${precision}_b${batch}.txt"
+check() {
+    local started=$SECONDS
+    # The wheels travel in .gpu/wheels; they go beside the machine's Python, not into it.
+    wheels="${GPU_WHEELS:-.gpu/wheels}"
+    if ls "$wheels"/*.whl >/dev/null 2>&1 && ! python3 -c "import keras, hydra, mlflow" 2>/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target "$scratch/site" "$wheels"/*.whl || return 1
+        export PYTHONPATH="$scratch/site"
+    fi
+    export PYTHONPATH="$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
+    export KERAS_BACKEND="${KERAS_BACKEND:-jax}"
+    export FMNIST_DATA_DIR="${FMNIST_DATA_DIR:-$(pwd)/.gpu/fashion-mnist}"
+    [ -d "$FMNIST_DATA_DIR" ] || export FMNIST_DATA_DIR="$(cd .. && pwd)/shared/data/fashion-mnist"
+    export MLFLOW_TRACKING_URI="sqlite:///$scratch/mlflow.db"
+    export JAX_COMPILATION_CACHE_DIR="$scratch/jax-cache"  # processes compiling the same step share it
+    export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+
+    echo "== device"
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null \
+        || echo "no nvidia-smi: CPU only"
+    python3 -c "
+import hydra, jax, keras, mlflow
+print(f'keras {keras.__version__} on {keras.backend.backend()}, jax {jax.__version__}, hydra {hydra.__version__}, '
+      f'mlflow {mlflow.__version__}; devices: {jax.devices()}')
+if jax.default_backend() == 'cpu' and '$(command -v nvidia-smi)':
+    raise SystemExit('gpu_check: there is a GPU but JAX sees only the CPU; stopping rather than timing the CPU')
+" || return 1
+
+    echo "== 1. bench: the runner against bare Keras ($((SECONDS - started)) s so far)"
+    for precision in float32 mixed_bfloat16; do
+        for index in 0 1; do
+            batch=$([ "$index" = 0 ] && echo 32 || echo 256)
+            timeout "$bench_limit" python3 -m fmnist_exp.bench batch_size="$batch" precision="$precision" \
+                images="${bench_images[$index]}" repeats="$bench_repeats" \
+                output="$scratch/bench_${precision}_b${batch}.json" || echo "bench $precision batch $batch: exit $?"
+        done
     done
-done
 
-# The article's recipe, 5 epochs, test set as validation: accuracy per epoch and seconds per epoch.
-timeout 240 python3 -m fmnist_exp.run experiment=article epochs=5 trainer.verbose=2 mlflow.experiment_name=gpu_check \
-    | tee "$out/article_5_epochs.txt"
+    echo "== 2. the article's recipe ($((SECONDS - started)) s so far)"
+    timeout "$article_limit" python3 -m fmnist_exp.run experiment=article "${article[@]}" trainer.verbose=2 \
+        mlflow.experiment_name=gpu_check mlflow.run_name=article hydra.run.dir="$scratch/article" \
+        || echo "article: exit $?"
+
+    echo "== 3. experiment=fast to completion ($((SECONDS - started)) s so far)"
+    timeout "$fast_limit" python3 -m fmnist_exp.run experiment=fast "${fast[@]}" trainer.verbose=2 \
+        mlflow.experiment_name=gpu_check mlflow.run_name=fast hydra.run.dir="$scratch/fast" \
+        || echo "fast: exit $?"
+
+    echo "== figures ($((SECONDS - started)) s so far)"
+    python3 scripts/gpu_check_summary.py "$scratch" "$out" "$((SECONDS - started))"
+    for name in article fast; do
+        cp "$scratch/$name/learning_curves.png" "$out/learning_curves_$name.png" 2>/dev/null
+    done
+    tar -czf "$out/details.tar.gz" -C "$scratch" --exclude=./jax-cache --exclude=./site --exclude='*.keras' .
+    echo "gpu_check: $((SECONDS - started)) s in all; figures in $out"
+}
+
+check 2>&1 | tee "$out/log.txt"

@@ -6,6 +6,8 @@ that still import them from here.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,9 @@ from helpers import (  # noqa: F401 (re-exported)
     typed_config,
     wait_for_http,
 )
+
+# The decoded-data cache of the whole session (and its subprocesses) stays out of the user's home.
+os.environ.setdefault("FMNIST_CACHE_DIR", tempfile.mkdtemp(prefix="fmnist-exp-cache-"))
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fmnist_exp.config import PROJECT_ROOT, ExperimentConfig, register_schemas, to_experiment_config
+from fmnist_exp.config import CONF_DIR, ExperimentConfig, register_schemas, to_experiment_config
 
 SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
-CONF_DIR = PROJECT_ROOT / "conf"
+
 FULL_DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
 
 # The shrunken real config that fast tests train: 1 epoch on 1,000 real images.

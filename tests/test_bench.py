@@ -34,8 +34,8 @@ def test_bench_refuses_bad_arguments(capsys):
     ("argument", "named"),
     [
         ("model=nosuch", "fast_cnn"),
-        ("precision=bogus", "trainer.precision"),
-        ("jit_compile=maybe", "trainer.jit_compile"),
+        ("trainer.precision=bogus", "trainer.precision"),
+        ("trainer.jit_compile=maybe", "trainer.jit_compile"),
         ("time_to_accuracy=nosuch", "strong"),
     ],
 )

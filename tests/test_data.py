@@ -1,8 +1,11 @@
-"""Data loading from real IDX files: discovery, checksums, corrupt files, splits, download."""
+"""Data loading from real IDX files: discovery, checksums, corrupt files, splits, download, the cache."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,14 @@ import pytest
 from conftest import SUBSET_DIR
 from fmnist_exp import data
 from fmnist_exp.config import DataConfig
+
+
+@pytest.fixture(autouse=True)
+def cache_folder(tmp_path: Path, monkeypatch) -> Path:
+    """Every load in this module caches into its own temporary folder, never the user's home."""
+    folder = tmp_path / "decoded-cache"
+    monkeypatch.setenv(data.CACHE_ENV, str(folder))
+    return folder
 
 
 def test_subset_loads_as_uint8_with_a_stratified_holdout():
@@ -128,3 +139,104 @@ def test_download_of_a_corrupt_file_leaves_nothing_behind(tmp_path):
     with pytest.raises(data.DataError, match="decompressed sha256"):
         data.fetch(tmp_path / "cache", mirror=mirror.as_uri())
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+# The decoded cache: a second load maps verified copies instead of decompressing.
+
+
+def _forbid_decompression(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("a .gz file was decompressed; the cache should have served it")
+
+    monkeypatch.setattr(data.gzip, "decompress", refuse)
+    monkeypatch.setattr(data.gzip, "open", refuse)
+
+
+def _arrays(splits: data.Splits) -> list[np.ndarray]:
+    return [*splits.train, *splits.test]
+
+
+def test_a_second_load_is_served_from_the_cache(tmp_path, cache_folder, monkeypatch):
+    copy = _private_copy(tmp_path)
+    config = DataConfig(dir=str(copy), validation="none")
+    first = data.load(config, seed=0)
+    entries = sorted(path.name.rsplit("-", 1)[0] for path in cache_folder.iterdir())
+    assert entries == sorted(name.removesuffix(".gz") for name in data.FILES.values())
+    _forbid_decompression(monkeypatch)
+    second = data.load(config, seed=0)
+    for before, after in zip(_arrays(first), _arrays(second), strict=True):
+        np.testing.assert_array_equal(before, after)
+        assert before.dtype == after.dtype
+    # Served images are read-only views of the mapped entry, not copies.
+    assert not second.train[0].flags.writeable
+
+
+def test_a_changed_file_is_never_served_from_the_cache(tmp_path, cache_folder):
+    copy = _private_copy(tmp_path)
+    config = DataConfig(dir=str(copy))
+    data.load(config, seed=0)
+    path = copy / data.FILES["test_images"]
+    before = path.stat()
+    images = data.read_idx(path, data.IMAGES_MAGIC)[..., np.newaxis]
+    changed = images.copy()
+    changed[0, 0, 0, 0] ^= 0xFF
+    data.write_idx(path, changed[..., 0], data.IMAGES_MAGIC)
+    # Same name, and the old mtime: only the content tells the files apart.
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.gz: decompressed sha256 is"):
+        data.load(config, seed=0)
+    # Declared as a new version in the manifest, the changed file loads, and it is the new content.
+    manifest = (copy / data.MANIFEST_NAME).read_text()
+    new_digest = hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
+    old_digest = data.expected_checksums(copy)[path.name]
+    (copy / data.MANIFEST_NAME).write_text(manifest.replace(old_digest, new_digest))
+    reloaded = data.load(config, seed=0)
+    np.testing.assert_array_equal(reloaded.test[0], changed)
+    assert not np.array_equal(reloaded.test[0], images)
+
+
+@pytest.mark.parametrize("damage", ["flip_a_byte", "truncate", "empty"])
+def test_a_corrupt_cache_entry_is_detected_and_rebuilt(tmp_path, cache_folder, damage, caplog):
+    copy = _private_copy(tmp_path)
+    config = DataConfig(dir=str(copy), validation="none")
+    expected = data.load(config, seed=0)
+    (entry,) = cache_folder.glob("train-images-idx3-ubyte-*")
+    content = bytearray(entry.read_bytes())
+    if damage == "flip_a_byte":
+        content[len(content) // 2] ^= 0x01
+    elif damage == "truncate":
+        del content[len(content) // 2 :]
+    else:
+        content.clear()
+    entry.write_bytes(bytes(content))
+    with caplog.at_level(logging.WARNING, logger="fmnist_exp.data"):
+        reloaded = data.load(config, seed=0)
+    np.testing.assert_array_equal(reloaded.train[0], expected.train[0])
+    assert "rebuilding" in caplog.text
+    expected_digest = data.expected_checksums(copy)[data.FILES["train_images"]]
+    assert hashlib.sha256(entry.read_bytes()).hexdigest() == expected_digest
+
+
+def test_an_unwritable_cache_folder_costs_one_log_line_not_the_load(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    # A folder under a regular file cannot be created, even by root.
+    monkeypatch.setenv(data.CACHE_ENV, str(blocker / "cache"))
+    with caplog.at_level(logging.WARNING, logger="fmnist_exp.data"):
+        splits = data.load(DataConfig(dir=str(SUBSET_DIR)), seed=0)
+    assert len(splits.train[0]) + len(splits.validation[0]) == 4000
+    warnings = [record for record in caplog.records if record.name == "fmnist_exp.data"]
+    assert len(warnings) == 1 and "loading from the .gz files" in warnings[0].getMessage()
+
+
+def test_an_unverified_load_neither_reads_nor_writes_the_cache(tmp_path, cache_folder):
+    data.load(DataConfig(dir=str(SUBSET_DIR), verify=False), seed=0)
+    assert not cache_folder.exists()
+
+
+def test_the_cache_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
+    monkeypatch.delenv(data.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert data.cache_dir() == tmp_path / "fmnist_exp"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert data.cache_dir() == Path.home() / ".cache" / "fmnist_exp"

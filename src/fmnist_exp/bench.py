@@ -15,30 +15,45 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from fmnist_exp import cli
-from fmnist_exp.errors import UserError
+from omegaconf import MISSING
 
-USAGE = (
-    "usage: python -m fmnist_exp.bench [model=NAME] [batch_size=N] [images=N] [repeats=N] "
-    "[precision=float32|mixed_bfloat16] [jit_compile=auto|true|false] [time_to_accuracy=PRESET] [output=FILE.json]"
-)
-DEFAULTS = {
-    "model": "seed_cnn",
-    "batch_size": 32,
-    "images": 12800,
-    "repeats": 3,
-    "precision": "float32",
-    "jit_compile": "auto",
-    "time_to_accuracy": "",
-    "target": "0.9052",
-    "output": "",
-}
+from fmnist_exp import commands, noise
+from fmnist_exp.config import MODEL_FIELDS
+from fmnist_exp.errors import ConfigError
+
 ARTICLE_ACCURACY = 0.9052
+
+
+@dataclass
+class BenchTrainerConfig:
+    # The runner's trainer.backend, trainer.precision and trainer.jit_compile (checked there).
+    # backend null: the runner's default ($KERAS_BACKEND, else tensorflow).
+    backend: str | None = None
+    precision: str = "float32"
+    jit_compile: str = "auto"
+
+
+@dataclass
+class BenchConfig:
+    # The runner's model group: model=fast_cnn picks conf/model/fast_cnn.yaml, measured as it stands.
+    model: Any = MISSING
+    batch_size: int = 32
+    images: int = 12800  # training images per repeat
+    repeats: int = 3  # measured rounds per side, after one tracing round
+    trainer: BenchTrainerConfig = field(default_factory=BenchTrainerConfig)
+    # The runner's training stream: auto = tf.data on TensorFlow, a NumPy PyDataset elsewhere;
+    # tf_data or pydataset to compare the two on TensorFlow.
+    stream: str = "auto"
+    # A preset of conf/experiment/: measure the wall seconds until its test accuracy reaches `target`.
+    time_to_accuracy: str | None = None
+    target: float = ARTICLE_ACCURACY
+    output: str | None = None  # a .json file for the figures
 
 
 def machine() -> str:
@@ -82,50 +97,80 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def matmul_peak_flops(size: int = 2048, trials: int = 5) -> float:
-    """Best float32 FLOP/s of a square matmul on this machine, measured now."""
-    import tensorflow as tf
+def matmul_peak_flops(dtype: str = "float32", size: int | None = None, trials: int = 5) -> float:
+    """Best FLOP/s of a square matmul in `dtype` on the running backend's default device, measured now.
 
-    left = tf.random.normal((size, size))
-    right = tf.random.normal((size, size))
-    (left @ right).numpy()  # warm-up
+    Through keras.ops, so it runs on whichever backend is active. 2048 on a CPU, 8192 on an
+    accelerator (where a 2048 product takes well under a millisecond). Each trial ends by copying one
+    number to the host, which waits for the device.
+    """
+    import keras
+
+    from fmnist_exp import backend
+
+    size = size or (8192 if backend.has_accelerator() else 2048)
+    left = keras.random.normal((size, size), dtype=dtype, seed=1)
+    right = keras.random.normal((size, size), dtype=dtype, seed=2)
+
+    def wait(product) -> None:
+        keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.cast(product[:1], "float32")))
+
+    wait(keras.ops.matmul(left, right))  # warm-up
     best = 0.0
     for _ in range(trials):
         started = time.perf_counter()
         for _ in range(4):
-            product = left @ right
-        product.numpy()
+            product = keras.ops.matmul(left, right)
+        wait(product)
         best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
     return best
+
+
+def load_seconds() -> dict:
+    """Loading all 70,000 images, verified: once into an empty decoded-data cache, then from it."""
+    from fmnist_exp import data
+
+    data_config = compose([]).data
+    previous = os.environ.get(data.CACHE_ENV)
+    timings = {}
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ[data.CACHE_ENV] = cache
+        try:
+            for name in ("data_load_seconds_cold", "data_load_seconds_cached"):
+                started = time.perf_counter()
+                data.load(data_config, seed=0)
+                timings[name] = time.perf_counter() - started
+        finally:
+            if previous is None:
+                os.environ.pop(data.CACHE_ENV)
+            else:
+                os.environ[data.CACHE_ENV] = previous
+    return timings
 
 
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from fmnist_exp.config import PROJECT_ROOT, register_schemas, to_experiment_config
+    from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
 
     register_schemas()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return to_experiment_config(hydra_compose(config_name="config", overrides=overrides))
 
 
 def throughput(arguments: dict) -> dict:
     """Images/s of the runner's fit stage (`experiment.fit`: its stream, every callback the runner
     adds, MLflow logging, checkpoints) against a bare `model.fit` on NumPy arrays, interleaved."""
-    from fmnist_exp import data, experiment
+    from fmnist_exp import backend, experiment, models
 
     rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
-    started = time.perf_counter()
-    data.load(compose([]).data, seed=0)
-    load_seconds = time.perf_counter() - started
+    loading = load_seconds()
     load_memory = peak_memory_mb()
     runner_rounds, bare_rounds = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        config = compose([f"model={arguments['model']}", f"batch_size={arguments['batch_size']}",
-                          f"trainer.precision={arguments['precision']}", f"trainer.jit_compile={arguments['jit_compile']}",
-                          "data.validation=none", f"data.max_train_samples={arguments['images']}", f"epochs={rounds}",
-                          "trainer.verbose=0", f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db"])  # fmt: skip
+        config = compose([*arguments["overrides"], "data.validation=none", f"data.max_train_samples={arguments['images']}",
+                          f"epochs={rounds}", "trainer.verbose=0", f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db"])  # fmt: skip
         prepared = experiment.prepare(config, Path(scratch) / "output")
         keras = experiment.start_keras(config)
         runner_model, bare_model = experiment.build(prepared), experiment.build(prepared)
@@ -133,30 +178,28 @@ def throughput(arguments: dict) -> dict:
         with prepared.store.run("bench", "runner", {}) as run:
             for epoch in range(rounds):
                 with Timed() as runner_round:
-                    experiment.fit(prepared, runner_model, run, first_epoch=epoch, last_epoch=epoch + 1)
+                    experiment.fit(prepared, runner_model, run, epoch, epoch + 1, stream=arguments["stream"])
                 with Timed() as bare_round:
                     bare_model.fit(images, labels, batch_size=config.batch_size, epochs=1, verbose=0)
                 runner_rounds.append(runner_round)
                 bare_rounds.append(bare_round)
-    batch_size = config.batch_size
-    from fmnist_exp import models, train
-
     runner_rounds, bare_rounds = runner_rounds[1:], bare_rounds[1:]  # drop the tracing round
     runner_rates = [len(images) / measured.seconds for measured in runner_rounds]
     bare_rates = [len(images) / measured.seconds for measured in bare_rounds]
     ratios = [runner / bare for runner, bare in zip(runner_rates, bare_rates, strict=True)]
-
     multiply_adds = models.count_multiply_adds(config.model.layers)
     peak = matmul_peak_flops()
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+    compute_peak = matmul_peak_flops(compute_dtype) if compute_dtype != "float32" else peak
     achieved = statistics.median(runner_rates) * 3 * 2 * multiply_adds
     return {
         "machine": machine(),
-        "tensorflow": __import__("tensorflow").__version__,
-        "keras": keras.__version__,
+        "backend": backend.describe(),
         "model": config.model.name,
-        "batch_size": batch_size,
+        "batch_size": config.batch_size,
         "precision": config.trainer.precision,
-        "jit_compile": str(train.jit_compile_for_device(config.trainer.jit_compile)),
+        "jit_compile": str(runner_model.jit_compile),  # what Keras resolved `auto` to
+        "stream": arguments["stream"],
         "images_per_repeat": len(images),
         "runner_images_per_second": runner_rates,
         "bare_images_per_second": bare_rates,
@@ -168,19 +211,23 @@ def throughput(arguments: dict) -> dict:
         "achieved_gflops": achieved / 1e9,
         "matmul_peak_gflops": peak / 1e9,
         "fraction_of_matmul_peak": achieved / peak,
-        "data_load_seconds_all_70000_verified": load_seconds,
+        # The same against a matmul in the policy's compute dtype (bfloat16, float16), when not float32.
+        "compute_dtype": compute_dtype,
+        "compute_dtype_matmul_peak_gflops": compute_peak / 1e9,
+        "fraction_of_compute_dtype_peak": achieved / compute_peak,
+        **loading,
         "peak_memory_mb_after_data_load": load_memory,
         "peak_memory_mb_total": peak_memory_mb(),
     }
 
 
-def time_to_accuracy(preset: str, target: float) -> dict:
+def time_to_accuracy(preset: str, target: float, overrides: list[str]) -> dict:
     """Train a preset with the test set as validation (the article's way) and find when it first reaches `target`."""
     from fmnist_exp import experiment
 
     with tempfile.TemporaryDirectory() as scratch:
         config = compose([f"experiment={preset}", "data.validation=test", "mlflow.log_model=false",
-                          f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db"])  # fmt: skip
+                          f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db", *overrides])  # fmt: skip
         outcome = experiment.run(config, Path(scratch) / "output")
     elapsed, reached = 0.0, None
     for epoch, (seconds, accuracy) in enumerate(
@@ -193,20 +240,42 @@ def time_to_accuracy(preset: str, target: float) -> dict:
             "final_test_accuracy": outcome.test_accuracy, "epochs": len(outcome.history["val_accuracy"])}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    if arguments["repeats"] < 1 or arguments["images"] < arguments["batch_size"]:
-        cli.fail("repeats must be at least 1 and images at least one batch")
+def main(argv: list[str] | None = None) -> dict | None:
+    """The command line (`argv`, else sys.argv): prints and returns the figures."""
+    from fmnist_exp.config import register_schemas
+
+    noise.quiet()
+    register_schemas()  # the resolvers the model files use
+    return commands.run("bench", BenchConfig, bench, argv)
+
+
+def trainer_overrides(config: BenchConfig) -> list[str]:
+    """The runner's keys this measurement sets: backend, precision, XLA."""
+    trainer = config.trainer
+    chosen = [f"trainer.precision={trainer.precision}", f"trainer.jit_compile={trainer.jit_compile}"]
+    return chosen + ([f"trainer.backend={trainer.backend}"] if trainer.backend else [])
+
+
+def bench(config: BenchConfig) -> dict:
+    if config.repeats < 1 or config.images < config.batch_size:
+        raise ConfigError("repeats must be at least 1 and images at least one batch")
+    model = config.model
+    knobs = [f"model.{knob}={value}" for knob, value in model.items() if knob not in MODEL_FIELDS]
+    arguments = {
+        "overrides": [f"model={model['name']}", *knobs, f"batch_size={config.batch_size}", *trainer_overrides(config)],
+        "images": config.images,
+        "repeats": config.repeats,
+        "stream": config.stream,
+    }
     from hydra.errors import HydraException
 
     try:
-        if arguments["time_to_accuracy"]:
-            result = time_to_accuracy(arguments["time_to_accuracy"], float(arguments["target"]))
+        if config.time_to_accuracy:
+            result = time_to_accuracy(config.time_to_accuracy, config.target, trainer_overrides(config))
         else:
             result = throughput(arguments)
-    except (UserError, HydraException) as error:  # bad model/preset name or value, data not found
-        cli.fail(str(error).split("\nConfig search path")[0])  # Hydra's search path says nothing useful here
+    except HydraException as error:  # a bad model or preset name, or value; Hydra's search path says nothing useful
+        raise ConfigError(commands.joined(str(error).split("\nConfig search path")[0].splitlines())) from error
     for key, value in result.items():
         shown = (
             [round(item, 3) if isinstance(item, float) else item for item in value]
@@ -214,8 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
             else value
         )
         print(f"{key:>38}: {round(shown, 4) if isinstance(shown, float) else shown}")
-    if arguments["output"]:
-        Path(arguments["output"]).write_text(json.dumps(result, indent=2) + "\n")
+    if config.output:
+        Path(config.output).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

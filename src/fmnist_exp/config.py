@@ -19,15 +19,36 @@ from omegaconf.errors import InterpolationResolutionError
 
 from fmnist_exp.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _source_checkout() -> Path | None:
+    """The repository this code runs from (src/fmnist_exp inside it), or None when installed."""
+    repository = _PACKAGE.parents[1]
+    if _PACKAGE.parent.name == "src" and (repository / "conf" / "config.yaml").is_file():
+        return repository
+    return None
+
+
+# The repository when the code runs from a checkout (an editable install, or PYTHONPATH=src); None
+# when it runs from an installed wheel (site-packages, or an unpacked wheel).
+CHECKOUT = _source_checkout()
+# The Hydra configs: the checkout's conf/ (the source of truth), else the copy the wheel carries in
+# the package (pyproject.toml maps conf/ to fmnist_exp/conf at build time).
+CONF_DIR = CHECKOUT / "conf" if CHECKOUT else _PACKAGE / "conf"
+# The checkout, or for an installed package the working folder the command was started in.
+PROJECT_ROOT = CHECKOUT or Path.cwd()
 
 
 def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in the project's mlruns/ folder.
+    """MLFLOW_TRACKING_URI if set, else an absolute SQLite store in mlruns/ of the project.
 
-    Absolute, so that every Hydra job of a sweep writes to the same store whatever its cwd.
+    The project is the checkout; for an installed package (nothing belongs in site-packages) it is
+    the working folder. Absolute, so that every Hydra job of a sweep writes to the same store
+    whatever its cwd.
     """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    folder = (CHECKOUT or Path.cwd()) / "mlruns"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder / 'mlflow.db'}"
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -210,24 +231,33 @@ def _check_positive(key: str, value: float | int | None, allow_none: bool = Fals
 
 def validate(config: ExperimentConfig) -> None:
     """Raise ConfigError naming the first bad key; returns quietly for a sound config."""
-    # Imported here so that the registry module's TensorFlow-free checks stay the only dependency.
-    from fmnist_exp import models
-
     _check_positive("batch_size", config.batch_size)
     if config.batch_size > 65536:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
     _check_positive("epochs", config.epochs)
     if not 0 <= config.seed <= 2**32 - 1:
         _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
+    if not config.mlflow.experiment_name.strip():
+        _fail("mlflow.experiment_name", "must not be empty")
+    _validate_data(config.data)
+    _validate_optimizer(config.optimizer, config.epochs)
+    _validate_trainer(config.trainer, config.data)
+    if config.pruning.warmup_epochs < 1:
+        _fail("pruning.warmup_epochs", f"{config.pruning.warmup_epochs} must be 1 or more")
+    if config.pruning.min_jobs < 1:
+        _fail("pruning.min_jobs", f"{config.pruning.min_jobs} must be 1 or more")
+    _validate_model(config.model)
 
-    data = config.data
+
+def _validate_data(data: DataConfig) -> None:
     _check_positive("data.max_train_samples", data.max_train_samples, allow_none=True)
     _check_positive("data.max_test_samples", data.max_test_samples, allow_none=True)
     _check_choice("data.validation", data.validation, VALIDATION_SCHEMES)
     if not 0.0 < data.validation_fraction < 1.0:
         _fail("data.validation_fraction", f"{data.validation_fraction} must lie strictly between 0 and 1")
 
-    optimizer = config.optimizer
+
+def _validate_optimizer(optimizer: OptimizerConfig, epochs: int) -> None:
     _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
     _check_positive("optimizer.learning_rate", optimizer.learning_rate)
     _check_positive("optimizer.clipnorm", optimizer.clipnorm, allow_none=True)
@@ -244,8 +274,8 @@ def validate(config: ExperimentConfig) -> None:
             _fail(f"optimizer.{key}", f"{value} must be 0 or more")
     schedule = optimizer.schedule
     _check_choice("optimizer.schedule.name", schedule.name, SCHEDULES)
-    if not 0.0 <= schedule.warmup_epochs < config.epochs:
-        _fail("optimizer.schedule.warmup_epochs", f"{schedule.warmup_epochs} must lie in [0, epochs={config.epochs})")
+    if not 0.0 <= schedule.warmup_epochs < epochs:
+        _fail("optimizer.schedule.warmup_epochs", f"{schedule.warmup_epochs} must lie in [0, epochs={epochs})")
     if schedule.warmup_epochs and schedule.name != "cosine":
         _fail(
             "optimizer.schedule.warmup_epochs", f"a warm-up needs optimizer.schedule.name=cosine, not {schedule.name}"
@@ -256,27 +286,26 @@ def validate(config: ExperimentConfig) -> None:
         _fail("optimizer.schedule.decay_rate", f"{schedule.decay_rate} must lie in (0, 1]")
     _check_positive("optimizer.schedule.decay_epochs", schedule.decay_epochs)
 
-    trainer = config.trainer
+
+def _validate_trainer(trainer: TrainerConfig, data: DataConfig) -> None:
+    from fmnist_exp import backend  # plain Python: it imports no backend
+
     _check_choice("trainer.jit_compile", str(trainer.jit_compile).lower(), JIT_CHOICES)
     _check_choice("trainer.precision", trainer.precision, PRECISIONS)
     _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
     _check_positive("trainer.threads", trainer.threads, allow_none=True)
     _check_choice("trainer.distribute", trainer.distribute, ("none", "mirrored"))
-
-    if not config.mlflow.experiment_name.strip():
-        _fail("mlflow.experiment_name", "must not be empty")
-
+    backend.check(trainer)  # the backend's name, and what it cannot do (mirrored outside TensorFlow)
     stopping = trainer.early_stopping
     _check_positive("trainer.early_stopping.patience", stopping.patience, allow_none=True)
     _check_choice("trainer.early_stopping.monitor", stopping.monitor, MONITORS)
     if stopping.patience and stopping.monitor.startswith("val_") and data.validation == "none":
         _fail("trainer.early_stopping.monitor", f"{stopping.monitor} needs a validation set, but data.validation=none")
-    if config.pruning.warmup_epochs < 1:
-        _fail("pruning.warmup_epochs", f"{config.pruning.warmup_epochs} must be 1 or more")
-    if config.pruning.min_jobs < 1:
-        _fail("pruning.min_jobs", f"{config.pruning.min_jobs} must be 1 or more")
 
-    model = config.model
+
+def _validate_model(model: ModelConfig) -> None:
+    from fmnist_exp import models  # the registry's checks are plain Python too
+
     if not isinstance(model, ModelConfig):
         raise TypeError("validate() takes a config whose model went through model_config()")
     for knob, value in model.knobs.items():

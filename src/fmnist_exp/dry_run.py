@@ -21,8 +21,8 @@ def describe(config: ExperimentConfig) -> int:
     lines.append(f"  {'layer':<{width}}  {'output shape':>14}  {'parameters':>11}")
     for name, shape, parameters in rows:
         lines.append(f"  {name:<{width}}  {'x'.join(map(str, shape)):>14}  {parameters:>11,}")
-    total = models.count_parameters(config.model.layers, augmentation=config.model.augmentation)
-    multiply_adds = models.count_multiply_adds(config.model.layers, augmentation=config.model.augmentation)
+    total = models.count_parameters(config.model.layers)
+    multiply_adds = models.count_multiply_adds(config.model.layers)
     lines.append(f"  total {total:,} parameters; {multiply_adds:,} multiply-adds per image (forward)")
     folder = data.locate(config.data.dir, download=False) if not config.data.download else "(download allowed)"
     train_count = min(config.data.max_train_samples or 60000, 60000)

@@ -1,75 +1,85 @@
 """`python -m fmnist_exp.evaluate model_uri=runs:/<run_id>/model`: a logged model on the test set.
 
 With a model that came from a run (runs:/ or models:/ URIs), the test subset and batch size default
-to the run's own, so the printed accuracy reproduces the run's logged test_accuracy.
+to the run's own, so the printed accuracy reproduces the run's logged test_accuracy. The keys are
+conf/evaluate.yaml's, typed by EvaluateConfig; `--help` lists them.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist_exp import cli
-from fmnist_exp.config import DataConfig, default_tracking_uri
-from fmnist_exp.errors import UserError
+from omegaconf import MISSING
 
-USAGE = (
-    "usage: python -m fmnist_exp.evaluate model_uri=URI [data.dir=DIR] [data.max_test_samples=N] "
-    "[batch_size=N] [mlflow.tracking_uri=URI] [output_dir=DIR]"
-)
-DEFAULTS = {
-    "model_uri": "",
-    "data.dir": "",
-    "data.max_test_samples": 0,
-    "batch_size": 0,
-    "mlflow.tracking_uri": "",
-    "output_dir": "",
-}
+from fmnist_exp import backend, commands, noise
+from fmnist_exp.config import DataConfig, _check_positive
 
 
-def main(argv: list[str] | None = None) -> float:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    if not arguments["model_uri"]:
-        cli.fail(f"model_uri: required, e.g. runs:/<run_id>/model or models:/<name>@champion\n{USAGE}")
-    for key in ("batch_size", "data.max_test_samples"):
-        if arguments[key] is not None and arguments[key] < 0:
-            cli.fail(f"{key}: {arguments[key]} must be a positive number (0 or unset: the run's own)")
+@dataclass
+class EvaluateConfig:
+    model_uri: str = field(default=MISSING, metadata={"example": "runs:/<run id>/model or models:/<name>@champion"})
+    # None: the run's own batch size (256 for a model that came from no run).
+    batch_size: int | None = None
+    # A folder for the confusion matrix and the per-class report (None: none written).
+    output_dir: str | None = None
+    data: commands.EvaluationDataConfig = field(default_factory=commands.EvaluationDataConfig)
+    mlflow: commands.StoreConfig = field(default_factory=commands.StoreConfig)
 
-    from fmnist_exp import data, evaluation, logged_model, train
+
+def main(argv: list[str] | None = None) -> float | None:
+    """The command line (`argv`, else sys.argv): prints and returns the test accuracy."""
+    noise.quiet()
+    return commands.run("evaluate", EvaluateConfig, evaluate, argv)
+
+
+def evaluate(config: EvaluateConfig) -> float:
+    _check_positive("batch_size", config.batch_size, allow_none=True)
+    _check_positive("data.max_test_samples", config.data.max_test_samples, allow_none=True)
+    from fmnist_exp import data
     from fmnist_exp.store import Store
 
-    store = Store(arguments["mlflow.tracking_uri"] or default_tracking_uri())
-    try:
-        store.check()
-        run = store.source_run(arguments["model_uri"])
-        logged = run.data.params if run else {}
-        data_config = DataConfig(
-            dir=arguments["data.dir"] or logged.get("data.dir") or os.environ.get("FMNIST_DATA_DIR"),
-            max_test_samples=arguments["data.max_test_samples"] or _optional_int(logged.get("data.max_test_samples")),
-            validation="none",
-        )
-        batch_size = arguments["batch_size"] or int(logged.get("batch_size", 256))
-        images, labels = data.load(data_config, seed=0).test
-        model = logged_model.load(arguments["model_uri"], store)
-    except UserError as error:
-        cli.fail(str(error))
+    store = Store(config.mlflow.tracking_uri)
+    store.check()
+    run = store.source_run(config.model_uri)
+    logged = run.data.params if run else {}
+    data_config = DataConfig(
+        dir=config.data.dir or _logged(logged, "data.dir") or os.environ.get("FMNIST_DATA_DIR"),
+        download=config.data.download,
+        mirror=config.data.mirror,
+        verify=config.data.verify,
+        max_test_samples=config.data.max_test_samples or _optional_int(_logged(logged, "data.max_test_samples")),
+        validation="none",
+    )
+    batch_size = config.batch_size or int(logged.get("batch_size", 256))
+    images, labels = data.load(data_config, seed=0).test
+    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
+    noise.import_tensorflow()
+    from fmnist_exp import evaluation, logged_model, train
+
+    model = logged_model.load(config.model_uri, store)
     result = train.evaluate(model, images, labels, batch_size)
     print(f"test_accuracy={result.accuracy:.4f} test_loss={result.loss:.4f} images={len(labels)}")
     if run is not None and "test_accuracy" in run.data.metrics:
         logged_accuracy = run.data.metrics["test_accuracy"]
         verdict = "matches" if abs(logged_accuracy - result.accuracy) < 1e-9 else "DIFFERS from"
         print(f"{verdict} the run's logged test_accuracy={logged_accuracy:.4f} (run {run.info.run_id})")
-    if arguments["output_dir"]:
-        folder = Path(arguments["output_dir"])
+    if config.output_dir:
+        folder = Path(config.output_dir)
         evaluation.write_reports(images, labels, result.probabilities, folder)
         print(f"reports written to {folder}")
     return result.accuracy
 
 
+def _logged(params: dict[str, str], key: str) -> str | None:
+    """A run's logged param, None where the run had none (MLflow keeps None as the text "None")."""
+    value = params.get(key)
+    return None if value in (None, "null", "None") else value
+
+
 def _optional_int(value: str | None) -> int | None:
-    return None if value in (None, "null", "None") else int(value)
+    return None if value is None else int(value)
 
 
 if __name__ == "__main__":

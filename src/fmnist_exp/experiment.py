@@ -102,7 +102,12 @@ def prepare(
 
 
 def start_keras(config: ExperimentConfig):
-    """Keras for this job: a clean session, threads, determinism, seeds and precision. Returns keras."""
+    """Keras for this job: its backend, a clean session, threads, determinism, seeds and precision.
+
+    Returns keras. The backend is chosen here, before anything imports Keras."""
+    from fmnist_exp import backend
+
+    backend.activate(config.trainer, config.deterministic)
     import keras
 
     from fmnist_exp import train
@@ -154,19 +159,23 @@ def fit(
     first_epoch: int = 0,
     last_epoch: int | None = None,
     parent_run_id: str | None = None,
+    stream: str = "auto",
 ) -> Fitted:
-    """Train epochs first_epoch+1 .. last_epoch (default: the config's) with the runner's callbacks."""
+    """Train epochs first_epoch+1 .. last_epoch (default: the config's) with the runner's callbacks.
+
+    `stream` picks the training stream (train.stream_kind): tf.data on TensorFlow, a NumPy PyDataset
+    elsewhere; bench compares the two."""
     from fmnist_exp import train
 
     config = prepared.config
     last_epoch = config.epochs if last_epoch is None else last_epoch
     images, labels = prepared.splits.train
-    stream = train.training_pipeline(images, labels, config.batch_size, config.seed, first_epoch, last_epoch)
+    batches = train.training_pipeline(images, labels, config.batch_size, config.seed, first_epoch, last_epoch, stream)
     validation = prepared.splits.validation
     callbacks = callbacks_for(prepared, run, first_epoch, parent_run_id)
     started = time.perf_counter()
     model.fit(
-        stream,
+        batches,
         validation_data=train.pipeline(*validation, config.batch_size) if validation else None,
         initial_epoch=first_epoch,
         epochs=last_epoch,
@@ -387,27 +396,6 @@ def checkpoint_state(folder: Path) -> dict | None:
     return state
 
 
-def device_description() -> str:
-    """The backend and what it trains on, for the start-up block."""
-    import keras
-
-    backend = keras.backend.backend()
-    gpus = 0
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = len(tf.config.list_physical_devices("GPU"))
-    elif backend == "jax":
-        import jax
-
-        gpus = sum(device.platform == "gpu" for device in jax.devices())
-    elif backend == "torch":
-        import torch
-
-        gpus = torch.cuda.device_count()
-    return f"{backend} on {gpus} GPU(s)" if gpus else f"{backend} on the CPU ({os.cpu_count()} cores)"
-
-
 def make_output_folder(output_dir: Path) -> Path:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -499,15 +487,17 @@ def log_inputs(prepared: Prepared, run: Run, model) -> None:
 
 def announce(prepared: Prepared, model, run: Run) -> None:
     """The start-up block: what is about to be trained, where, and where to look at it."""
+    from fmnist_exp import backend
+
     config, splits = prepared.config, prepared.splits
     validation = f"{len(splits.validation[0]):,} validation" if splits.validation else "no validation"
     lines = [
         f"model      {config.model.name}: {model.count_params():,} parameters"
         + (f" ({', '.join(f'{k}={v}' for k, v in config.model.knobs.items())})" if config.model.knobs else ""),
         f"data       {len(splits.train[0]):,} training, {validation}, {len(splits.test[0]):,} test images from {splits.source}",
-        f"training   {config.epochs} epochs at batch size {config.batch_size}, {config.optimizer.name} "
+        f"training   {config.epochs} epoch{'s' if config.epochs != 1 else ''} at batch size {config.batch_size}, {config.optimizer.name} "
         f"lr {config.optimizer.learning_rate} ({config.optimizer.schedule.name})",
-        f"device     {device_description()}, {config.trainer.precision}",
+        f"device     {backend.describe()}, {config.trainer.precision}",
         f"run        {run.run_id} in experiment {config.mlflow.experiment_name}",
         f"output     {prepared.output_dir.resolve()}",
         f"watch      {ui_command(prepared.store.uri)}",

@@ -25,25 +25,12 @@ ARTIFACT = "model"
 
 def requirements() -> list[str]:
     """The model's pip requirements, pinned from the running versions (inferring them would load
-    the model once more in a subprocess)."""
-    import keras
+    the model once more in a subprocess): Keras, its backend, MLflow."""
     import mlflow
 
-    pins = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow
+    from fmnist_exp import backend
 
-        pins.append(f"tensorflow=={tensorflow.__version__}")
-    elif backend == "jax":
-        import jax
-
-        pins.append(f"jax=={jax.__version__}")
-    elif backend == "torch":
-        import torch
-
-        pins.append(f"torch=={torch.__version__.split('+')[0]}")
-    return pins
+    return [*backend.pip_requirements(), f"mlflow=={mlflow.__version__}"]
 
 
 def log(run: Run, model, example_images: np.ndarray, output_dir: Path) -> Path:

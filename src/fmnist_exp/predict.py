@@ -1,30 +1,42 @@
-"""`python -m fmnist_exp.predict model_uri=URI images=<png files or a folder>`: class per image.
+"""`python -m fmnist_exp.predict model_uri=URI images=<an image, a folder, or [a list]>`: class per image.
 
 Images are made to look like Fashion-MNIST: colour is converted to grayscale and other sizes are
-resized to 28x28 (both said on the line). A file that is not an image is refused by name.
+resized to 28x28 (both said on the line). A file that is not an image is refused by name. The keys
+are conf/predict.yaml's, typed by PredictConfig; `--help` lists them.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from omegaconf import MISSING
 
-from fmnist_exp import cli
-from fmnist_exp.config import default_tracking_uri
+from fmnist_exp import backend, commands, noise
 from fmnist_exp.data import CLASS_NAMES
 from fmnist_exp.errors import UserError
 
-USAGE = "usage: python -m fmnist_exp.predict model_uri=URI images=FILE[,FILE...]|FOLDER [mlflow.tracking_uri=URI]"
-DEFAULTS = {"model_uri": "", "images": "", "mlflow.tracking_uri": ""}
+
+@dataclass
+class PredictConfig:
+    model_uri: str = field(default=MISSING, metadata={"example": "runs:/<run id>/model or models:/<name>@champion"})
+    # An image file, a folder (its image files), or a list of either: images=[a.png,b.png].
+    images: Any = field(
+        default=MISSING, metadata={"example": "images=photo.png, images=folder/ or images=[a.png,b.png]"}
+    )
+    mlflow: commands.StoreConfig = field(default_factory=commands.StoreConfig)
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-def image_paths(spec: str) -> list[Path]:
+def image_paths(spec: str | list[str]) -> list[Path]:
+    """The image files that `images=` names: files, and the image files of folders, in order."""
+    parts = [str(part) for part in spec] if isinstance(spec, (list, tuple)) else [str(spec)]
     paths = []
-    for part in filter(None, spec.split(",")):
+    for part in filter(None, parts):
         path = Path(part)
         if path.is_dir():
             paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
@@ -68,23 +80,24 @@ def load_image(path: Path) -> tuple[np.ndarray, list[str]]:
     return np.asarray(image, dtype=np.uint8)[..., np.newaxis], notes
 
 
-def main(argv: list[str] | None = None) -> list[tuple[str, str, float]]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
-    for key in ("model_uri", "images"):
-        if not arguments[key]:
-            cli.fail(f"{key}: required\n{USAGE}")
-    from fmnist_exp import logged_model
+def main(argv: list[str] | None = None) -> list[tuple[str, str, float]] | None:
+    """The command line (`argv`, else sys.argv): prints and returns (file, class, probability) per image."""
+    noise.quiet()
+    return commands.run("predict", PredictConfig, predict, argv)
+
+
+def predict(config: PredictConfig) -> list[tuple[str, str, float]]:
     from fmnist_exp.store import Store
 
-    try:
-        paths = image_paths(arguments["images"])
-        loaded = [load_image(path) for path in paths]
-        store = Store(arguments["mlflow.tracking_uri"] or default_tracking_uri())
-        store.check()
-        model = logged_model.load(arguments["model_uri"], store)
-    except UserError as error:
-        cli.fail(str(error))
+    paths = image_paths(config.images)
+    loaded = [load_image(path) for path in paths]
+    store = Store(config.mlflow.tracking_uri)
+    store.check()
+    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
+    noise.import_tensorflow()
+    from fmnist_exp import logged_model
+
+    model = logged_model.load(config.model_uri, store)
     probabilities = model.predict(np.stack([pixels for pixels, _ in loaded]), verbose=0)
     results = []
     for path, (_, notes), row in zip(paths, loaded, probabilities, strict=True):

@@ -10,7 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
-from fmnist_exp.config import MODEL_FIELDS, PROJECT_ROOT, default_tracking_uri
+from fmnist_exp.config import CONF_DIR, MODEL_FIELDS, default_tracking_uri
 from fmnist_exp.errors import UserError
 
 KNOB_OVERRIDE = re.compile(r"^model\.([A-Za-z_][A-Za-z0-9_]*)=")
@@ -19,6 +19,9 @@ UNUSED_OUTPUT = {".hydra", "run.log", "config.yaml", "overrides.yaml", ".lock", 
 
 
 def check_arguments(arguments: list[str]) -> None:
+    from fmnist_exp import backend
+
+    backend.refuse_backend_sweep(arguments)  # a process keeps one Keras backend
     check_callbacks(arguments)
     check_duplicate_keys(arguments)
     check_output_folders(arguments)
@@ -168,7 +171,7 @@ def check_model_knobs(arguments: list[str]) -> None:
             overrides = [f"model={model}"] if model else []
             overrides += [f"experiment={preset}"] if preset else []
             try:
-                with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
+                with initialize_config_dir(config_dir=str(CONF_DIR)):
                     composed = compose(config_name="config", overrides=overrides)
             except HydraException:
                 return  # a bad group option: Hydra's own check names it

@@ -4,21 +4,25 @@ python -m fmnist_exp.report                              # the newest sweep of e
 python -m fmnist_exp.report sweep=<parent run id>
 python -m fmnist_exp.report sweep=all mlflow.experiment_name=fmnist_exp   # every run of the experiment
 python -m fmnist_exp.report champion=fmnist_cnn          # also register the best as @champion
+
+The keys are conf/report.yaml's, typed by ReportConfig; `--help` lists them.
 """
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass, field
 
-from fmnist_exp import cli, summary
-from fmnist_exp.config import default_tracking_uri
+from fmnist_exp import commands, noise, summary
 from fmnist_exp.errors import UserError
 
-USAGE = (
-    "usage: python -m fmnist_exp.report [mlflow.experiment_name=NAME] [sweep=latest|all|RUN_ID] "
-    "[champion=MODEL_NAME] [mlflow.tracking_uri=URI]"
-)
-DEFAULTS = {"mlflow.experiment_name": "fmnist_exp", "sweep": "latest", "champion": "", "mlflow.tracking_uri": ""}
+
+@dataclass
+class ReportConfig:
+    # latest: the experiment's newest sweep | all: every run of the experiment | a sweep's parent run id.
+    sweep: str = "latest"
+    # A registry name: file the best FINISHED run's model there as @champion (None: register nothing).
+    champion: str | None = None
+    mlflow: commands.ExperimentStoreConfig = field(default_factory=commands.ExperimentStoreConfig)
 
 
 def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str]:
@@ -41,22 +45,24 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str]:
     return rows, f"sweep {sweep} ({len(rows)} jobs)"
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    arguments = cli.parse_assignments(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    """The command line (`argv`, else sys.argv): prints the table and returns its rows."""
+    noise.quiet()
+    return commands.run("report", ReportConfig, report, argv)
+
+
+def report(config: ReportConfig) -> list[dict]:
     from fmnist_exp.store import Store
 
-    store = Store(arguments["mlflow.tracking_uri"] or default_tracking_uri())
-    try:
-        store.check()
-        rows, title = rows_for(store, arguments["mlflow.experiment_name"], arguments["sweep"])
-    except UserError as error:
-        cli.fail(str(error))
+    store = Store(config.mlflow.tracking_uri)
+    store.check()
+    rows, title = rows_for(store, config.mlflow.experiment_name, config.sweep)
     print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")
     print(summary.markdown_table(rows))
     finished = [row for row in rows if row["status"] == "FINISHED"]
-    if arguments["champion"] and finished:
-        version = store.register_model(finished[0]["run_id"], arguments["champion"], alias="champion")
-        print(f"registered run {finished[0]['run_id']} as {arguments['champion']} version {version} @champion")
+    if config.champion and finished:
+        version = store.register_model(finished[0]["run_id"], config.champion, alias="champion")
+        print(f"registered run {finished[0]['run_id']} as {config.champion} version {version} @champion")
     return rows
 
 

@@ -17,15 +17,15 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
-from fmnist_exp import preflight
-from fmnist_exp.config import register_schemas, to_experiment_config
+from fmnist_exp import noise, preflight
+from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
 
 log = logging.getLogger("fmnist_exp.run")
 CALLBACKS = ["fmnist_exp.sweep.SweepCallback"]
 
 
-@hydra.main(config_path="../../conf", config_name="config")
+@hydra.main(config_path=str(CONF_DIR), config_name="config")
 def job(composed: DictConfig) -> float | dict:
     """One job: validate, train, log; returns the objective (a JobResult in a sweep) for sweepers."""
     runtime = HydraConfig.get()
@@ -34,12 +34,12 @@ def job(composed: DictConfig) -> float | dict:
     try:
         config = to_experiment_config(composed)
     except UserError as error:
-        preflight.discard_unused(output_dir)
-        if sweeping:  # one bad combination must not stop the sweep
+        if sweeping:  # one bad combination must not stop the sweep; its log file says why
             from fmnist_exp.sweep import JobResult
 
             log.error(f"job failed: {error}")
             return dataclasses.asdict(JobResult(objective=math.nan))
+        preflight.discard_unused(output_dir)
         fail(str(error))
     if config.dry_run:
         preflight.discard_unused(output_dir)
@@ -50,6 +50,9 @@ def job(composed: DictConfig) -> float | dict:
         except UserError as error:
             fail(str(error))
 
+    noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
+    if config.trainer.backend == "tensorflow" and not config.resume:  # a resume runs on its run's backend
+        noise.import_tensorflow()
     from fmnist_exp import experiment, sweep
     from fmnist_exp.store import Store
 
@@ -95,7 +98,7 @@ def refuse_overrides_with_resume(overrides: list[str]) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter.
+    noise.quiet()  # before anything imports TensorFlow
     register_schemas()
     try:
         preflight.check_arguments(sys.argv[1:])

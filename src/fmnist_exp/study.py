@@ -106,6 +106,10 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
         load_if_exists=True,
     )
     abandoned = end_abandoned_trials(study)
+    if study.trials:
+        # A seeded sampler would start its random stream again and propose the finished trials'
+        # values once more; a continued study draws fresh ones (so it is not bit-for-bit reproducible).
+        study.sampler.reseed_rng()
     done = counted_trials(study)
     log.info(
         f"Study {study_name} in {storage}: {done} of {self.n_trials} trials done"

@@ -1,0 +1,118 @@
+"""What stops training early: the pruning rule, early stopping with the best weights, collapse and NaN."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from conftest import SMALL_RUN, typed_config
+from fmnist_exp import callbacks, data, experiment, logged_model
+from fmnist_exp.config import PruningConfig
+from fmnist_exp.pruning import should_prune
+from fmnist_exp.store import Store
+
+RULE = PruningConfig(enabled=True, warmup_epochs=2, min_jobs=3)
+
+# Recorded validation-accuracy curves of a 4-job sweep (epochs 1-3); the last job trails.
+CURVES = {
+    "a": [0.71, 0.78, 0.81],
+    "b": [0.69, 0.77, 0.80],
+    "c": [0.73, 0.79, 0.83],
+    "trailing": [0.55, 0.61, 0.64],
+}
+
+
+@pytest.mark.parametrize(
+    "value, others, epoch, pruned",
+    [
+        (0.61, [0.78, 0.77, 0.79], 2, True),  # below the median after the warm-up
+        (0.55, [0.71, 0.69, 0.73], 1, False),  # still warming up
+        (0.61, [0.78, 0.77], 2, False),  # too few other jobs reached this epoch
+        (0.78, [0.78, 0.77, 0.79], 2, False),  # at the median: kept
+        (0.80, [0.78, 0.77, 0.79, 0.10], 2, False),  # above the median of four
+    ],
+)
+def test_median_rule(value, others, epoch, pruned):
+    assert should_prune(value, others, epoch, RULE) is pruned
+
+
+def test_median_rule_on_recorded_curves():
+    pruned = {}
+    for name, curve in CURVES.items():
+        others = [values for other, values in CURVES.items() if other != name]
+        pruned[name] = next(
+            (
+                epoch
+                for epoch in range(1, 4)
+                if should_prune(curve[epoch - 1], [values[epoch - 1] for values in others], epoch, RULE)
+            ),
+            None,
+        )
+    # b falls below the median of the others (0.78) at epoch 2 too: the rule prunes about half of a
+    # sweep's jobs once the warm-up is over, the trailing job and the weaker of the leaders.
+    assert pruned == {"a": None, "b": 2, "c": None, "trailing": 2}
+
+
+def tiny_model() -> keras.Model:
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(loss="mse")
+    return model
+
+
+def test_collapse_is_seen_after_learning_and_not_before():
+    guard = callbacks.StopOnCollapse()
+    guard.set_model(tiny_model())
+    for epoch, accuracy in enumerate([0.12, 0.15, 0.45]):  # never learned: no collapse
+        guard.on_epoch_end(epoch, {"accuracy": accuracy})
+    assert guard.collapsed_at is None and not guard.model.stop_training
+    for epoch, accuracy in enumerate([0.82, 0.88, 0.10], start=3):  # learned, then fell to chance
+        guard.on_epoch_end(epoch, {"accuracy": accuracy})
+    assert guard.collapsed_at == 6 and guard.model.stop_training
+
+
+def test_a_resumed_run_remembers_that_it_had_learned():
+    guard = callbacks.StopOnCollapse(best_so_far=0.9)
+    guard.set_model(tiny_model())
+    guard.on_epoch_end(40, {"accuracy": 0.1})
+    assert guard.collapsed_at == 41
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(tmp_path, tracking_uri):
+    overrides = [
+        *SMALL_RUN,
+        "epochs=5",
+        "model=fast_cnn",
+        "optimizer.learning_rate=0.01",
+        "deterministic=true",
+        "trainer.early_stopping.patience=1",
+        f"mlflow.tracking_uri={tracking_uri}",
+    ]
+    config = typed_config(overrides)
+    outcome = experiment.run(config, tmp_path / "run")
+    history = outcome.history["val_accuracy"]
+    best = int(np.argmax(history)) + 1
+    assert outcome.best_epoch == best
+    run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
+    assert run.data.metrics["best_epoch"] == best
+    assert run.data.metrics["objective"] == pytest.approx(history[best - 1])
+    assert outcome.objective == pytest.approx(history[best - 1])
+    # Early stopping stopped once validation accuracy had not improved for one epoch.
+    assert len(history) == min(5, best + 1)
+    # The logged model holds the best epoch's weights: on the validation images it scores exactly
+    # what was logged for the best epoch.
+    model = logged_model.load(f"runs:/{outcome.run_id}/model", Store(tracking_uri))
+    images, labels = data.load(config.data, config.seed).validation
+    accuracy = float((np.asarray(model.predict(images, verbose=0)).argmax(axis=1) == labels).mean())
+    assert accuracy == pytest.approx(history[best - 1], abs=1e-6)
+    assert (tmp_path / "run" / "checkpoints" / "best.keras").is_file()
+
+
+def test_without_early_stopping_the_objective_is_the_last_epoch(finished_run):
+    outcome, run, _, _ = finished_run
+    assert outcome.best_epoch is None and "best_epoch" not in run.data.metrics
+    assert run.data.metrics["objective"] == pytest.approx(outcome.history["val_accuracy"][-1])
+    assert not math.isnan(outcome.objective)
