@@ -161,6 +161,18 @@ def test_a_process_refuses_to_switch_backends():
     assert backend.activate(TrainerConfig(backend=current)) == current
 
 
+def test_jax_start_up_settings_come_from_the_config(monkeypatch):
+    """What XLA reads once, at start: threads as NPROC, on-demand GPU memory, deterministic GPU ops."""
+    for name in ("NPROC", "XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE"):
+        monkeypatch.delenv(name, raising=False)
+    backend._prepare_jax(threads=1, deterministic=True)
+    assert os.environ["NPROC"] == "1"
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=true"
+    backend._prepare_jax(threads=None, deterministic=True)  # idempotent: the flag once
+    assert os.environ["XLA_FLAGS"].count("xla_gpu_deterministic_ops") == 1
+
+
 def test_a_model_pins_the_backend_it_was_trained_on():
     import keras
 
