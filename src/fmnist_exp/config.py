@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from fmnist_exp.data import DEFAULT_MIRROR
 from fmnist_exp.errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -51,14 +52,16 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder / 'mlflow.db'}"
 
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-# The optional parameters each optimizer accepts; setting another one is an error, not a no-op.
-OPTIMIZER_PARAMS = {
-    "adam": ("beta_1", "beta_2", "epsilon", "amsgrad"),
-    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay"),
-    "sgd": ("momentum", "nesterov"),
-    "rmsprop": ("rho", "momentum", "epsilon", "centered"),
+# The one table of optimizers: the Keras class each name builds, and the optional parameters it
+# accepts (setting another one is an error, not a no-op).
+OPTIMIZER_TABLE = {
+    "adam": ("Adam", ("beta_1", "beta_2", "epsilon", "amsgrad")),
+    "adamw": ("AdamW", ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay")),
+    "sgd": ("SGD", ("momentum", "nesterov")),
+    "rmsprop": ("RMSprop", ("rho", "momentum", "epsilon", "centered")),
 }
+OPTIMIZERS = tuple(OPTIMIZER_TABLE)
+OPTIMIZER_PARAMS = {name: parameters for name, (_, parameters) in OPTIMIZER_TABLE.items()}
 SCHEDULES = ("constant", "cosine", "exponential")
 VALIDATION_SCHEMES = ("holdout", "test", "none")
 JIT_CHOICES = ("auto", "true", "false")
@@ -71,7 +74,7 @@ class DataConfig:
     dir: str | None = None
     # Fetch the files into the Keras cache when no local copy is found.
     download: bool = False
-    mirror: str = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+    mirror: str = DEFAULT_MIRROR
     # Check the decompressed sha256 of every file before use (about 0.3 s for the full set).
     verify: bool = True
     # Use only the first N images (None: all); for quick runs and tests.

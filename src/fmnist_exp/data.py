@@ -1,7 +1,7 @@
 """Fashion-MNIST loading: find the IDX files offline first, verify them, split them.
 
 Nothing here imports TensorFlow: the arrays stay uint8 (the float32 copy of the training set alone
-would be 188 MB) and are scaled inside the model. `pipelines()` turns them into tf.data datasets.
+would be 188 MB) and are scaled inside the model. train.py turns them into training and test streams.
 
 A verified load keeps a decoded copy of each file in a cache folder (`cache_dir()`: the environment
 variable FMNIST_CACHE_DIR, else $XDG_CACHE_HOME/fmnist_exp, else ~/.cache/fmnist_exp) and later

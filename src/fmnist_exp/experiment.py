@@ -505,6 +505,11 @@ def announce(prepared: Prepared, model, run: Run) -> None:
     log.info("\n".join(lines))
 
 
+def result_line(outcome: Outcome) -> str:
+    """What a finished job says last, on the terminal and in its log."""
+    return f"test_accuracy={outcome.test_accuracy:.4f} objective={outcome.objective:.4f} run_id={outcome.run_id}"
+
+
 def ui_command(tracking_uri: str) -> str:
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {tracking_uri}"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from fmnist_exp.config import OPTIMIZER_PARAMS, OptimizerConfig
-
-KERAS_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
+from fmnist_exp.config import OPTIMIZER_TABLE, OptimizerConfig
 
 
 def build_schedule(config: OptimizerConfig, steps_per_epoch: int, epochs: int):
@@ -37,9 +35,9 @@ def build(config: OptimizerConfig, steps_per_epoch: int, epochs: int):
     from keras import optimizers
 
     keyword_arguments = {
-        name: getattr(config, name) for name in OPTIMIZER_PARAMS[config.name] if getattr(config, name) is not None
+        name: getattr(config, name) for name in OPTIMIZER_TABLE[config.name][1] if getattr(config, name) is not None
     }
     if config.clipnorm is not None:
         keyword_arguments["clipnorm"] = config.clipnorm
-    optimizer_class = getattr(optimizers, KERAS_OPTIMIZERS[config.name])
+    optimizer_class = getattr(optimizers, OPTIMIZER_TABLE[config.name][0])
     return optimizer_class(learning_rate=build_schedule(config, steps_per_epoch, epochs), **keyword_arguments)

@@ -78,7 +78,7 @@ def job(composed: DictConfig) -> float | dict:
         fail(str(error), EXIT_RUN_STOPPED)
     except KeyboardInterrupt as error:
         fail(f"interrupted ({error or 'Ctrl-C'}); {preflight.resume_hint(config, output_dir)}", EXIT_INTERRUPTED)
-    log.info(f"test_accuracy={outcome.test_accuracy:.4f} objective={outcome.objective:.4f} run_id={outcome.run_id}")
+    log.info(experiment.result_line(outcome))
     log.info(f"Compare runs: {experiment.ui_command(store.uri)}")
     return outcome.objective
 

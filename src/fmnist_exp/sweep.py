@@ -226,7 +226,7 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     except (UserError, RunStopped) as error:
         log.error(f"job failed: {error}")
         return asdict(JobResult(objective=math.nan))
-    log.info(f"test_accuracy={outcome.test_accuracy:.4f} run_id={outcome.run_id}")
+    log.info(experiment.result_line(outcome))
     return asdict(
         JobResult(
             objective=outcome.objective,
