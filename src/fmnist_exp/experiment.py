@@ -104,10 +104,13 @@ def prepare(
 def start_keras(config: ExperimentConfig):
     """Keras for this job: its backend, a clean session, threads, determinism, seeds and precision.
 
-    Returns keras. The backend is chosen here, before anything imports Keras."""
-    from fmnist_exp import backend
+    Returns keras. The backend is chosen here, before anything imports Keras, and after everything
+    that can be wrong with the input has been found (prepare), so that a bad input costs no TensorFlow
+    start-up."""
+    from fmnist_exp import backend, noise
 
     backend.activate(config.trainer, config.deterministic)
+    noise.import_tensorflow()  # without its start-up lines; a no-op on another backend
     import keras
 
     from fmnist_exp import train

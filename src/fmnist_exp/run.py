@@ -51,8 +51,6 @@ def job(composed: DictConfig) -> float | dict:
             fail(str(error))
 
     noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
-    if config.trainer.backend == "tensorflow" and not config.resume:  # a resume runs on its run's backend
-        noise.import_tensorflow()
     from fmnist_exp import experiment, sweep
     from fmnist_exp.store import Store
 
