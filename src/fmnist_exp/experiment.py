@@ -109,8 +109,9 @@ def start_keras(config: ExperimentConfig):
     start-up."""
     from fmnist_exp import backend, noise
 
+    if config.trainer.backend == "tensorflow":
+        noise.import_tensorflow()  # before Keras imports it: without its CPU-machine start-up lines
     backend.activate(config.trainer, config.deterministic)
-    noise.import_tensorflow()  # without its start-up lines; a no-op on another backend
     import keras
 
     from fmnist_exp import train
