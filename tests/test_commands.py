@@ -158,11 +158,12 @@ def test_the_wheel_carries_conf_and_runs_from_any_folder(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in CONF_DIR.rglob("*.yaml"):
         assert f"fmnist_exp/conf/{config.relative_to(CONF_DIR).as_posix()}" in names
-    assert "fmnist_exp/config.py" in names and "hydra_plugins/fmnist_exp_study/study_sweeper.py" in names
+    assert "fmnist_exp/config.py" in names and "fmnist_exp/study.py" in names
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     for script in ("fmnist-run", "fmnist-evaluate", "fmnist-predict", "fmnist-report", "fmnist-bench", "fmnist-ui"):
         assert f"{script} = " in scripts
+    assert "[hydra.plugins]\nstudy = fmnist_exp.study:StudySweeper" in scripts
 
     # An install of the wheel alone (its console scripts too), run from an unrelated folder.
     target, elsewhere = tmp_path / "installed", tmp_path / "elsewhere"

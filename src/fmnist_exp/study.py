@@ -198,3 +198,8 @@ def finish(study, sweep_dir: Path) -> None:
     log.info(f"Best value: {best.value} (trial {best.number}; {len(completed)} completed, {len(pruned)} pruned)")
     results = {"name": "optuna", "study": study.study_name, "best_params": best.params, "best_value": best.value}
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+# Hydra loads this module through the project's `hydra.plugins` entry point (pyproject.toml); storing
+# the config here makes `hydra/sweeper=study` known in every kind of install.
+register()
