@@ -458,6 +458,8 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
 
 
 def log_inputs(prepared: Prepared, run: Run, model) -> None:
+    from fmnist_exp import datasets
+
     splits = prepared.splits
     run.log_params(config_module.flatten(prepared.config))
     run.log_params(
@@ -468,6 +470,7 @@ def log_inputs(prepared: Prepared, run: Run, model) -> None:
             "model.parameters": model.count_params(),
         }
     )
+    run.log_datasets(datasets.describe(prepared.config, splits))
     run.log_artifact(prepared.output_dir / CONFIG_FILE)
     run.log_artifact(prepared.output_dir / OVERRIDES_FILE)
 

@@ -404,6 +404,18 @@ class Run:
     def histories(self) -> dict[str, list[float]]:
         return self.store.histories(self.run_id)
 
+    def log_datasets(self, datasets: dict[str, Any]) -> None:
+        """Dataset inputs of the run, {context: mlflow.data Dataset}; the context is training,
+        validation or test. Only the datasets' descriptions are stored, never their contents."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [
+            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            for context, dataset in datasets.items()
+        ]
+        self.store.client.log_inputs(self.run_id, datasets=inputs)
+
     @property
     def info(self):
         return self.store.client.get_run(self.run_id).info
