@@ -226,21 +226,23 @@ def stop_if_broken(config: ExperimentConfig, chosen: dict) -> None:
 
 def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Outcome:
     """The test pass, reports, curves, the model and its registration, and the objective."""
-    from fmnist_exp import evaluation, logged_model, plots, train
+    from fmnist_exp import datasets, evaluation, logged_model, plots, train
 
     config, output_dir = prepared.config, prepared.output_dir
     run.log_metrics({"train_seconds": fitted.seconds})
+    model_id = None  # the LoggedModel the test metrics belong to, logged first so they can name it
+    if config.mlflow.log_model or config.register:
+        model_id = logged_model.log(run, model, prepared.splits.test[0][:2], output_dir)
     test = train.evaluate(model, *prepared.splits.test, config.batch_size)
+    test_set = datasets.describe(config, prepared.splits)["test"]
     objective = summary.objective(fitted.history, fitted.best_epoch)
-    final = {"test_loss": test.loss, "test_accuracy": test.accuracy, "objective": objective}
-    if fitted.best_epoch:
-        final["best_epoch"] = fitted.best_epoch
-    run.log_metrics(final)
-    run.log_metrics(evaluation.write_reports(*prepared.splits.test, test.probabilities, output_dir / "evaluation"))
+    final = {"objective": objective, **({"best_epoch": fitted.best_epoch} if fitted.best_epoch else {})}
+    run.log_metrics(final, model_id=model_id)
+    run.log_metrics({"test_loss": test.loss, "test_accuracy": test.accuracy}, model_id=model_id, dataset=test_set)
+    report = evaluation.write_reports(*prepared.splits.test, test.probabilities, output_dir / "evaluation")
+    run.log_metrics(report, model_id=model_id, dataset=test_set)
     run.log_artifacts(output_dir / "evaluation", "evaluation")
     run.log_artifact(plots.learning_curves(fitted.history, output_dir / "learning_curves.png"), "plots")
-    if config.mlflow.log_model or config.register:
-        logged_model.log(run, model, prepared.splits.test[0][:2], output_dir)
     if config.register:
         prepared.store.register_model(run.run_id, config.mlflow.registered_model_name)
     return Outcome(
