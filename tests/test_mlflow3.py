@@ -1,6 +1,6 @@
 """What a run records in MLflow 3's own terms, read back through MLflow's client: its LoggedModel
-(signature, input example, linked test metrics, registry) and its datasets; the model served over
-REST by `mlflow models serve`; and the MLflow bug the model logging works around."""
+(signature, input example, linked test metrics, registry), its datasets, its system metrics; the
+model served over REST by `mlflow models serve`; and the MLflow bug the model logging works around."""
 
 from __future__ import annotations
 
@@ -209,6 +209,32 @@ def test_dataset_digests_follow_the_images():
     assert "validation" not in digests("data.validation=none")
 
 
+# -- system metrics ------------------------------------------------------------------------------------
+
+
+def test_the_run_logs_system_metrics(subset_run):
+    outcome, client, _ = subset_run
+    metrics = client.get_run(outcome.run_id).data.metrics
+    cpu = client.get_metric_history(outcome.run_id, "system/cpu_utilization_percentage")
+    memory = client.get_metric_history(outcome.run_id, "system/system_memory_usage_megabytes")
+    assert len(cpu) >= 2 and len(memory) == len(cpu)
+    assert all(0 <= point.value <= 100 for point in cpu) and any(point.value > 0 for point in cpu)
+    assert 0 < metrics["system/system_memory_usage_percentage"] <= 100
+    assert "system/cpu_utilization_percentage" not in Store(subset_run[2]).histories(outcome.run_id)
+
+
+def test_system_metrics_of_a_short_block_and_the_key_that_turns_them_off(tracking_uri):
+    store = Store(tracking_uri)
+    with store.run("short", "on", {}) as on, on.system_metrics(True):
+        pass  # shorter than MLflow's 10 s interval: one sample is reported at the end
+    with store.run("short", "off", {}) as off, off.system_metrics(False):
+        pass
+    assert "system/cpu_utilization_percentage" in store.get_run(on.run_id).data.metrics
+    assert not any(key.startswith("system/") for key in store.get_run(off.run_id).data.metrics)
+    assert typed_config().mlflow.system_metrics is True
+    assert typed_config(["mlflow.system_metrics=false"]).mlflow.system_metrics is False
+
+
 # -- serving ----------------------------------------------------------------------------------------------
 
 
@@ -253,3 +279,29 @@ def test_mlflow_models_serve_answers_raw_pixel_batches(subset_run, tmp_path):
     np.testing.assert_array_equal(predictions.argmax(axis=1), expected.argmax(axis=1))
     np.testing.assert_allclose(predictions, expected, atol=1e-5)
     np.testing.assert_allclose(example_answer["predictions"], expected[:2], atol=1e-5)
+
+
+# -- through a tracking server ------------------------------------------------------------------------
+
+
+def test_a_run_through_a_tracking_server_records_the_same(mlflow_server, tmp_path):
+    overrides = [
+        f"data.dir={SUBSET_DIR}", "data.max_train_samples=600", "data.max_test_samples=200", "epochs=1",
+        "trainer.verbose=0", f"mlflow.tracking_uri={mlflow_server}", "register=true",
+    ]  # fmt: skip
+    outcome = experiment_module.run(typed_config(overrides), tmp_path / "output")
+    store = Store(mlflow_server)
+    run = store.get_run(outcome.run_id)
+    model = store.logged_model_of(outcome.run_id)
+    assert model.status.name == "READY" and model.artifact_location.startswith("mlflow-artifacts:")
+    assert {item.dataset.name for item in run.inputs.dataset_inputs} == {
+        "fashion-mnist-train",
+        "fashion-mnist-validation",
+        "fashion-mnist-test",
+    }
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert {metric.key for metric in store.client.get_logged_model(model.model_id).metrics} >= {"test_accuracy"}
+    for uri in (f"runs:/{outcome.run_id}/model", "models:/fmnist_cnn/1", f"models:/{model.model_id}"):
+        assert logged_model.load(uri, store).count_params() == int(run.data.params["model.parameters"])
+    # The model went through the server's artifact proxy.
+    assert "MLmodel" in {item.path for item in store.client.list_logged_model_artifacts(model.model_id)}

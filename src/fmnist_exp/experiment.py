@@ -271,12 +271,15 @@ def run(
     with one_writer(prepared.output_dir), signals_as_interrupt():
         start_keras(config)
         model = build(prepared)
-        with prepared.store.run(
-            config.mlflow.experiment_name,
-            config.mlflow.run_name or config_module.run_name(prepared.overrides),
-            run_tags(prepared),
-            parent_run_id=parent_run_id,
-        ) as active:
+        with (
+            prepared.store.run(
+                config.mlflow.experiment_name,
+                config.mlflow.run_name or config_module.run_name(prepared.overrides),
+                run_tags(prepared),
+                parent_run_id=parent_run_id,
+            ) as active,
+            active.system_metrics(config.mlflow.system_metrics),
+        ):
             (prepared.output_dir / RUN_FILE).write_text(json.dumps({"run_id": active.run_id}) + "\n")
             log_inputs(prepared, active, model)
             announce(prepared, model, active)
@@ -303,7 +306,10 @@ def resume(target: str, store: Store) -> Outcome:
             model = restore(prepared, state) if state else build(prepared)
             first_epoch = state["epoch"] if state else 0
             parent = store.get_run(run_id).data.tags.get("mlflow.parentRunId")
-            with store.run(config.mlflow.experiment_name, "", {}, run_id=run_id) as active:
+            with (
+                store.run(config.mlflow.experiment_name, "", {}, run_id=run_id) as active,
+                active.system_metrics(config.mlflow.system_metrics, resume=True),
+            ):
                 active.set_tags({"resumed_from_epoch": first_epoch})
                 log.info(f"resuming run {run_id} after epoch {first_epoch} of {config.epochs}")
                 if first_epoch < config.epochs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -289,7 +290,11 @@ class Store:
 
     def histories(self, run_id: str, skip_prefix: str = "test_") -> dict[str, list[float]]:
         """Every per-epoch metric of a run, ordered by epoch: {'loss': [...], 'val_accuracy': [...]}."""
-        keys = [key for key in self.client.get_run(run_id).data.metrics if not key.startswith(skip_prefix)]
+        keys = [
+            key
+            for key in self.client.get_run(run_id).data.metrics
+            if not key.startswith((skip_prefix, "system/"))  # system metrics are sampled by time, not epoch
+        ]
         histories = {}
         for key in keys:
             points = sorted(self.client.get_metric_history(run_id, key), key=lambda point: point.step)
@@ -509,6 +514,34 @@ class Run:
             client.finalize_logged_model(logged.model_id, "FAILED")
             raise
         client.finalize_logged_model(logged.model_id, "READY")
+
+    @contextlib.contextmanager
+    def system_metrics(self, enabled: bool = True, resume: bool = False) -> Iterator[None]:
+        """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) for the block,
+        as `system/...` metrics of this run.
+
+        MLflow samples every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (10 by default) and drops
+        the samples since its last report when it stops; here they are reported at the end, with one
+        last sample, so that a run shorter than the interval gets its figures too.
+        """
+        if not enabled:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.store.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            try:
+                monitor.collect_metrics()
+                if last := monitor.aggregate_metrics():
+                    monitor.publish_metrics(last)
+                    monitor.mlflow_logger.flush()
+            except Exception as error:  # noqa: BLE001 (a missing last sample must not change how the run ends)
+                logging.getLogger(__name__).warning(f"the last system metrics sample was not logged: {error}")
 
     @property
     def info(self):
