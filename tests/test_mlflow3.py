@@ -1,6 +1,7 @@
 """What a run records in MLflow 3's own terms, read back through MLflow's client: its LoggedModel
-(signature, input example, linked test metrics, registry), its datasets, its system metrics; the
-model served over REST by `mlflow models serve`; and the MLflow bug the model logging works around."""
+(signature, input example, linked test metrics, registry), its datasets, its system metrics, the
+experiment's kind; the model served over REST by `mlflow models serve`; and the MLflow bug the model
+logging works around."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from conftest import SMALL_RUN, SUBSET_DIR, free_port, stop_process_group, typed_config, wait_for_http
 from fmnist_exp import data, datasets, logged_model
 from fmnist_exp import experiment as experiment_module
-from fmnist_exp.store import Store
+from fmnist_exp.store import EXPERIMENT_KIND, Store
 
 
 def use_globally(monkeypatch, uri: str) -> None:
@@ -233,6 +234,29 @@ def test_system_metrics_of_a_short_block_and_the_key_that_turns_them_off(trackin
     assert not any(key.startswith("system/") for key in store.get_run(off.run_id).data.metrics)
     assert typed_config().mlflow.system_metrics is True
     assert typed_config(["mlflow.system_metrics=false"]).mlflow.system_metrics is False
+
+
+# -- the experiment's kind -------------------------------------------------------------------------------
+
+
+def test_experiments_are_machine_learning_experiments(subset_run, tracking_uri, tmp_path):
+    outcome, client, _ = subset_run
+    experiment = client.get_experiment(client.get_run(outcome.run_id).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == EXPERIMENT_KIND["mlflow.experimentKind"]
+    store = Store(tracking_uri)
+    older = store.client.create_experiment("made_before", artifact_location=(tmp_path / "older").as_uri())
+    assert "mlflow.experimentKind" not in store.client.get_experiment(older).tags
+    assert store.experiment_id("made_before") == older
+    assert store.client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    chosen = store.client.create_experiment(
+        "chosen", artifact_location=(tmp_path / "chosen").as_uri(), tags={"mlflow.experimentKind": "genai_development"}
+    )
+    store.experiment_id("chosen")
+    assert store.client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+    # MLflow 3.17's UI opens on the view its toggle says; the link the runner prints says which.
+    assert experiment_module.ui_command("sqlite:////x/mlflow.db", "3").endswith(
+        "then open http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    )
 
 
 # -- serving ----------------------------------------------------------------------------------------------

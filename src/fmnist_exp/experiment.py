@@ -496,12 +496,16 @@ def announce(prepared: Prepared, model, run: Run) -> None:
         f"device     {device_description()}, {config.trainer.precision}",
         f"run        {run.run_id} in experiment {config.mlflow.experiment_name}",
         f"output     {prepared.output_dir.resolve()}",
-        f"watch      {ui_command(prepared.store.uri)}",
+        f"watch      {ui_command(prepared.store.uri, run.info.experiment_id)}",
     ]
     log.info("\n".join(lines))
 
 
-def ui_command(tracking_uri: str) -> str:
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """How to look at the store; with an experiment, the page of its runs in the machine-learning
+    view (MLflow 3.17's UI opens on the GenAI view unless told otherwise)."""
+    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}"
+        return f"open {tracking_uri.rstrip('/')}{page}" if page else f"open {tracking_uri}"
+    command = f"mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}"
+    return f"{command}, then open http://127.0.0.1:5000{page}" if page else command

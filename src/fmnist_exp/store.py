@@ -33,7 +33,10 @@ HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
     "fmnist_exp.pid_start",
     "fmnist_exp.heartbeat",
 )
-# The UI shows experiments of this kind as machine-learning experiments (runs table, not GenAI).
+# The experiment's kind, as MLflow's UI writes it when a person picks "Machine learning" (the tag
+# mlflow.experimentKind, value custom_model_development). MLflow 3.17's UI takes the page it opens
+# on from its GenAI / Model training toggle instead (`?workflowType=machine_learning`, remembered
+# in the browser); earlier UIs and searches read this tag. Set on an experiment of ours without one.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -179,6 +182,10 @@ class Store:
 
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
+            if create:  # the runner is about to use it: one created before it had a kind gets ours
+                for key, value in EXPERIMENT_KIND.items():
+                    if key not in experiment.tags:
+                        self.client.set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
         if not create:
             return None
