@@ -280,10 +280,10 @@ def test_mlflow_models_serve_answers_raw_pixel_batches(subset_run, tmp_path):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri},
     )  # fmt: skip
-    images, _ = data.load(typed_config(SMALL_RUN).data, seed=0).test
-    batch = images[:32].astype(np.float32)  # raw pixels 0-255, (32, 28, 28, 1)
-    expected = logged_model.load(f"runs:/{outcome.run_id}/model", Store(uri)).predict(batch, verbose=0)
-    try:
+    try:  # the server starts meanwhile; whatever fails from here on, it is stopped
+        images, _ = data.load(typed_config(SMALL_RUN).data, seed=0).test
+        batch = images[:32].astype(np.float32)  # raw pixels 0-255, (32, 28, 28, 1)
+        expected = logged_model.load(f"runs:/{outcome.run_id}/model", Store(uri)).predict(batch, verbose=0)
         wait_for_http(f"http://127.0.0.1:{port}/ping", process, seconds=240)
         answer = post_json(f"http://127.0.0.1:{port}/invocations", {"inputs": batch.tolist()})
         # The README's way: fetch the model's own serving example (two test images), post it as curl would.
