@@ -24,6 +24,8 @@ from helpers import (  # noqa: F401 (re-exported)
     wait_for_http,
 )
 
+# MLflow 3 sends usage telemetry unless told not to; tests send traffic to loopback only.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # The decoded-data cache of the whole session (and its subprocesses) stays out of the user's home.
 os.environ.setdefault("FMNIST_CACHE_DIR", tempfile.mkdtemp(prefix="fmnist-exp-cache-"))
 

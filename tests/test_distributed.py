@@ -11,6 +11,7 @@ import mlflow
 import pytest
 
 from conftest import SUBSET_DIR, free_port, stop_process_group
+from fmnist_exp.store import Store
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
 
@@ -69,6 +70,8 @@ def test_ray_sweep_logs_through_the_tracking_server(tmp_path, ray_head, mlflow_s
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(run.data.params["seed"] for run in children) == ["1", "2"]
     assert all(run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics for run in children)
-    # The model went through the server's artifact proxy.
-    assert client.list_artifacts(children[0].info.run_id, "model")
+    # The model (a LoggedModel of the run) went through the server's artifact proxy.
+    model = Store(mlflow_server).logged_model_of(children[0].info.run_id)
+    assert model.artifact_location.startswith("mlflow-artifacts:")
+    assert client.list_logged_model_artifacts(model.model_id)
     assert {run.data.params["trainer.threads"] for run in children} == {"1"}

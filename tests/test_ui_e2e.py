@@ -1,6 +1,9 @@
 """The MLflow UI as a person uses it: a real sweep, a real server, headless Chromium.
 
-Screenshots land in the test's folder and, with FMNIST_SCREENSHOT_DIR set, there too (docs/).
+What a run records shows where MLflow 3's UI looks for it: the runs table's Dataset and Models
+columns, the experiment's Models tab (test metrics per dataset, source run, registered versions), a
+run's system metric charts, and the comparison of the sweep's jobs. Screenshots land in the test's
+folder and, with FMNIST_SCREENSHOT_DIR set, there too (docs/).
 """
 
 from __future__ import annotations
@@ -26,17 +29,20 @@ pytestmark = [
 
 @pytest.fixture
 def sweep_store(tmp_path):
-    """A 3-job sweep (batch sizes) on the shipped subset, in a fresh SQLite store."""
+    """A 3-job sweep (batch sizes) on the shipped subset, models registered, in a fresh SQLite store.
+
+    System metrics are sampled every second, so that a job of seconds draws a curve.
+    """
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     result = subprocess.run(
         [
             sys.executable, "-m", "fmnist_exp.run", "-m",
             f"data.dir={SUBSET_DIR}", "data.max_train_samples=600", "data.max_test_samples=200",
-            "epochs=1", "trainer.verbose=0", "mlflow.log_model=false", "mlflow.experiment_name=ui_check",
+            "epochs=1", "trainer.verbose=0", "register=true", "mlflow.experiment_name=ui_check",
             "batch_size=32,64,128", f"hydra.sweep.dir={tmp_path}/sweep",
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return uri
@@ -64,22 +70,37 @@ def save_screenshot(page, tmp_path: Path, name: str) -> None:
         shutil.copy(tmp_path / name, Path(target) / name)
 
 
+def close_the_assistant(page) -> None:
+    assistant_close = page.get_by_role("button", name="Close")
+    if assistant_close.count():
+        assistant_close.first.click()
+
+
 def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_path):
     client = mlflow.MlflowClient(sweep_store)
     experiment = client.get_experiment_by_name("ui_check")
     all_runs = client.search_runs([experiment.experiment_id])
     children = [run for run in all_runs if "mlflow.parentRunId" in run.data.tags]
     assert len(children) == 3
+    models = client.search_logged_models([experiment.experiment_id])
+    assert sorted(model.source_run_id for model in models) == sorted(child.info.run_id for child in children)
+    for child in children:
+        assert {item.dataset.name for item in child.inputs.dataset_inputs} == {
+            "fashion-mnist-train",
+            "fashion-mnist-validation",
+            "fashion-mnist-test",
+        }
+        assert len(client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")) >= 2
 
     with playwright_api.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 900})
         page.set_default_timeout(60_000)
-        page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/runs", wait_until="domcontentloaded")
+        # The link the runner prints: the experiment in the machine-learning view opens on its runs.
+        page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
         page.get_by_text("Run Name").first.wait_for()
-        assistant_close = page.get_by_role("button", name="Close")
-        if assistant_close.count():
-            assistant_close.first.click()
+        assert f"/experiments/{experiment.experiment_id}/runs" in page.url
+        close_the_assistant(page)
 
         # Show the test accuracy and the swept parameter as columns.
         page.get_by_role("button", name="Columns").click()
@@ -88,7 +109,7 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
             page.get_by_text(column, exact=True).last.click()
         page.keyboard.press("Escape")
 
-        # Unfold the sweep's parent run to list its jobs.
+        # Unfold the sweep's parent run to list its jobs: each with its datasets and its model.
         page.locator('[role=gridcell] button[data-component-id*="runnamecellrenderer"]').first.click()
         for child in children:
             page.get_by_text(child.info.run_name, exact=True).first.wait_for()
@@ -97,15 +118,71 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
             assert child.info.run_name in grid
             shown = f"{child.data.metrics['test_accuracy']:.3f}".rstrip("0")
             assert shown in grid, f"test_accuracy {shown} of {child.info.run_name} is not listed"
+        training = next(
+            item.dataset for item in children[0].inputs.dataset_inputs if item.dataset.name.endswith("train")
+        )
+        assert grid.count(f"fashion-mnist-train ({training.digest})") == 3, "the Dataset column is not filled"
+        # The Models column links each job's model by its registered version (register=true).
+        versions = {str(version.version) for version in client.search_model_versions("name='fmnist_cnn'")}
+        linked = page.locator('[role=grid] a[href*="/models/fmnist_cnn/versions/"]')
+        assert linked.count() == 3, "the Models column is not filled"
+        assert {linked.nth(i).get_attribute("href").rsplit("/", 1)[1] for i in range(3)} <= versions
         save_screenshot(page, tmp_path, "mlflow_ui_runs.png")
 
-        # Compare the three jobs: the swept parameter and the metric side by side.
+        # The experiment's Models tab: one model per job, its test metrics on the test set.
+        page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/models?workflowType=machine_learning")
+        page.get_by_text("Source run").first.wait_for()
+        page.set_viewport_size({"width": 2000, "height": 700})  # wide enough for the metric columns
+        models_table = page.locator("[role=grid], table").first
+        shown = playwright_api.expect(models_table)  # the grid fills itself in column by column
+        for text in ("test_accuracy", "fashion-mnist-test", *(child.info.run_name for child in children)):
+            shown.to_contain_text(text, timeout=60_000)
+        for child in children:
+            shown.to_contain_text(f"{child.data.metrics['test_accuracy']:.3f}".rstrip("0"))
+        playwright_api.expect(models_table.get_by_text("Ready", exact=True)).to_have_count(3)
+        playwright_api.expect(models_table.locator('a[href*="/models/fmnist_cnn/versions/"]')).to_have_count(3)
+        save_screenshot(page, tmp_path, "mlflow_ui_models.png")
+        page.set_viewport_size({"width": 1600, "height": 900})
+
+        # A job's system metrics, drawn as charts on its page.
+        child = children[0]
+        page.goto(
+            f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}/system-metrics"
+            "?workflowType=machine_learning"
+        )
+        page.get_by_text("cpu_utilization_percentage", exact=True).first.wait_for()
+        close_the_assistant(page)
+        page.get_by_placeholder("Search metric charts").fill("cpu|memory")  # a regular expression
+        for metric in ("cpu_utilization_percentage", "system_memory_usage_megabytes", "system_memory_usage_percentage"):
+            page.get_by_text(f"{child.info.run_name} (system/{metric})").first.wait_for()  # a chart's legend
+        drawn = page.locator(".js-plotly-plot").filter(has=page.locator("path.js-line"))
+        playwright_api.expect(drawn).to_have_count(3)  # the three charts drew their lines
+        save_screenshot(page, tmp_path, "mlflow_ui_system_metrics.png")
+
+        # Compare the three jobs: the swept parameter and the test accuracy side by side.
         ids = ",".join(f'"{child.info.run_id}"' for child in children)
         page.goto(
-            f'{ui_server}/#/compare-runs?runs=[{ids}]&experiments=["{experiment.experiment_id}"]',
+            f'{ui_server}/#/compare-runs?runs=[{ids}]&experiments=["{experiment.experiment_id}"]'
+            "&workflowType=machine_learning",
             wait_until="domcontentloaded",
         )
         page.locator(".js-plotly-plot").first.wait_for()  # the parallel-coordinates plot rendered
+        close_the_assistant(page)
+        parameters, metrics = page.locator(".du-bois-light-select").nth(0), page.locator(".du-bois-light-select").nth(1)
+        parameters.locator(".du-bois-light-select-selection-item", has_text="mlflow.run_name").locator(
+            ".du-bois-light-select-selection-item-remove"
+        ).click()
+        for chosen in metrics.locator(".du-bois-light-select-selection-item-remove").all():
+            chosen.click()  # the plot's first pick is whatever metric comes first, a system metric here
+        metrics.click()
+        page.keyboard.type("test_accuracy")
+        page.locator(".du-bois-light-select-item-option[title='test_accuracy']").click()
+        page.keyboard.press("Escape")
+        chosen = ".du-bois-light-select-selection-item-content"
+        assert metrics.locator(chosen).all_inner_texts() == ["test_accuracy"]
+        assert parameters.locator(chosen).all_inner_texts() == ["batch_size"]
+        page.locator(".js-plotly-plot").first.get_by_text("test_accuracy").first.wait_for()
+        save_screenshot(page, tmp_path, "mlflow_ui_compare.png")
         batch_row = page.locator("tr", has=page.get_by_text("batch_size", exact=True)).last
         for child in children:
             assert child.data.params["batch_size"] in batch_row.inner_text()
@@ -118,7 +195,6 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         for child in children:
             shown = f"{child.data.metrics['test_accuracy']:.3f}".rstrip("0")
             assert shown in metrics_block, f"test_accuracy {shown} of {child.info.run_name} is not compared"
-        page.get_by_text("Run details").first.scroll_into_view_if_needed()
-        save_screenshot(page, tmp_path, "mlflow_ui_compare.png")
         browser.close()
-    assert (tmp_path / "mlflow_ui_runs.png").stat().st_size > 20_000
+    for name in ("mlflow_ui_runs.png", "mlflow_ui_models.png", "mlflow_ui_system_metrics.png", "mlflow_ui_compare.png"):
+        assert (tmp_path / name).stat().st_size > 20_000, name

@@ -181,6 +181,8 @@ class MlflowConfig:
     log_model: bool = True
     # The registry name that `register=true` files the run's model under.
     registered_model_name: str = "fmnist_cnn"
+    # Log CPU, memory (and GPU) utilisation as the run's system/* metrics, through MLflow.
+    system_metrics: bool = True
 
 
 @dataclass

@@ -249,21 +249,23 @@ def stop_if_broken(config: ExperimentConfig, chosen: dict) -> None:
 
 def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Outcome:
     """The test pass, reports, curves, the model and its registration, and the objective."""
-    from fmnist_exp import evaluation, logged_model, plots, train
+    from fmnist_exp import datasets, evaluation, logged_model, plots, train
 
     config, output_dir = prepared.config, prepared.output_dir
     run.log_metrics({"train_seconds": fitted.seconds})
+    model_id = None  # the LoggedModel the test metrics belong to, logged first so they can name it
+    if config.mlflow.log_model or config.register:
+        model_id = logged_model.log(run, model, prepared.splits.test[0][:2], output_dir)
     test = train.evaluate(model, *prepared.splits.test, config.batch_size)
+    test_set = datasets.describe(config, prepared.splits)["test"]
     objective = summary.objective(fitted.history, fitted.best_epoch)
-    final = {"test_loss": test.loss, "test_accuracy": test.accuracy, "objective": objective}
-    if fitted.best_epoch:
-        final["best_epoch"] = fitted.best_epoch
-    run.log_metrics(final)
-    run.log_metrics(evaluation.write_reports(*prepared.splits.test, test.probabilities, output_dir / "evaluation"))
+    final = {"objective": objective, **({"best_epoch": fitted.best_epoch} if fitted.best_epoch else {})}
+    run.log_metrics(final, model_id=model_id)
+    run.log_metrics({"test_loss": test.loss, "test_accuracy": test.accuracy}, model_id=model_id, dataset=test_set)
+    report = evaluation.write_reports(*prepared.splits.test, test.probabilities, output_dir / "evaluation")
+    run.log_metrics(report, model_id=model_id, dataset=test_set)
     run.log_artifacts(output_dir / "evaluation", "evaluation")
     run.log_artifact(plots.learning_curves(fitted.history, output_dir / "learning_curves.png"), "plots")
-    if config.mlflow.log_model or config.register:
-        logged_model.log(run, model, prepared.splits.test[0][:2], output_dir)
     if config.register:
         prepared.store.register_model(run.run_id, config.mlflow.registered_model_name)
     return Outcome(
@@ -292,12 +294,15 @@ def run(
     with one_writer(prepared.output_dir), signals_as_interrupt():
         start_keras(config)
         model = build(prepared)
-        with prepared.store.run(
-            config.mlflow.experiment_name,
-            config.mlflow.run_name or config_module.run_name(prepared.overrides),
-            run_tags(prepared),
-            parent_run_id=parent_run_id,
-        ) as active:
+        with (
+            prepared.store.run(
+                config.mlflow.experiment_name,
+                config.mlflow.run_name or config_module.run_name(prepared.overrides),
+                run_tags(prepared),
+                parent_run_id=parent_run_id,
+            ) as active,
+            active.system_metrics(config.mlflow.system_metrics),
+        ):
             (prepared.output_dir / RUN_FILE).write_text(json.dumps({"run_id": active.run_id}) + "\n")
             log_inputs(prepared, active, model)
             announce(prepared, model, active)
@@ -327,7 +332,10 @@ def resume(target: str, store: Store) -> Outcome:
             model = restore(prepared, state) if state else build(prepared)
             first_epoch = state["epoch"] if state else 0
             parent = store.get_run(run_id).data.tags.get("mlflow.parentRunId")
-            with store.run(config.mlflow.experiment_name, "", {}, run_id=run_id) as active:
+            with (
+                store.run(config.mlflow.experiment_name, "", {}, run_id=run_id) as active,
+                active.system_metrics(config.mlflow.system_metrics, resume=True),
+            ):
                 active.set_tags({"resumed_from_epoch": first_epoch})
                 log.info(f"resuming run {run_id} after epoch {first_epoch} of {config.epochs}")
                 if first_epoch < config.epochs:
@@ -475,6 +483,8 @@ def run_tags(prepared: Prepared) -> dict[str, str]:
 
 
 def log_inputs(prepared: Prepared, run: Run, model) -> None:
+    from fmnist_exp import datasets
+
     splits = prepared.splits
     run.log_params(config_module.flatten(prepared.config))
     run.log_params(
@@ -485,6 +495,7 @@ def log_inputs(prepared: Prepared, run: Run, model) -> None:
             "model.parameters": model.count_params(),
         }
     )
+    run.log_datasets(datasets.describe(prepared.config, splits))
     run.log_artifact(prepared.output_dir / CONFIG_FILE)
     run.log_artifact(prepared.output_dir / OVERRIDES_FILE)
 
@@ -504,7 +515,7 @@ def announce(prepared: Prepared, model, run: Run) -> None:
         f"device     {backend.describe()}, {config.trainer.precision}",
         f"run        {run.run_id} in experiment {config.mlflow.experiment_name}",
         f"output     {prepared.output_dir.resolve()}",
-        f"watch      {ui_command(prepared.store.uri)}",
+        f"watch      {ui_command(prepared.store.uri, run.info.experiment_id)}",
     ]
     log.info("\n".join(lines))
 
@@ -514,7 +525,11 @@ def result_line(outcome: Outcome) -> str:
     return f"test_accuracy={outcome.test_accuracy:.4f} objective={outcome.objective:.4f} run_id={outcome.run_id}"
 
 
-def ui_command(tracking_uri: str) -> str:
+def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
+    """How to look at the store; with an experiment, the page of its runs in the machine-learning
+    view (MLflow 3.17's UI opens on the GenAI view unless told otherwise)."""
+    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f"mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}"
+        return f"open {tracking_uri.rstrip('/')}{page}" if page else f"open {tracking_uri}"
+    command = f"mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}"
+    return f"{command}, then open http://127.0.0.1:5000{page}" if page else command

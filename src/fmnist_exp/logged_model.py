@@ -1,7 +1,9 @@
 """The model a run logs, and the only way this project loads one back.
 
-Logged: MLflow's Keras flavour in Keras 3's `.keras` format, with a signature (float32 pixels
-(-1, 28, 28, 1), values 0-255 -> ten probabilities) and an input example.
+Logged: an MLflow 3 LoggedModel whose source is the run (listed by `search_logged_models`, in the
+experiment's Models tab and the runs table's Models column), holding MLflow's Keras flavour in Keras
+3's `.keras` format with a signature (float32 pixels (-1, 28, 28, 1), values 0-255 -> ten
+probabilities) and an input example. `runs:/<run_id>/model` and `models:/<model_id>` both name it.
 
 Loaded: only that, through `keras.saving.load_model(safe_mode=True)`. MLflow would pick its loader
 from the model folder's own MLmodel file, and an exported SavedModel (`save_exported_model: true`)
@@ -33,25 +35,39 @@ def requirements() -> list[str]:
     return [*backend.pip_requirements(), f"mlflow=={mlflow.__version__}"]
 
 
-def log(run: Run, model, example_images: np.ndarray, output_dir: Path) -> Path:
-    """Save the model into the run's output folder, then upload it as the run's `model` artifact.
+def log(run: Run, model, example_images: np.ndarray, output_dir: Path) -> str:
+    """Log the model as the run's LoggedModel `model`; returns its model id.
 
-    Saved with `mlflow.keras.save_model` into a folder made first, and uploaded, because MLflow 3.17's
-    `mlflow.keras.log_model(..., input_example=...)` writes the example before it creates its folder.
+    What `mlflow.keras.log_model` does, step by step: create the LoggedModel for the run, save the
+    model with `mlflow.keras.save_model` (pointing its MLmodel at the LoggedModel), upload the
+    folder, mark the model READY. Step by step because MLflow 3.17's `log_model(...,
+    input_example=...)` writes the example into a folder it has not created yet (mlflow#16183;
+    tests/test_mlflow3.py notices when it is fixed): here the folder is made first. The saved folder
+    stays in the run's output folder.
     """
     import mlflow.keras
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
 
     example = np.asarray(example_images, dtype=np.float32)
     signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
     local = output_dir / ARTIFACT
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)  # MLflow writes the input example into it before creating it itself
-    mlflow.keras.save_model(
-        model, str(local), signature=signature, input_example=example, pip_requirements=requirements()
-    )
-    run.log_artifacts(local, ARTIFACT)
-    return local
+    with run.logged_model(ARTIFACT, local) as logged:
+        mlflow.keras.save_model(
+            model,
+            str(local),
+            mlflow_model=Model(
+                artifact_path=logged.artifact_location,
+                run_id=run.run_id,
+                model_uuid=logged.model_id,
+                model_id=logged.model_id,
+            ),
+            signature=signature,
+            input_example=example,
+            pip_requirements=requirements(),
+        )
+    return logged.model_id
 
 
 def keras_file(folder: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -32,7 +33,10 @@ HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
     "fmnist_exp.pid_start",
     "fmnist_exp.heartbeat",
 )
-# The UI shows experiments of this kind as machine-learning experiments (runs table, not GenAI).
+# The experiment's kind, as MLflow's UI writes it when a person picks "Machine learning" (the tag
+# mlflow.experimentKind, value custom_model_development). MLflow 3.17's UI takes the page it opens
+# on from its GenAI / Model training toggle instead (`?workflowType=machine_learning`, remembered
+# in the browser); earlier UIs and searches read this tag. Set on an experiment of ours without one.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -60,6 +64,14 @@ def artifact_folder_name(experiment_name: str) -> str:
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment_name).strip("._")[:40] or "experiment"
     return f"{slug}-{hashlib.sha256(experiment_name.encode()).hexdigest()[:8]}"
+
+
+def logged_model_id(model_uri: str) -> str | None:
+    """The LoggedModel id of a `models:/<model_id>` URI (MLflow 3 ids are `m-` and 32 hex digits)."""
+    import re
+
+    found = re.fullmatch(r"models:/(m-[0-9a-f]{32})/?", model_uri)
+    return found.group(1) if found else None
 
 
 def owner_tags() -> dict[str, str]:
@@ -206,6 +218,10 @@ class Store:
 
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
+            if create:  # the runner is about to use it: one created before it had a kind gets ours
+                for key, value in EXPERIMENT_KIND.items():
+                    if key not in experiment.tags:
+                        self.client.set_experiment_tag(experiment.experiment_id, key, value)
             return experiment.experiment_id
         if not create:
             return None
@@ -317,7 +333,11 @@ class Store:
 
     def histories(self, run_id: str, skip_prefix: str = "test_") -> dict[str, list[float]]:
         """Every per-epoch metric of a run, ordered by epoch: {'loss': [...], 'val_accuracy': [...]}."""
-        keys = [key for key in self.client.get_run(run_id).data.metrics if not key.startswith(skip_prefix)]
+        keys = [
+            key
+            for key in self.client.get_run(run_id).data.metrics
+            if not key.startswith((skip_prefix, "system/"))  # system metrics are sampled by time, not epoch
+        ]
         histories = {}
         for key in keys:
             points = sorted(self.client.get_metric_history(run_id, key), key=lambda point: point.step)
@@ -342,15 +362,33 @@ class Store:
     # -- models -----------------------------------------------------------------------------------
 
     def register_model(self, run_id: str, name: str, alias: str | None = None) -> str:
-        """Register the run's `model` artifact as a new version of `name`; optionally point `alias` at it."""
+        """Register the run's model as a new version of `name`; optionally point `alias` at it.
+
+        The model is the run's LoggedModel, filed as the UI files one (its artifact location and
+        model id; MLflow 3.17's SQLite registry would look a `models:/<model_id>` source up in the
+        process's global tracking store, not this one), and the version is noted on the model
+        (tag mlflow.modelVersions, which the Models tab shows). A run logged before models were
+        LoggedModels has its `model` run artifact registered instead.
+        """
         from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
         run = self.client.get_run(run_id)
         try:
             self.client.create_registered_model(name)
         except MlflowException:
             pass  # it exists already
-        version = self.client.create_model_version(name, source=f"{run.info.artifact_uri}/model", run_id=run_id).version
+        logged = self.logged_model_of(run_id)
+        if logged is not None:
+            source, model_id = logged.artifact_location, logged.model_id
+        else:
+            source, model_id = f"{run.info.artifact_uri}/model", None
+        version = self.client.create_model_version(name, source=source, run_id=run_id, model_id=model_id).version
+        if model_id:  # a tracking server notes it itself; a SQLite store does not
+            noted = json.loads(self.client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+            if not any(entry.get("name") == name and str(entry.get("version")) == str(version) for entry in noted):
+                noted.append({"name": name, "version": version})
+                self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(noted)})
         if alias:
             self.client.set_registered_model_alias(name, alias, version)
         return str(version)
@@ -362,6 +400,9 @@ class Store:
         try:
             if model_uri.startswith("runs:/"):
                 return self.client.get_run(model_uri[len("runs:/") :].split("/", 1)[0])
+            if model_id := logged_model_id(model_uri):
+                run_id = self.client.get_logged_model(model_id).source_run_id
+                return self.client.get_run(run_id) if run_id else None
             if model_uri.startswith("models:/"):
                 version = self._model_version(model_uri)
                 return self.client.get_run(version.run_id) if version.run_id else None
@@ -376,6 +417,26 @@ class Store:
         name, _, number = name.partition("/")
         return self.client.get_model_version(name, number)
 
+    def model_location(self, model_uri: str) -> str:
+        """Where a runs:/ or models:/ URI's model folder is, as an artifact URI of this store.
+
+        Resolved here rather than by MLflow: MLflow 3.17 finds a LoggedModel behind runs:/ and
+        models:/<model_id> through the process's global tracking URI, not this store (mlflow#18313).
+        A run logged before models were LoggedModels has its model as the run artifact `model`.
+        """
+        if model_uri.startswith("runs:/"):
+            run_id, _, path = model_uri[len("runs:/") :].partition("/")
+            run = self.client.get_run(run_id)
+            name, _, inside = (path or "model").partition("/")
+            logged = self.logged_model_of(run_id, name)
+            if logged is None:
+                return f"{run.info.artifact_uri}/{path or 'model'}"
+            return f"{logged.artifact_location}/{inside}" if inside else logged.artifact_location
+        source = model_uri if logged_model_id(model_uri) else self._model_version(model_uri).source
+        if model_id := logged_model_id(source):  # models:/<model_id>, or a version registered as one
+            return self.client.get_logged_model(model_id).artifact_location
+        return source
+
     def download_model(self, model_uri: str, into: Path) -> Path:
         """The model folder of a runs:/, models:/ URI or a local path, as a local folder."""
         from mlflow.exceptions import MlflowException
@@ -386,17 +447,33 @@ class Store:
                 raise ModelUriError(f"model_uri: {model_uri} is neither a runs:/ or models:/ URI nor a folder")
             return folder
         try:
-            if model_uri.startswith("models:/"):
-                source = self._model_version(model_uri).source
-            else:
-                run_id, _, path = model_uri[len("runs:/") :].partition("/")
-                source = f"{self.client.get_run(run_id).info.artifact_uri}/{path or 'model'}"
+            source = self.model_location(model_uri)
             import mlflow.artifacts
 
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into)))
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(into), tracking_uri=self.uri)
+            )
         except (MlflowException, OSError) as error:
             message = getattr(error, "message", str(error))
             raise ModelUriError(f"model_uri: {model_uri} cannot be resolved in {self.uri} ({message})") from error
+
+    # -- logged models (MLflow 3) -----------------------------------------------------------------
+
+    def logged_models_of(self, run_id: str, name: str = "model") -> list:
+        """The run's LoggedModels called `name`, newest first (deleted ones are not listed)."""
+        run = self.client.get_run(run_id)
+        return list(
+            self.client.search_logged_models(
+                [run.info.experiment_id],
+                filter_string=f"name = '{name}' AND source_run_id = '{run_id}'",
+                order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+            )
+        )
+
+    def logged_model_of(self, run_id: str, name: str = "model"):
+        """The run's LoggedModel called `name`, or None."""
+        found = self.logged_models_of(run_id, name)
+        return found[0] if found else None
 
 
 @dataclass
@@ -414,11 +491,14 @@ class Run:
         for start in range(0, len(items), 100):
             self.store.client.log_batch(self.run_id, params=items[start : start + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, model_id: str | None = None, dataset=None) -> None:
+        """With `model_id` the metrics are also the LoggedModel's; with `dataset` (an mlflow.data
+        Dataset) they say which data they were measured on."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset is not None else {}
+        items = [Metric(key, float(value), now, step, model_id=model_id, **on) for key, value in metrics.items()]
         for start in range(0, len(items), 500):
             self.store.client.log_batch(self.run_id, metrics=items[start : start + 500])
 
@@ -439,6 +519,72 @@ class Run:
 
     def histories(self) -> dict[str, list[float]]:
         return self.store.histories(self.run_id)
+
+    def log_datasets(self, datasets: dict[str, Any]) -> None:
+        """Dataset inputs of the run, {context: mlflow.data Dataset}; the context is training,
+        validation or test. Only the datasets' descriptions are stored, never their contents."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        inputs = [
+            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+            for context, dataset in datasets.items()
+        ]
+        self.store.client.log_inputs(self.run_id, datasets=inputs)
+
+    @contextlib.contextmanager
+    def logged_model(self, name: str, folder: Path) -> Iterator[Any]:
+        """A new LoggedModel whose source is this run, listed among the run's outputs, for the block
+        to save an MLflow model into `folder`; uploaded and READY after it, FAILED if it raises.
+
+        A model of the same name left by an earlier attempt of this run (a resume) is deleted first,
+        so that `runs:/<run_id>/<name>` means this one.
+        """
+        from mlflow.entities import LoggedModelOutput
+
+        client = self.store.client
+        for stale in self.store.logged_models_of(self.run_id, name):
+            client.delete_logged_model(stale.model_id)
+        run = client.get_run(self.run_id)
+        logged = client.create_logged_model(
+            run.info.experiment_id, name=name, source_run_id=self.run_id, params=dict(run.data.params)
+        )
+        client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step=0)])
+        try:
+            yield logged
+            client.log_model_artifacts(logged.model_id, str(folder))
+        except BaseException:
+            client.finalize_logged_model(logged.model_id, "FAILED")
+            raise
+        client.finalize_logged_model(logged.model_id, "READY")
+
+    @contextlib.contextmanager
+    def system_metrics(self, enabled: bool = True, resume: bool = False) -> Iterator[None]:
+        """MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) for the block,
+        as `system/...` metrics of this run.
+
+        MLflow samples every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (10 by default) and drops
+        the samples since its last report when it stops; here they are reported at the end, with one
+        last sample, so that a run shorter than the interval gets its figures too.
+        """
+        if not enabled:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.store.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            try:
+                monitor.collect_metrics()
+                if last := monitor.aggregate_metrics():
+                    monitor.publish_metrics(last)
+                    monitor.mlflow_logger.flush()
+            except Exception as error:  # noqa: BLE001 (a missing last sample must not change how the run ends)
+                logging.getLogger(__name__).warning(f"the last system metrics sample was not logged: {error}")
 
     @property
     def info(self):
