@@ -36,20 +36,7 @@ fi
 
 check() {
     local started=$SECONDS
-    # The wheels travel in .gpu/wheels; they go beside the machine's Python, not into it.
-    wheels="${GPU_WHEELS:-.gpu/wheels}"
-    if ls "$wheels"/*.whl >/dev/null 2>&1 && ! python3 -c "import keras, hydra, mlflow" 2>/dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$scratch/site" "$wheels"/*.whl || return 1
-        export PYTHONPATH="$scratch/site"
-    fi
-    export PYTHONPATH="$(pwd)/src${PYTHONPATH:+:$PYTHONPATH}"
-    export KERAS_BACKEND="${KERAS_BACKEND:-jax}"
-    export FMNIST_DATA_DIR="${FMNIST_DATA_DIR:-$(pwd)/.gpu/fashion-mnist}"
-    [ -d "$FMNIST_DATA_DIR" ] || export FMNIST_DATA_DIR="$(cd .. && pwd)/shared/data/fashion-mnist"
-    export MLFLOW_TRACKING_URI="sqlite:///$scratch/mlflow.db"
-    export JAX_COMPILATION_CACHE_DIR="$scratch/jax-cache"  # processes compiling the same step share it
-    export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+    source scripts/gpu_env.sh || return 1
 
     echo "== device"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null \
@@ -66,7 +53,7 @@ if jax.default_backend() == 'cpu' and '$(command -v nvidia-smi)':
     for precision in float32 mixed_bfloat16; do
         for index in 0 1; do
             batch=$([ "$index" = 0 ] && echo 32 || echo 256)
-            timeout "$bench_limit" python3 -m fmnist_exp.bench batch_size="$batch" precision="$precision" \
+            timeout "$bench_limit" python3 -m fmnist_exp.bench batch_size="$batch" trainer.precision="$precision" \
                 images="${bench_images[$index]}" repeats="$bench_repeats" \
                 output="$scratch/bench_${precision}_b${batch}.json" || echo "bench $precision batch $batch: exit $?"
         done

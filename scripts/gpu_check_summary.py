@@ -32,7 +32,7 @@ def bench_rows(scratch: Path) -> list[dict]:
                 "matmul_peak_gflops": result["matmul_peak_gflops"],
                 "compute_dtype_matmul_peak_gflops": result["compute_dtype_matmul_peak_gflops"],
                 "fraction_of_compute_dtype_peak": result["fraction_of_compute_dtype_peak"],
-                "backend": result["backend_version"],
+                "backend": result["backend"],
             }
         )
     return sorted(rows, key=lambda row: (row["precision"], row["batch_size"]))
@@ -42,7 +42,7 @@ def run_rows() -> list[dict]:
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("gpu_check")
+    experiment = client.get_experiment_by_name(os.environ.get("GPU_CHECK_EXPERIMENT", "gpu_check"))
     if experiment is None:
         return []
     rows = []
@@ -81,6 +81,9 @@ def figure(value, digits: int = 1) -> str:
 
 
 def markdown(benches: list[dict], runs: list[dict], seconds: str) -> str:
+    experiment = os.environ.get("GPU_CHECK_EXPERIMENT", "gpu_check")
+    if experiment != "gpu_check":  # gpu_best.sh: candidates, no bench
+        return candidates_markdown(experiment, runs, seconds)
     lines = [f"# GPU check ({seconds} s in all)", ""]
     lines += ["## bench: the runner against bare Keras, same process, alternating", ""]
     if benches:
@@ -117,6 +120,25 @@ def markdown(benches: list[dict], runs: list[dict], seconds: str) -> str:
                 f"| {rates} |"
             )
     else:
+        lines.append("missing: no run reached the store (see log.txt)")
+    return "\n".join(lines) + "\n"
+
+
+def candidates_markdown(experiment: str, runs: list[dict], seconds: str) -> str:
+    lines = [f"# {experiment} ({seconds} s in all)", ""]
+    lines.append("| run | status | epochs | best val accuracy (epoch) | last val accuracy | test accuracy "
+                 "| train seconds | seconds per epoch after the first |")  # fmt: skip
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    for row in runs:
+        history = row["val_accuracy"]
+        best = f"{100 * max(history):.2f}% ({history.index(max(history)) + 1})" if history else "missing"
+        last = f"{100 * history[-1]:.2f}%" if history else "missing"
+        accuracy = f"{100 * row['test_accuracy']:.2f}%" if row["test_accuracy"] is not None else "missing"
+        lines.append(
+            f"| {row['run']} | {row['status']} | {row['epochs']} | {best} | {last} | {accuracy} "
+            f"| {figure(row['train_seconds'])} | {figure(row['steady_epoch_seconds'], 2)} |"
+        )
+    if not runs:
         lines.append("missing: no run reached the store (see log.txt)")
     return "\n".join(lines) + "\n"
 
