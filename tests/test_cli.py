@@ -336,6 +336,10 @@ BAD_INPUTS = [
         small_run=False,
     ),
     Bad("resume unknown run", ("resume=no-such-run",), "run 'no-such-run' is not a run in", small_run=False),
+    Bad("resume in a sweep", ("-m", "resume=abc,def"), "resume: continues one run and cannot be swept"),
+    # Hydra's modes, two at once (Hydra itself answers with a ValueError traceback).
+    Bad("multirun with --cfg", ("-m", "--cfg", "job"), "--cfg and --multirun cannot be given together"),
+    Bad("--info with --cfg", ("--info", "--cfg=job"), "--cfg and --info cannot be given together", small_run=False),
     # The small commands.
     Bad("evaluate batch_size", ("model_uri={tmp}/model", "batch_size=-1"), "batch_size: -1 must be", command=EVALUATE),
     Bad(
@@ -350,7 +354,6 @@ BAD_INPUTS = [
         "model_uri: {tmp}/model is an exported SavedModel",
         command=EVALUATE,
         setup=hostile_model,
-        before_keras=False,
     ),
     Bad(
         "predict exported SavedModel",
@@ -358,7 +361,6 @@ BAD_INPUTS = [
         "model_uri: {tmp}/model is an exported SavedModel",
         command=PREDICT,
         setup=hostile_model,
-        before_keras=False,
     ),
     Bad(
         "evaluate not a Keras model",
@@ -366,7 +368,6 @@ BAD_INPUTS = [
         "model_uri: {tmp}/model is not a Keras model",
         command=EVALUATE,
         setup=not_keras_model,
-        before_keras=False,
     ),
     Bad(
         "predict data path outside the folder",
@@ -374,7 +375,6 @@ BAD_INPUTS = [
         "model_uri: {tmp}/model has no data/model.keras file inside it",
         command=PREDICT,
         setup=escaping_model,
-        before_keras=False,
     ),
     Bad(
         "predict giant image",

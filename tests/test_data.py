@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,16 @@ import pytest
 from conftest import SUBSET_DIR
 from fmnist_exp import data
 from fmnist_exp.config import DataConfig
+from helpers import (
+    FULL_DATA_DIR,
+    PROCESS_TIMEOUT,
+    SMALL_RUN,
+    assert_refused,
+    free_port,
+    run_command,
+    stop_process_group,
+    wait_for_http,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -240,3 +252,73 @@ def test_the_cache_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
     assert data.cache_dir() == tmp_path / "fmnist_exp"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert data.cache_dir() == Path.home() / ".cache" / "fmnist_exp"
+
+
+# Download by default: the README's first command works on a machine with no local copy.
+
+NO_LOCAL_COPY = pytest.mark.skipif(data.DEBIAN_DIR.exists(), reason="Debian's copy is installed: nothing to download")
+
+
+def _runner_without_data(home: Path) -> dict[str, str]:
+    """The environment of a user with no copy: a fresh home (so an empty Keras cache), no FMNIST_DATA_DIR."""
+    environment = {key: value for key, value in os.environ.items() if key != "FMNIST_DATA_DIR"}
+    return {**environment, "HOME": str(home)}
+
+
+@NO_LOCAL_COPY
+@pytest.mark.skipif(not FULL_DATA_DIR, reason="serving the canonical files needs FMNIST_DATA_DIR")
+def test_a_run_with_no_local_copy_downloads_it_from_the_mirror(tmp_path, tracking_uri):
+    # A real HTTP server on loopback stands in for the internet mirror, serving the canonical files.
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", FULL_DATA_DIR],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/", server)
+        arguments = ["data.max_train_samples=500", "data.max_test_samples=200", "epochs=1", "batch_size=100",
+                     "trainer.verbose=0", f"data.mirror=http://127.0.0.1:{port}/", f"hydra.run.dir={tmp_path}/out"]  # fmt: skip
+        with subprocess.Popen([sys.executable, "-m", "fmnist_exp.run", *arguments], cwd=tmp_path, text=True,
+                              env={**_runner_without_data(tmp_path / "home"), "MLFLOW_TRACKING_URI": tracking_uri},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:  # fmt: skip
+            stdout, stderr = run.communicate(timeout=PROCESS_TIMEOUT)
+    finally:
+        stop_process_group(server)
+    assert run.returncode == 0, stderr[-3000:]
+    cache = tmp_path / "home" / ".keras" / "datasets" / "fashion-mnist"
+    assert sorted(path.name for path in cache.iterdir()) == sorted(data.FILES.values())  # no partial files left
+    for name in data.FILES.values():
+        assert (cache / name).read_bytes() == (Path(FULL_DATA_DIR) / name).read_bytes()
+    assert f"downloaded {data.FILES['train_images']}" in stderr
+    assert "test_accuracy=" in stdout + stderr
+
+
+@NO_LOCAL_COPY
+def test_offline_with_no_local_copy_is_one_line_and_leaves_no_folder(tmp_path, tracking_uri):
+    port = free_port()  # nothing listens there: the connection is refused, as offline
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run_command(
+        "fmnist_exp.run",
+        [*SMALL_RUN[1:], f"data.mirror=http://127.0.0.1:{port}/", f"hydra.run.dir={tmp_path}/out"],
+        tmp_path,
+        {**_runner_without_data(home), "PYTHONPROFILEIMPORTTIME": "1", "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    line = assert_refused(result, f"data.mirror: Fashion-MNIST is not in {home}/.keras/datasets/fashion-mnist")
+    assert f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz" in line and "FMNIST_DATA_DIR" in line
+    assert not (home / ".keras").exists() and not (tmp_path / "out").exists()
+
+
+@NO_LOCAL_COPY
+def test_strictly_offline_never_tries_the_mirror(tmp_path, tracking_uri):
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run_command(
+        "fmnist_exp.run",
+        [*SMALL_RUN[1:], "data.download=false", "data.mirror=http://127.0.0.1:1/", f"hydra.run.dir={tmp_path}/out"],
+        tmp_path,
+        {**_runner_without_data(home), "PYTHONPROFILEIMPORTTIME": "1", "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    line = assert_refused(result, "data: Fashion-MNIST is not in")
+    assert "data.download=false" in line and "127.0.0.1:1" not in line
+    assert not (home / ".keras").exists()

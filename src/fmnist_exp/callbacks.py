@@ -1,10 +1,12 @@
-"""Keras callbacks the fit stage adds: logging to the run, early stopping, collapse and best checkpoint.
+"""Keras callbacks the fit stage adds: epoch timing, logging to the run, early stopping, collapse, and
+the per-epoch and best checkpoints.
 
 Each is checked once per epoch, never per batch, so the hot loop gains no host synchronisation.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -16,6 +18,7 @@ import numpy as np
 
 from fmnist_exp.data import NUM_CLASSES
 from fmnist_exp.store import Run
+from fmnist_exp.train import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +176,66 @@ class BestCheckpoint(keras.callbacks.Callback):
         partial = self.folder / ".best.partial.keras"
         self.model.save(partial)
         os.replace(partial, self.folder / "best.keras")
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds learning_rate, epoch_seconds and images_per_second to each epoch's logs.
+
+    images_per_second counts the training pass only (it stops the clock when validation begins), so
+    it compares across validation schemes. JAX, and every backend on a GPU, run steps asynchronously:
+    Python reaches the end of the training pass while the device still works on its last steps, so
+    the clock stops only after one number written by the last step has reached the host.
+    """
+
+    def __init__(self, train_images: int):
+        super().__init__()
+        self.train_images = train_images
+        self._epoch_start = 0.0
+        self._train_end: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._train_end = None
+        self._epoch_start = time.perf_counter()
+
+    def _wait_for_device(self) -> None:
+        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+
+    def on_test_begin(self, logs=None):
+        if self._train_end is None:
+            self._wait_for_device()
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._wait_for_device()
+        now = time.perf_counter()
+        train_seconds = (self._train_end or now) - self._epoch_start
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["epoch_seconds"] = now - self._epoch_start
+            logs["images_per_second"] = self.train_images / train_seconds if train_seconds > 0 else 0.0
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """After every epoch: the model with its optimizer state, then state.json naming it.
+
+    Both are written to a temporary name and renamed, and state.json only ever names a complete
+    file, so a crash mid-write leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, folder: Path, run_id: str):
+        super().__init__()
+        self.folder = folder
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epoch + 1:04d}.keras"
+        partial = self.folder / f".{name}.partial.keras"
+        self.model.save(partial)
+        os.replace(partial, self.folder / name)
+        atomic_write_text(
+            self.folder / "state.json", json.dumps({"epoch": epoch + 1, "model": name, "run_id": self.run_id})
+        )
+        for old in self.folder.glob("epoch-*.keras"):
+            if old.name != name:
+                old.unlink()

@@ -72,8 +72,8 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 class DataConfig:
     # Folder holding the four IDX .gz files; unset means: Keras cache, then Debian's package.
     dir: str | None = None
-    # Fetch the files into the Keras cache when no local copy is found.
-    download: bool = False
+    # Fetch the files into the Keras cache when no local copy is found (false: strictly offline).
+    download: bool = True
     mirror: str = DEFAULT_MIRROR
     # Check the decompressed sha256 of every file before use (about 0.3 s for the full set).
     verify: bool = True

@@ -100,7 +100,7 @@ def _has_all_files(folder: Path) -> bool:
     return all((folder / name).is_file() for name in FILES.values())
 
 
-def locate(configured: str | None, download: bool = False, mirror: str = DEFAULT_MIRROR) -> Path:
+def locate(configured: str | None, download: bool = True, mirror: str = DEFAULT_MIRROR) -> Path:
     """Return the first folder that holds all four files, downloading into the Keras cache if allowed.
 
     A configured folder is all or nothing: one that does not exist, or lacks any of the four files,
@@ -121,46 +121,72 @@ def locate(configured: str | None, download: bool = False, mirror: str = DEFAULT
     for folder in places:
         if _has_all_files(folder):
             return folder
-    if download:
-        return fetch(KERAS_CACHE, mirror)
-    looked = "\n".join(f"  - {p}" for p in places)
-    raise DataError(
-        "Fashion-MNIST not found. Looked for "
-        f"{', '.join(FILES.values())} in:\n{looked}\n"
-        "Fix one of: set FMNIST_DATA_DIR (or data.dir=...) to a folder holding them; "
-        "`apt-get install dataset-fashion-mnist`; or allow a download with data.download=true."
+    looked = f"Fashion-MNIST is not in {', '.join(str(place) for place in places)}"
+    fixes = (
+        "set FMNIST_DATA_DIR (or data.dir=) to a folder holding the four .gz files, "
+        "or `apt-get install dataset-fashion-mnist`"
     )
+    if not download:
+        raise DataError(f"data: {looked}, and data.download=false. Fix: {fixes}, or allow data.download=true.")
+    try:
+        return fetch(KERAS_CACHE, mirror)
+    except DownloadError as error:
+        raise DataError(
+            f"data.mirror: {looked}, and the download failed: {error}. Fix: {fixes}, or name a reachable data.mirror="
+        ) from None
+
+
+class DownloadError(Exception):
+    """A file could not be fetched from the mirror (no network, refused, HTTP error)."""
 
 
 def fetch(target: Path, mirror: str = DEFAULT_MIRROR) -> Path:
-    """Download the four files into `target`, each verified and then renamed into place atomically."""
+    """Download the four files into `target`, each verified and then renamed into place atomically.
+
+    Folders this call created are removed again when it fails with nothing in them, so an offline
+    attempt leaves no empty cache behind.
+    """
+    created = [folder for folder in (target, *target.parents) if not folder.exists()]
     target.mkdir(parents=True, exist_ok=True)
-    for name in FILES.values():
-        if (target / name).is_file():
-            continue
-        url = mirror.rstrip("/") + "/" + name
-        with tempfile.NamedTemporaryFile(dir=target, prefix=f".{name}.", delete=False) as partial:
+    try:
+        for name in FILES.values():
+            if (target / name).is_file():
+                continue
+            url = mirror.rstrip("/") + "/" + name
+            with tempfile.NamedTemporaryFile(dir=target, prefix=f".{name}.", delete=False) as partial:
+                try:
+                    _copy_with_progress(url, partial, name)
+                    partial.close()
+                    _verify_file(Path(partial.name), CANONICAL_SHA256[name], display=url)
+                    os.replace(partial.name, target / name)
+                finally:
+                    if os.path.exists(partial.name):
+                        os.unlink(partial.name)
+    except BaseException:
+        for folder in created:  # innermost first
             try:
-                _copy_with_progress(url, partial, name)
-                partial.close()
-                _verify_file(Path(partial.name), CANONICAL_SHA256[name], display=url)
-                os.replace(partial.name, target / name)
-            finally:
-                if os.path.exists(partial.name):
-                    os.unlink(partial.name)
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or not ours to remove): leave it and everything above it
+        raise
     return target
 
 
 def _copy_with_progress(url: str, out, name: str) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (URL from config)
-        total = int(response.headers.get("Content-Length") or 0)
-        done = 0
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-            done += len(chunk)
-            if total:
-                print(f"\rdownloading {name}: {100 * done // total}%", end="", file=sys.stderr)
-        print(f"\rdownloaded {name}: {done:,} bytes", file=sys.stderr)
+    done = 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (URL from config)
+            total = int(response.headers.get("Content-Length") or 0)
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if total:
+                    print(f"\rdownloading {name}: {100 * done // total}%", end="", file=sys.stderr)
+    except (OSError, ValueError) as error:  # URLError, HTTPError, timeouts, resets; ValueError: a bad URL
+        if done:
+            print(file=sys.stderr)  # end the progress line before the error
+        raise DownloadError(f"{url}: {getattr(error, 'reason', None) or error}") from None
+    print(f"\rdownloaded {name}: {done:,} bytes", file=sys.stderr)
 
 
 def _decompressed_sha256(path: Path) -> str:

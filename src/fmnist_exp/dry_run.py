@@ -8,9 +8,19 @@ from __future__ import annotations
 import logging
 
 from fmnist_exp import data, models
-from fmnist_exp.config import ExperimentConfig
+from fmnist_exp.config import DataConfig, ExperimentConfig
 
 log = logging.getLogger("fmnist_exp.dry_run")
+
+
+def data_source(config: DataConfig) -> str:
+    """Where a run would read the data from; nothing is downloaded by a dry run."""
+    try:
+        return str(data.locate(config.dir, download=False))
+    except data.DataError:
+        if config.dir or not config.download:
+            raise
+        return f"not on this machine yet; a run downloads it from {config.mirror} into {data.KERAS_CACHE}"
 
 
 def describe(config: ExperimentConfig) -> int:
@@ -24,7 +34,7 @@ def describe(config: ExperimentConfig) -> int:
     total = models.count_parameters(config.model.layers)
     multiply_adds = models.count_multiply_adds(config.model.layers)
     lines.append(f"  total {total:,} parameters; {multiply_adds:,} multiply-adds per image (forward)")
-    folder = data.locate(config.data.dir, download=False) if not config.data.download else "(download allowed)"
+    folder = data_source(config.data)
     train_count = min(config.data.max_train_samples or 60000, 60000)
     test_count = min(config.data.max_test_samples or 10000, 10000)
     held = round(train_count * config.data.validation_fraction) if config.data.validation == "holdout" else 0

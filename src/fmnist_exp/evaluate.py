@@ -54,11 +54,14 @@ def evaluate(config: EvaluateConfig) -> float:
     )
     batch_size = config.batch_size or int(logged.get("batch_size", 256))
     images, labels = data.load(data_config, seed=0).test
-    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
-    noise.import_tensorflow()
-    from fmnist_exp import evaluation, logged_model, train
+    from fmnist_exp import logged_model
 
-    model = logged_model.load(config.model_uri, store)
+    with logged_model.fetched(config.model_uri, store) as path:  # the folder is checked first
+        backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
+        noise.import_tensorflow()
+        model = logged_model.load_file(path, config.model_uri)
+    from fmnist_exp import evaluation, train
+
     result = train.evaluate(model, images, labels, batch_size)
     print(f"test_accuracy={result.accuracy:.4f} test_loss={result.loss:.4f} images={len(labels)}")
     if run is not None and "test_accuracy" in run.data.metrics:

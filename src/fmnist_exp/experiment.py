@@ -209,7 +209,7 @@ def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id:
     history = run.histories() if first_epoch else {}
     objective_metric = summary.objective_metric(prepared.splits.validation is not None)
     chosen = {
-        "timer": train.EpochTimer(len(prepared.splits.train[0])),
+        "timer": callbacks.EpochTimer(len(prepared.splits.train[0])),
         "non_finite": callbacks.StopOnNonFiniteLoss(),
         "collapse": callbacks.StopOnCollapse(max(history.get("accuracy", [0.0]))),
     }
@@ -227,7 +227,7 @@ def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id:
         chosen["pruner"] = SweepPruner(prepared.store, run, parent_run_id, objective_metric, config.pruning)
     best_so_far = summary.objective(history) if history else None
     chosen["best_checkpoint"] = callbacks.BestCheckpoint(folder, objective_metric, best_so_far)
-    chosen["checkpoint"] = train.Checkpointer(folder, run.run_id)
+    chosen["checkpoint"] = callbacks.Checkpointer(folder, run.run_id)
     return chosen
 
 

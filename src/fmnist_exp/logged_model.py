@@ -13,8 +13,10 @@ included). So the MLmodel is read here and anything but a plain `.keras` file is
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -95,14 +97,26 @@ def keras_file(folder: Path) -> Path:
     return path
 
 
-def load(model_uri: str, store: Store):
-    """A logged model (runs:/, models:/ or a local folder) as a Keras model, with safe_mode on."""
+@contextlib.contextmanager
+def fetched(model_uri: str, store: Store) -> Iterator[Path]:
+    """The checked `.keras` file of a logged model (runs:/, models:/ or a local folder), in a scratch
+    folder for as long as the block runs. Nothing of the folder is executed: it is refused before any
+    backend starts when it is not this runner's format."""
+    with tempfile.TemporaryDirectory() as scratch:
+        yield keras_file(store.download_model(model_uri, Path(scratch)))
+
+
+def load_file(path: Path, model_uri: str):
+    """A checked `.keras` file (from `fetched`) as a Keras model, with safe_mode on."""
     import keras
 
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = store.download_model(model_uri, Path(scratch))
-        path = keras_file(folder)
-        try:
-            return keras.saving.load_model(path, safe_mode=True)
-        except (ValueError, OSError, TypeError) as error:
-            raise ModelUriError(f"model_uri: {model_uri} cannot be loaded safely ({error})") from error
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except (ValueError, OSError, TypeError) as error:
+        raise ModelUriError(f"model_uri: {model_uri} cannot be loaded safely ({error})") from error
+
+
+def load(model_uri: str, store: Store):
+    """A logged model as a Keras model, with safe_mode on."""
+    with fetched(model_uri, store) as path:
+        return load_file(path, model_uri)

@@ -93,11 +93,12 @@ def predict(config: PredictConfig) -> list[tuple[str, str, float]]:
     loaded = [load_image(path) for path in paths]
     store = Store(config.mlflow.tracking_uri)
     store.check()
-    backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
-    noise.import_tensorflow()
     from fmnist_exp import logged_model
 
-    model = logged_model.load(config.model_uri, store)
+    with logged_model.fetched(config.model_uri, store) as path:  # the folder is checked first
+        backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
+        noise.import_tensorflow()
+        model = logged_model.load_file(path, config.model_uri)
     probabilities = model.predict(np.stack([pixels for pixels, _ in loaded]), verbose=0)
     results = []
     for path, (_, notes), row in zip(paths, loaded, probabilities, strict=True):

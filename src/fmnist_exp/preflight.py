@@ -21,12 +21,31 @@ UNUSED_OUTPUT = {".hydra", "run.log", "config.yaml", "overrides.yaml", ".lock", 
 def check_arguments(arguments: list[str]) -> None:
     from fmnist_exp import backend
 
+    check_modes(arguments)
     backend.refuse_backend_sweep(arguments)  # a process keeps one Keras backend
     check_callbacks(arguments)
     check_duplicate_keys(arguments)
     check_output_folders(arguments)
     check_model_knobs(arguments)
     check_sweep_store(arguments)
+
+
+# Hydra's mutually exclusive modes; given together, Hydra raises a bare ValueError (a traceback).
+MODES = {"-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info",
+         "--info": "--info", "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}  # fmt: skip
+
+
+def check_modes(arguments: list[str]) -> None:
+    """One of --multirun, --cfg, --info, --shell-completion at a time; and no resume= in a sweep."""
+    given = [argument.split("=", 1)[0] if argument.startswith("--") else argument for argument in arguments]
+    modes = sorted({MODES[argument] for argument in given if argument in MODES})
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(modes)} cannot be given together: use one at a time")
+    if modes == ["--multirun"] and any(argument.lstrip("+~").startswith("resume=") for argument in arguments):
+        raise UserError(
+            "resume: continues one run and cannot be swept; drop -m (a search continues by running its "
+            "own command again)"
+        )
 
 
 def check_sweep_store(arguments: list[str]) -> None:

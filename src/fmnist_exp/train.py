@@ -7,11 +7,9 @@ and tf.data serves the TensorFlow backend. Import this module after `backend.act
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,69 +250,6 @@ def compile_model(model: keras.Model, optimizer, trainer: TrainerConfig) -> None
         metrics=["accuracy"],
         jit_compile=jit_compile_for_device(trainer.jit_compile),
     )
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Adds learning_rate, epoch_seconds and images_per_second to each epoch's logs.
-
-    images_per_second counts the training pass only (it stops the clock when validation begins), so
-    it compares across validation schemes. JAX, and every backend on a GPU, run steps asynchronously:
-    Python reaches the end of the training pass while the device still works on its last steps, so
-    the clock stops only after one number written by the last step has reached the host.
-    """
-
-    def __init__(self, train_images: int):
-        super().__init__()
-        self.train_images = train_images
-        self._epoch_start = 0.0
-        self._train_end: float | None = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._train_end = None
-        self._epoch_start = time.perf_counter()
-
-    def _wait_for_device(self) -> None:
-        keras.ops.convert_to_numpy(self.model.optimizer.iterations)
-
-    def on_test_begin(self, logs=None):
-        if self._train_end is None:
-            self._wait_for_device()
-            self._train_end = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._wait_for_device()
-        now = time.perf_counter()
-        train_seconds = (self._train_end or now) - self._epoch_start
-        if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            logs["epoch_seconds"] = now - self._epoch_start
-            logs["images_per_second"] = self.train_images / train_seconds if train_seconds > 0 else 0.0
-
-
-class Checkpointer(keras.callbacks.Callback):
-    """After every epoch: the model with its optimizer state, then state.json naming it.
-
-    Both are written to a temporary name and renamed, and state.json only ever names a complete
-    file, so a crash mid-write leaves the previous checkpoint intact.
-    """
-
-    def __init__(self, folder: Path, run_id: str):
-        super().__init__()
-        self.folder = folder
-        self.run_id = run_id
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{epoch + 1:04d}.keras"
-        partial = self.folder / f".{name}.partial.keras"
-        self.model.save(partial)
-        os.replace(partial, self.folder / name)
-        atomic_write_text(
-            self.folder / "state.json", json.dumps({"epoch": epoch + 1, "model": name, "run_id": self.run_id})
-        )
-        for old in self.folder.glob("epoch-*.keras"):
-            if old.name != name:
-                old.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
