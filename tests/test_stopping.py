@@ -40,6 +40,11 @@ def test_median_rule(value, others, epoch, pruned):
     assert should_prune(value, others, epoch, RULE) is pruned
 
 
+def test_a_job_is_never_pruned_after_its_last_epoch():
+    assert should_prune(0.61, [0.78, 0.77, 0.79], 2, RULE, last_epoch=3) is True
+    assert should_prune(0.61, [0.78, 0.77, 0.79], 3, RULE, last_epoch=3) is False
+
+
 def test_median_rule_on_recorded_curves():
     pruned = {}
     for name, curve in CURVES.items():

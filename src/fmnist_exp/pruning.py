@@ -20,9 +20,17 @@ from fmnist_exp.store import Run, Store
 log = logging.getLogger(__name__)
 
 
-def should_prune(value: float, others: list[float], epoch: int, config: PruningConfig) -> bool:
-    """The median rule: `value` at `epoch` against the other jobs' values at the same epoch."""
+def should_prune(
+    value: float, others: list[float], epoch: int, config: PruningConfig, last_epoch: int | None = None
+) -> bool:
+    """The median rule: `value` at `epoch` against the other jobs' values at the same epoch.
+
+    Never after the job's last epoch: stopping then saves nothing, and the search would record a
+    finished job as pruned (Optuna's samplers learn less from a PRUNED trial than a COMPLETE one).
+    """
     if epoch < config.warmup_epochs or len(others) < config.min_jobs:
+        return False
+    if last_epoch is not None and epoch >= last_epoch:
         return False
     return value < statistics.median(others)
 
@@ -44,7 +52,7 @@ class SweepPruner(keras.callbacks.Callback):
         if value is None or epoch + 1 < self.config.warmup_epochs:
             return
         others = self.others_at(epoch + 1)
-        if should_prune(float(value), others, epoch + 1, self.config):
+        if should_prune(float(value), others, epoch + 1, self.config, last_epoch=self.params.get("epochs")):
             self.pruned_at = epoch + 1
             self.model.stop_training = True
             self.run.set_tags({"pruned": "true", "pruned_at_epoch": epoch + 1})
