@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import io
 import logging
+import math
 import mmap
 import os
 import shutil
@@ -242,7 +243,7 @@ def expected_checksums(folder: Path) -> dict[str, str]:
 MAX_IDX_BYTES = 70_000 * 28 * 28
 
 
-def read_bounded(stream, path: Path) -> bytes:
+def read_bounded(stream, path: Path, expected_magic: int | None = None) -> bytes:
     """An IDX file's decompressed bytes (header and payload), read no further than its header says.
 
     A gzip that expands far beyond that (a few MB can hold gigabytes of zeros) is refused after
@@ -250,13 +251,14 @@ def read_bounded(stream, path: Path) -> bytes:
     """
     head = stream.read(4)
     rank = head[3] if len(head) == 4 and head[:2] == b"\0\0" else 0
-    if rank not in (1, 3):
+    wrong_magic = expected_magic is not None and head != struct.pack(">i", expected_magic)
+    if rank not in (1, 3) or wrong_magic:
         return head + stream.read(4)  # read_idx names the wrong magic number or the short file
     header = head + stream.read(4 * rank)
     if len(header) < 4 + 4 * rank:
         return header
     dims = struct.unpack(f">{rank}i", header[4:])
-    size = int(np.prod(dims, dtype=np.int64))
+    size = math.prod(dims)  # Python's integers: a hostile header's product cannot wrap around
     if min(dims) < 0 or size > MAX_IDX_BYTES:
         raise DataError(f"{path}: header says {dims} ({size:,} bytes), more than Fashion-MNIST holds; replace it.")
     payload = stream.read(size + 1)
@@ -350,13 +352,15 @@ def _unreadable(path: Path, error: Exception) -> DataError:
     return DataError(f"{path}: not a readable gzip file ({error}). It is probably truncated or corrupt: replace it.")
 
 
-def _decompressed(path: Path, expected_sha256: str | None, cache: DecodedCache | None):
+def _decompressed(
+    path: Path, expected_sha256: str | None, cache: DecodedCache | None, expected_magic: int | None = None
+):
     """The file's decompressed bytes (or a read-only memory map of them), checked against
     `expected_sha256` when one is given; the cache is used only for checked content."""
     if expected_sha256 is None or cache is None:
         try:
             with gzip.open(path, "rb") as stream:
-                raw = read_bounded(stream, path)
+                raw = read_bounded(stream, path, expected_magic)
         except (OSError, EOFError, zlib.error) as error:
             raise _unreadable(path, error) from error
         if expected_sha256 is not None:
@@ -372,7 +376,7 @@ def _decompressed(path: Path, expected_sha256: str | None, cache: DecodedCache |
         return mapped
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(compressed)) as stream:
-            raw = read_bounded(stream, path)
+            raw = read_bounded(stream, path, expected_magic)
     except (OSError, EOFError, zlib.error) as error:
         raise _unreadable(path, error) from error
     _check_sha256(path, hashlib.sha256(raw).hexdigest(), expected_sha256)
@@ -386,7 +390,7 @@ def read_idx(
     """Parse one gzipped IDX file (big-endian header, then uint8 payload), checking its content's
     sha256 on the way when one is given, so the file is decompressed once. With a `cache` (and a
     checksum), verified content comes from it when it holds it; the array is then read-only."""
-    raw = _decompressed(path, expected_sha256, cache)
+    raw = _decompressed(path, expected_sha256, cache, expected_magic)
     if len(raw) < 8:
         raise DataError(f"{path}: {len(raw)} bytes is too short for an IDX header; replace it.")
     (magic,) = struct.unpack(">i", raw[:4])
