@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
 import socket
 import subprocess
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -72,6 +74,19 @@ def logged_model_id(model_uri: str) -> str | None:
 
     found = re.fullmatch(r"models:/(m-[0-9a-f]{32})/?", model_uri)
     return found.group(1) if found else None
+
+
+def release_interrupted_writes(error: BaseException) -> None:
+    """Let the store be written again after `error` cut through one of MLflow's writes.
+
+    A Ctrl-C or SIGTERM (raised as KeyboardInterrupt) can land inside a SQLite transaction. The frames
+    of its traceback then keep that session, its connection and the database's write lock alive, and
+    every later write of this process waits on the lock and fails with "database is locked": the run
+    could not be marked KILLED. Clearing those frames' locals (the printed traceback keeps its lines)
+    and collecting returns the connection to its pool, which rolls the write back and frees the lock.
+    """
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()
 
 
 def owner_tags() -> dict[str, str]:
@@ -263,10 +278,12 @@ class Store:
             run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         try:
             yield Run(self, run_id)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            release_interrupted_writes(interrupt)
             self.client.set_terminated(run_id, "KILLED")
             raise
         except BaseException as error:
+            release_interrupted_writes(error)
             self.client.set_tag(run_id, "failure_reason", f"{type(error).__name__}: {error}"[:5000])
             self.client.set_terminated(run_id, "FAILED")
             raise
