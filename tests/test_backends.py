@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -329,3 +330,42 @@ def test_torch_trains_and_its_model_evaluates_under_jax(tmp_path, tracking_uri):
         evaluated = evaluate_under("jax", run.info.run_id, env, tmp_path)
         assert "tensorflow imported: False" in evaluated.stderr
         assert_same_accuracy(evaluated.stdout, run.data.metrics["test_accuracy"])
+
+
+AVX2_ONLY = {"sse4_2", "avx", "avx2", "fma"}  # the AMD EPYC that ran fast 5.8x slower in mixed_bfloat16
+
+
+@pytest.mark.parametrize(
+    ("precision", "flags", "accelerator", "warned"),
+    [
+        ("mixed_bfloat16", AVX2_ONLY, False, True),
+        ("mixed_float16", AVX2_ONLY | {"avx512_bf16"}, False, True),  # bf16 units do not run float16
+        ("mixed_bfloat16", AVX2_ONLY | {"avx512f", "avx512_bf16"}, False, False),
+        ("mixed_bfloat16", AVX2_ONLY | {"amx_bf16"}, False, False),
+        ("mixed_float16", AVX2_ONLY | {"amx_fp16"}, False, False),
+        ("mixed_bfloat16", AVX2_ONLY, True, False),  # a GPU runs it, not the CPU
+        ("float32", AVX2_ONLY, False, False),
+        ("mixed_bfloat16", None, False, False),  # no /proc/cpuinfo: say nothing rather than guess
+        ("mixed_bfloat16", {"fp", "asimd", "bf16"}, False, False),  # ARM names its features otherwise
+    ],
+)
+def test_a_reduced_precision_the_cpu_would_emulate_is_named(precision, flags, accelerator, warned):
+    line = backend.slow_precision_warning(precision, flags, accelerator)
+    assert (line is not None) == warned
+    if warned:
+        assert line.startswith(f"trainer.precision={precision}: ") and "float32" in line and "\n" not in line
+
+
+def test_a_mixed_bfloat16_run_warns_exactly_when_this_cpu_lacks_bfloat16(tmp_path, tracking_uri, caplog):
+    """A real run in mixed_bfloat16 on this machine: the warning follows the CPU's own flags."""
+    from fmnist_exp import experiment
+
+    flags = backend.cpu_flags()
+    expected = backend.slow_precision_warning("mixed_bfloat16", flags, accelerator=False)
+    overrides = [f"data.dir={SUBSET_DIR}", "data.max_train_samples=256", "data.max_test_samples=128",
+                 "model=fast_cnn", "batch_size=64", "epochs=1", "trainer.precision=mixed_bfloat16",
+                 "trainer.verbose=0", "mlflow.log_model=false", f"mlflow.tracking_uri={tracking_uri}"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="fmnist_exp"):
+        experiment.run(typed_config(overrides), tmp_path / "output")
+    warnings = [record.getMessage() for record in caplog.records if "trainer.precision=" in record.getMessage()]
+    assert warnings == ([expected] if expected and not backend.has_accelerator() else [])

@@ -518,6 +518,9 @@ def announce(prepared: Prepared, model, run: Run) -> None:
         f"watch      {ui_command(prepared.store.uri, run.info.experiment_id)}",
     ]
     log.info("\n".join(lines))
+    warning = backend.slow_precision_warning(config.trainer.precision, backend.cpu_flags(), backend.has_accelerator())
+    if warning:
+        log.warning(warning)
 
 
 def result_line(outcome: Outcome) -> str:
