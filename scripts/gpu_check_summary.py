@@ -64,9 +64,37 @@ def run_rows() -> list[dict]:
                 "epoch_seconds": epoch_seconds,
                 "images_per_second": history("images_per_second"),
                 "val_accuracy": history("val_accuracy"),
+                "loss": history("loss"),
                 "steady_epoch_seconds": steady,
                 "seconds_for_100_epochs_at_steady_pace": 100 * steady if steady else None,
                 "backend": run.data.params.get("trainer.backend"),
+            }
+        )
+    return rows
+
+
+def plain_rows(scratch: Path) -> list[dict]:
+    """The curves scripts/article_plain.py wrote (plain_*.csv): its val_* are test figures."""
+    import csv
+
+    rows = []
+    for path in sorted(scratch.glob("plain_*.csv")):
+        epochs = list(csv.DictReader(path.open()))
+        seconds = [float(epoch["seconds"]) for epoch in epochs]
+        steady = statistics.median(seconds[1:]) if len(seconds) > 1 else None
+        val_accuracy = [float(epoch["val_accuracy"]) for epoch in epochs]
+        rows.append(
+            {
+                "run": path.stem,
+                "status": "plain Keras",
+                "epochs": len(epochs),
+                "test_accuracy": val_accuracy[-1] if val_accuracy else None,
+                "train_seconds": sum(seconds),
+                "epoch_seconds": seconds,
+                "loss": [float(epoch["loss"]) for epoch in epochs],
+                "val_accuracy": val_accuracy,
+                "steady_epoch_seconds": steady,
+                "seconds_for_100_epochs_at_steady_pace": 100 * steady if steady else None,
             }
         )
     return rows
@@ -127,15 +155,18 @@ def markdown(benches: list[dict], runs: list[dict], seconds: str) -> str:
 def candidates_markdown(experiment: str, runs: list[dict], seconds: str) -> str:
     lines = [f"# {experiment} ({seconds} s in all)", ""]
     lines.append("| run | status | epochs | best val accuracy (epoch) | last val accuracy | test accuracy "
-                 "| train seconds | seconds per epoch after the first |")  # fmt: skip
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+                 "| worst val accuracy after epoch 10 (epoch) | train seconds | seconds per epoch after the first |")  # fmt: skip
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in runs:
         history = row["val_accuracy"]
         best = f"{100 * max(history):.2f}% ({history.index(max(history)) + 1})" if history else "missing"
         last = f"{100 * history[-1]:.2f}%" if history else "missing"
         accuracy = f"{100 * row['test_accuracy']:.2f}%" if row["test_accuracy"] is not None else "missing"
+        # A collapse shows as a fall long after training settled (the article recipe's fell to 10%).
+        late = history[10:]
+        worst = f"{100 * min(late):.2f}% ({history.index(min(late), 10) + 1})" if late else "-"
         lines.append(
-            f"| {row['run']} | {row['status']} | {row['epochs']} | {best} | {last} | {accuracy} "
+            f"| {row['run']} | {row['status']} | {row['epochs']} | {best} | {last} | {accuracy} | {worst} "
             f"| {figure(row['train_seconds'])} | {figure(row['steady_epoch_seconds'], 2)} |"
         )
     if not runs:
@@ -147,7 +178,7 @@ def main() -> None:
     scratch, out, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     benches = bench_rows(scratch)
     try:
-        runs = run_rows()
+        runs = run_rows() + plain_rows(scratch)
     except Exception as error:  # the store is missing or broken: say so in the summary, keep the rest
         print(f"gpu_check_summary: runs unreadable: {error}")
         runs = []
