@@ -44,6 +44,8 @@ def quiet() -> None:
     """Silence what can be silenced by settings; call it before TensorFlow is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # Its start/stop and "no GPU" lines, at INFO on MLflow's own handler where Hydra configures no logging (bench).
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     # TensorFlow logs the retracing warning on its own logger; the filter waits there until it does.
     tensorflow_logger = logging.getLogger("tensorflow")
     if _RETRACING not in tensorflow_logger.filters:
