@@ -215,7 +215,7 @@ def start_owner(tracking_uri: str, fate: str) -> tuple[subprocess.Popen, str]:
 # Runs whose writes a real SIGTERM cuts through at a random moment, one after the other in one process.
 INTERRUPTED_WRITES = """
 import os, random, signal, sys, threading
-from fmnist_exp.experiment import signals_as_interrupt
+from fmnist_exp.interrupts import signals_as_interrupt
 from fmnist_exp.store import Store
 store = Store(sys.argv[1])
 random.seed(0)
@@ -246,6 +246,41 @@ def test_a_sigterm_inside_a_store_write_still_ends_the_run_killed(tmp_path, trac
     runs = all_runs(tracking_uri)
     assert len(runs) == attempts
     assert {run.info.status for run in runs} == {"KILLED"}
+
+
+# A SIGTERM whose KeyboardInterrupt is raised inside a finalizer, where Python drops it ("Exception
+# ignored in ..."): the run's next write must raise it again, and the run must end KILLED, not go on.
+SWALLOWED_SIGNAL = """
+import os, signal, sys
+from fmnist_exp.interrupts import signals_as_interrupt
+from fmnist_exp.store import Store
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the finalizer
+        sum(range(1000))
+
+store = Store(sys.argv[1])
+with signals_as_interrupt():
+    try:
+        with store.run("fmnist_exp", "swallowed", {}) as run:
+            Finalized()  # collected at once: its __del__ swallows the interrupt
+            print("went on after the signal", flush=True)
+            run.log_metrics({"loss": 1.0}, step=1)
+            print("wrote after the signal", flush=True)
+    except KeyboardInterrupt as error:
+        print(f"interrupted: {error}", flush=True)
+"""
+
+
+def test_a_signal_a_finalizer_swallowed_still_stops_the_run_at_its_next_write(tmp_path, tracking_uri):
+    result = subprocess.run(
+        [sys.executable, "-c", SWALLOWED_SIGNAL, tracking_uri], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "Exception ignored" in result.stderr, "the finalizer did not swallow the interrupt: the test proves nothing"
+    assert result.stdout.splitlines() == ["went on after the signal", "interrupted: SIGTERM"], result.stderr[-2000:]
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "KILLED"
 
 
 def status(tracking_uri: str, run_id: str):

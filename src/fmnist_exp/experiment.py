@@ -19,8 +19,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from fmnist_exp import config as config_module
 from fmnist_exp import data, summary
 from fmnist_exp.config import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
+from fmnist_exp.interrupts import signals_as_interrupt
 from fmnist_exp.store import Run, Store
 
 log = logging.getLogger(__name__)
@@ -451,25 +450,6 @@ def output_folder_of(target: str, store: Store) -> Path:
     if not (folder / CONFIG_FILE).is_file() or not (folder / RUN_FILE).is_file():
         raise UserError(f"resume: {folder} holds no {CONFIG_FILE} and {RUN_FILE}; is it a run's output folder?")
     return folder
-
-
-@contextlib.contextmanager
-def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, like Ctrl-C, for the whole run
-    (training, test pass, model logging), so the run ends KILLED and can be resumed."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {number: signal.signal(number, interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def run_tags(prepared: Prepared) -> dict[str, str]:

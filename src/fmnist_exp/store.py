@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fmnist_exp import interrupts
 from fmnist_exp.config import PROJECT_ROOT
 from fmnist_exp.errors import ModelUriError, TrackingError, UserError
 
@@ -279,6 +280,7 @@ class Store:
         try:
             yield Run(self, run_id)
         except KeyboardInterrupt as interrupt:
+            interrupts.delivered()
             release_interrupted_writes(interrupt)
             self.client.set_terminated(run_id, "KILLED")
             raise
@@ -513,6 +515,7 @@ class Run:
         Dataset) they say which data they were measured on."""
         from mlflow.entities import Metric
 
+        interrupts.check()  # a signal a finalizer swallowed stops the run here (every epoch logs)
         now = int(time.time() * 1000)
         on = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset is not None else {}
         items = [Metric(key, float(value), now, step, model_id=model_id, **on) for key, value in metrics.items()]
@@ -520,6 +523,7 @@ class Run:
             self.store.client.log_batch(self.run_id, metrics=items[start : start + 500])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        interrupts.check()
         self.store.set_tags(self.run_id, tags)
 
     def heartbeat(self, **tags: Any) -> None:

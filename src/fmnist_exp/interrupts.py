@@ -1,0 +1,51 @@
+"""SIGTERM and SIGHUP as Ctrl-C: a KeyboardInterrupt in the main thread, so that a run ends KILLED.
+
+Python runs a signal handler between two bytecodes of the main thread, wherever it is. When that is
+inside a finalizer (a weakref callback or `__del__` run by the garbage collector, as SQLAlchemy's are),
+Python prints "Exception ignored in ..." and drops the KeyboardInterrupt: the signal would be lost and
+the run would go on. So the handler also records the signal, and `check()`, called where a run writes
+to its store (every epoch at least), raises it again if it was dropped. The record is cleared when
+the interrupt reaches the code that ends the run (`delivered()`), and when the signals are released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+_pending: list[str] = []  # names of signals raised but not yet delivered to the run's handler
+
+
+def _interrupt(signum, frame):
+    name = signal.Signals(signum).name
+    _pending.append(name)
+    raise KeyboardInterrupt(name)
+
+
+def check() -> None:
+    """Raise the KeyboardInterrupt of a signal whose first one was swallowed by a finalizer."""
+    if _pending:
+        raise KeyboardInterrupt(_pending[-1])
+
+
+def delivered() -> None:
+    """The interrupt reached the code that ends the run: nothing is pending any more."""
+    _pending.clear()
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, like Ctrl-C, for the whole run
+    (training, test pass, model logging), so the run ends KILLED and can be resumed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, _interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        delivered()
