@@ -3,6 +3,7 @@
 #   1. bench: the runner against a bare Keras fit, float32 and mixed_bfloat16, batch 32 and 256;
 #   2. the article's recipe (experiment=article: seed_cnn, batch 32, test set as validation), 3 epochs;
 #   3. experiment=fast to completion;
+#   4. bench of resnet_small (the residual blocks of the layer language), float32, batch 256;
 # then the figures in $OUT: summary.md (tables), results.json (every figure), log.txt (all output),
 # learning_curves_article.png, learning_curves_fast.png and details.tar.gz (bench JSON, MLflow store,
 # Hydra logs): six files (the device tool brings back eight at most).
@@ -21,15 +22,16 @@ scratch="$(mktemp -d)"
 
 if [ "${GPU_CHECK_SIZE:-full}" = tiny ]; then
     # Toy sizes for a CPU; the limits only stop a hang (a loaded 2-core machine is slow).
-    bench_images=(64 256) bench_repeats=1 bench_limit=600
+    bench_images=(64 256) bench_repeats=1 bench_limit=600 resnet_images=256 resnet_limit=600
     article=(epochs=1 data.max_train_samples=2000 data.max_test_samples=500) article_limit=600
     fast=(epochs=2 data.max_train_samples=2000 data.max_test_samples=500) fast_limit=600
 else
     # Each bench round is a whole epoch of 60,000 images (1,875 steps at batch 32, 235 at 256), so the
     # runner's per-epoch costs (MLflow logging, a checkpoint) weigh what they weigh in a real run;
-    # 3 counted rounds after 1 traced. The limits add up to 520 s: the figures are written inside
-    # the device tool's 600 s even when a step runs out of time.
-    bench_images=(60000 60000) bench_repeats=3 bench_limit=85
+    # 3 counted rounds after 1 traced. The limits add up to 560 s: the figures are written inside
+    # the device tool's 600 s even when a step runs out of time (the whole check took 237 s before
+    # step 4 was added).
+    bench_images=(60000 60000) bench_repeats=3 bench_limit=80 resnet_images=60000 resnet_limit=60
     article=(epochs=3) article_limit=90
     fast=() fast_limit=90
 fi
@@ -68,6 +70,10 @@ if jax.default_backend() == 'cpu' and '$(command -v nvidia-smi)':
     timeout "$fast_limit" python3 -m fmnist_exp.run experiment=fast "${fast[@]}" trainer.verbose=2 \
         mlflow.experiment_name=gpu_check mlflow.run_name=fast hydra.run.dir="$scratch/fast" \
         || echo "fast: exit $?"
+
+    echo "== 4. bench: resnet_small, float32, batch 256 ($((SECONDS - started)) s so far)"
+    timeout "$resnet_limit" python3 -m fmnist_exp.bench model=resnet_small batch_size=256 images="$resnet_images" \
+        repeats="$bench_repeats" output="$scratch/bench_resnet_small_float32_b256.json" || echo "bench resnet_small: exit $?"
 
     echo "== figures ($((SECONDS - started)) s so far)"
     python3 scripts/gpu_check_summary.py "$scratch" "$out" "$((SECONDS - started))"

@@ -21,6 +21,7 @@ def bench_rows(scratch: Path) -> list[dict]:
         result = json.loads(path.read_text())
         rows.append(
             {
+                "model": result["model"],
                 "precision": result["precision"],
                 "batch_size": result["batch_size"],
                 "images_per_repeat": result["images_per_repeat"],
@@ -35,7 +36,7 @@ def bench_rows(scratch: Path) -> list[dict]:
                 "backend": result["backend"],
             }
         )
-    return sorted(rows, key=lambda row: (row["precision"], row["batch_size"]))
+    return sorted(rows, key=lambda row: (row["model"], row["precision"], row["batch_size"]))
 
 
 def run_rows() -> list[dict]:
@@ -118,15 +119,15 @@ def markdown(benches: list[dict], runs: list[dict], seconds: str) -> str:
         lines.append(f"Backend: {benches[0]['backend']}")
         lines.append("")
         lines.append(
-            "| precision | batch | runner images/s, per repeat | bare images/s, per repeat | runner/bare (median) "
+            "| model | precision | batch | runner images/s, per repeat | bare images/s, per repeat | runner/bare (median) "
             "| XLA | achieved GFLOP/s | matmul peak GFLOP/s (compute dtype) | fraction |"
         )
-        lines.append("|---|---:|---|---|---:|---|---:|---:|---:|")
+        lines.append("|---|---|---:|---|---|---:|---|---:|---:|---:|")
         for row in benches:
             runner = " / ".join(f"{value:,.0f}" for value in row["runner_images_per_second"])
             bare = " / ".join(f"{value:,.0f}" for value in row["bare_images_per_second"])
             lines.append(
-                f"| {row['precision']} | {row['batch_size']} | {runner} | {bare} | {row['ratio_median']:.3f} "
+                f"| {row['model']} | {row['precision']} | {row['batch_size']} | {runner} | {bare} | {row['ratio_median']:.3f} "
                 f"| {row['jit_compile']} | {row['achieved_gflops']:,.0f} | {row['compute_dtype_matmul_peak_gflops']:,.0f} "
                 f"| {row['fraction_of_compute_dtype_peak']:.3f} |"
             )
