@@ -49,12 +49,7 @@ article() {
     timeout "$limit" python3 scripts/article_plain.py --seed 42 "${plain[@]}" \
         --out "$scratch/plain_article_seed42.csv" >"$scratch/plain_article_seed42.log" 2>&1 &
     pids+=("$!:plain_article_seed42")
-    for job in "${pids[@]}"; do
-        wait "${job%%:*}" || echo "${job#*:}: exit $?"
-        tail -n 2 "$scratch/${job#*:}.log"
-    done
-    echo "== figures ($((SECONDS - started)) s so far)"
-    python3 scripts/gpu_check_summary.py "$scratch" "$out" "$((SECONDS - started))"
+    finish_jobs "$started" "${pids[@]}"
     cp "$scratch/article_runner_seed42/learning_curves.png" "$out/curves_article_runner.png" 2>/dev/null
     echo "gpu_article: $((SECONDS - started)) s in all; figures in $out"
 }

@@ -47,12 +47,7 @@ best() {
             jobs+=("$!:$run")
         done
     done
-    for job in "${jobs[@]}"; do
-        wait "${job%%:*}" || echo "${job#*:}: exit $?"
-        tail -n 3 "$scratch/${job#*:}.log"
-    done
-    echo "== figures ($((SECONDS - started)) s so far)"
-    python3 scripts/gpu_check_summary.py "$scratch" "$out" "$((SECONDS - started))"
+    finish_jobs "$started" "${jobs[@]}"
     for index in "${!candidates[@]}"; do
         name="${candidates[$index]%%|*}"
         cp "$scratch/${name}_seed1/learning_curves.png" "$out/curves_$name.png" 2>/dev/null

@@ -1,4 +1,4 @@
-# Sourced by the scripts that run on the lent GPU machine (gpu_check.sh, gpu_best.sh): the wheels
+# Sourced by the scripts that run on the lent GPU machine (gpu_check.sh, gpu_best.sh, gpu_article.sh): the wheels
 # carried in .gpu/wheels beside the machine's Python, the runner on JAX, the data carried in
 # .gpu/fashion-mnist, and an MLflow store in the scratch folder $scratch.
 wheels="${GPU_WHEELS:-.gpu/wheels}"
@@ -14,3 +14,16 @@ export FMNIST_DATA_DIR="${FMNIST_DATA_DIR:-$(pwd)/.gpu/fashion-mnist}"
 export MLFLOW_TRACKING_URI="sqlite:///$scratch/mlflow.db"
 export JAX_COMPILATION_CACHE_DIR="$scratch/jax-cache"  # processes compiling the same step share it
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+
+# Wait for background jobs given as "pid:name" (each logging to $scratch/name.log), show the end of
+# each one's log, then write the figures ($1: the seconds counter the caller started at).
+finish_jobs() {
+    local started=$1 job
+    shift
+    for job in "$@"; do
+        wait "${job%%:*}" || echo "${job#*:}: exit $?"
+        tail -n 3 "$scratch/${job#*:}.log"
+    done
+    echo "== figures ($((SECONDS - started)) s so far)"
+    python3 scripts/gpu_check_summary.py "$scratch" "$out" "$((SECONDS - started))"
+}
