@@ -15,24 +15,25 @@ import signal
 import threading
 from collections.abc import Iterator
 
-_pending: list[str] = []  # names of signals raised but not yet delivered to the run's handler
+_pending: str | None = None  # the name of a signal raised but not yet delivered to the run's handler
 
 
 def _interrupt(signum, frame):
-    name = signal.Signals(signum).name
-    _pending.append(name)
-    raise KeyboardInterrupt(name)
+    global _pending
+    _pending = signal.Signals(signum).name
+    raise KeyboardInterrupt(_pending)
 
 
 def check() -> None:
     """Raise the KeyboardInterrupt of a signal whose first one was swallowed by a finalizer."""
     if _pending:
-        raise KeyboardInterrupt(_pending[-1])
+        raise KeyboardInterrupt(_pending)
 
 
 def delivered() -> None:
     """The interrupt reached the code that ends the run: nothing is pending any more."""
-    _pending.clear()
+    global _pending
+    _pending = None
 
 
 @contextlib.contextmanager
