@@ -39,6 +39,12 @@ def bench_rows(scratch: Path) -> list[dict]:
     return sorted(rows, key=lambda row: (row["model"], row["precision"], row["batch_size"]))
 
 
+def pace(epoch_seconds: list[float]) -> dict:
+    """The first epoch includes compiling the step; the median of the rest is the steady pace."""
+    steady = statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else None
+    return {"steady_epoch_seconds": steady, "seconds_for_100_epochs_at_steady_pace": 100 * steady if steady else None}
+
+
 def run_rows() -> list[dict]:
     import mlflow
 
@@ -53,8 +59,6 @@ def run_rows() -> list[dict]:
             return [point.value for point in sorted(client.get_metric_history(run_id, key), key=lambda p: p.step)]
 
         epoch_seconds = history("epoch_seconds")
-        # The first epoch includes compiling the step; the rest is the steady pace.
-        steady = statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else None
         rows.append(
             {
                 "run": run.info.run_name,
@@ -66,8 +70,7 @@ def run_rows() -> list[dict]:
                 "images_per_second": history("images_per_second"),
                 "val_accuracy": history("val_accuracy"),
                 "loss": history("loss"),
-                "steady_epoch_seconds": steady,
-                "seconds_for_100_epochs_at_steady_pace": 100 * steady if steady else None,
+                **pace(epoch_seconds),
                 "backend": run.data.params.get("trainer.backend"),
             }
         )
@@ -82,7 +85,6 @@ def plain_rows(scratch: Path) -> list[dict]:
     for path in sorted(scratch.glob("plain_*.csv")):
         epochs = list(csv.DictReader(path.open()))
         seconds = [float(epoch["seconds"]) for epoch in epochs]
-        steady = statistics.median(seconds[1:]) if len(seconds) > 1 else None
         val_accuracy = [float(epoch["val_accuracy"]) for epoch in epochs]
         rows.append(
             {
@@ -94,8 +96,7 @@ def plain_rows(scratch: Path) -> list[dict]:
                 "epoch_seconds": seconds,
                 "loss": [float(epoch["loss"]) for epoch in epochs],
                 "val_accuracy": val_accuracy,
-                "steady_epoch_seconds": steady,
-                "seconds_for_100_epochs_at_steady_pace": 100 * steady if steady else None,
+                **pace(seconds),
             }
         )
     return rows
@@ -179,10 +180,11 @@ def main() -> None:
     scratch, out, seconds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     benches = bench_rows(scratch)
     try:
-        runs = run_rows() + plain_rows(scratch)
+        runs = run_rows()
     except Exception as error:  # the store is missing or broken: say so in the summary, keep the rest
         print(f"gpu_check_summary: runs unreadable: {error}")
         runs = []
+    runs += plain_rows(scratch)  # the plain script's CSV files do not depend on the store
     out.mkdir(parents=True, exist_ok=True)
     results = {
         "seconds": float(seconds),
