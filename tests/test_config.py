@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmnist_exp.config import ExperimentConfig, flatten
+from fmnist_exp.config import ExperimentConfig
 from helpers import CONF_DIR, typed_config
 
 
@@ -49,11 +49,3 @@ def test_tracking_uri_is_an_absolute_sqlite_store(monkeypatch):
 def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
     assert typed_config().data.dir == str(tmp_path)
-
-
-def test_flatten_gives_dotted_keys():
-    params = flatten(typed_config())
-    assert params["batch_size"] == 32
-    assert params["model.layers.0.type"] == "conv2d"
-    assert params["model.layers.0.kernel_regularizer.l2"] == 0.01
-    assert params["optimizer.schedule.name"] == "constant"

@@ -74,4 +74,4 @@ def test_ray_sweep_logs_through_the_tracking_server(tmp_path, ray_head, mlflow_s
     model = Store(mlflow_server).logged_model_of(children[0].info.run_id)
     assert model.artifact_location.startswith("mlflow-artifacts:")
     assert client.list_logged_model_artifacts(model.model_id)
-    assert {run.data.params["trainer.threads"] for run in children} == {"1"}
+    assert {run.data.tags["trainer.threads"] for run in children} == {"1"}  # a setting of the machine: a tag

@@ -48,7 +48,7 @@ def test_run_logs_the_four_evaluation_artifacts(finished_run):
     assert sum(int(value) for line in csv_lines[1:] for value in line.split(",")[1:]) == 300
     report = json.loads((output / "evaluation" / "classification_report.json").read_text())
     assert report["accuracy"] == pytest.approx(outcome.test_accuracy)
-    assert run.data.metrics["test_recall_ankle_boot"] == report["classes"]["Ankle boot"]["recall"]
+    assert run.data.metrics["test_per_class/recall_ankle_boot"] == report["classes"]["Ankle boot"]["recall"]
     for picture in ("confusion_matrix.png", "misclassified.png"):
         with Image.open(output / "evaluation" / picture) as image:
             assert image.size[0] > 400
@@ -127,3 +127,17 @@ def test_registry_champion_alias_loads(finished_run):
     result = run_module("fmnist_exp.evaluate", "model_uri=models:/fmnist_cnn@champion", f"mlflow.tracking_uri={uri}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"test_accuracy={outcome.test_accuracy:.4f}" in result.stdout
+
+
+def test_the_data_folder_is_read_from_new_and_older_runs():
+    from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
+
+    from fmnist_exp.evaluate import logged_data_dir
+
+    def run_with(params=(), tags=()):
+        info = RunInfo("r", "0", "u", "FINISHED", 0, 0, "active")
+        return Run(info, RunData(params=[Param(*item) for item in params], tags=[RunTag(*item) for item in tags]))
+
+    assert logged_data_dir(run_with(tags=[("data.dir", "/now/a/tag")])) == "/now/a/tag"
+    assert logged_data_dir(run_with(params=[("data.dir", "/was/a/param")])) == "/was/a/param"  # logged before
+    assert logged_data_dir(run_with(params=[("data.dir", "None")])) is None and logged_data_dir(None) is None

@@ -16,7 +16,8 @@ def test_run_finishes_with_params_tags_and_test_metrics(finished_run):
     assert run.info.run_name == "epochs=2,batch_size=64"
     params = run.data.params
     assert params["batch_size"] == "64" and params["epochs"] == "2"
-    assert params["model.layers.1.kernel_size"] == "5"
+    assert params["model.name"] == "seed_cnn" and params["model.dropout"] == "0.5"
+    assert not any(key.startswith("model.layers") for key in params)  # the stack is the model_layers.txt artifact
     assert params["optimizer.name"] == "adam"
     assert params["model.parameters"] == "676842"
     assert run.data.tags["overrides"] == "epochs=2 batch_size=64"

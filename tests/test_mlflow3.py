@@ -19,7 +19,7 @@ import pytest
 from conftest import SMALL_RUN, SUBSET_DIR, free_port, stop_process_group, typed_config, wait_for_http
 from fmnist_exp import data, datasets, logged_model
 from fmnist_exp import experiment as experiment_module
-from fmnist_exp.store import EXPERIMENT_KIND, Store
+from fmnist_exp.store import EXPERIMENT_KIND, Store, ui_command
 
 
 def use_globally(monkeypatch, uri: str) -> None:
@@ -89,7 +89,7 @@ def test_the_test_metrics_belong_to_the_model_and_the_test_set(subset_run):
     model = the_logged_model(client, run)
     test_input = next(item for item in run.inputs.dataset_inputs if item.dataset.name == "fashion-mnist-test")
     linked = {metric.key: metric for metric in model.metrics}
-    for key in ("test_accuracy", "test_loss", "test_recall_ankle_boot", "test_macro_f1"):
+    for key in ("test_accuracy", "test_loss", "test_per_class/recall_ankle_boot", "test_per_class/macro_f1"):
         assert linked[key].value == pytest.approx(run.data.metrics[key])
         assert (linked[key].dataset_name, linked[key].dataset_digest) == (
             "fashion-mnist-test",
@@ -254,7 +254,7 @@ def test_experiments_are_machine_learning_experiments(subset_run, tracking_uri, 
     store.experiment_id("chosen")
     assert store.client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
     # MLflow 3.17's UI opens on the view its toggle says; the link the runner prints says which.
-    assert experiment_module.ui_command("sqlite:////x/mlflow.db", "3").endswith(
+    assert ui_command("sqlite:////x/mlflow.db", "3").endswith(
         "then open http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
     )
 

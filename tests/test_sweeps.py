@@ -66,9 +66,22 @@ def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
     assert parent.data.metrics["best_val_accuracy"] == best.data.metrics["val_accuracy"]
     assert parent.data.metrics["best_objective"] == best.data.metrics["val_accuracy"]
     summary = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "summary")}
-    assert summary == {"summary/sweep_summary.csv", "summary/sweep_summary.md", "summary/sweep_comparison.png"}
+    assert summary == {
+        f"summary/{name}"
+        for name in (
+            "sweep_summary.csv", "sweep_summary.md", "sweep_comparison.png", "jobs.json", "configs.md",
+            "objective_by_epoch.png", "params_vs_objective.png",
+        )
+    }  # fmt: skip
     table = (tmp_path / "sweep" / "summary" / "sweep_summary.md").read_text()
     assert all(child.info.run_id in table for child in children)
+    # The parent says what was swept; each job logs a short set of params with every swept key in it.
+    assert parent.data.params["batch_size"] == "32,64" and parent.data.params["optimizer"] == "adam,sgd"
+    assert table.startswith("| run_name | seed | batch_size | optimizer.name | status |")
+    for child in children:
+        assert len(child.data.params) <= 35 and {"batch_size", "optimizer.name"} <= set(child.data.params)
+    assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 0
+    assert "Swept: batch_size in 32,64; optimizer in adam,sgd." in parent.data.tags["mlflow.note.content"]
 
     # The same configs run one by one, in this process, give the same test accuracies.
     for child in children:
@@ -112,6 +125,12 @@ def test_optuna_search_names_the_best_trial(tmp_path, tracking_uri):
     # The searched values reached the trained models.
     assert best.data.params["batch_size"] in {"32", "64", "128"}
     assert best.data.params["model.width"] in {"16", "24", "32", "48"}
+    # The parent holds the search space, Optuna's own figures and the jobs' table.
+    assert parent.data.params["optimizer.learning_rate"] == "tag(log, interval(0.0003, 0.01))"
+    assert parent.data.params["sweeper"] == "study" and parent.data.params["n_trials"] == "3"
+    summary = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "summary")}
+    assert {"summary/optuna_history.png", "summary/optuna_importances.png", "summary/jobs.json"} <= summary
+    assert "summary/params_vs_objective.png" in summary
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
@@ -130,12 +149,66 @@ def test_sweep_without_validation_ranks_by_training_accuracy_and_says_so(tmp_pat
     multirun([*TINY, "data.validation=none", "seed=1,2"], tracking_uri, tmp_path)
     (parent,), children = split(runs(tracking_uri))
     best = max(children, key=lambda child: child.data.metrics["accuracy"])
-    assert parent.data.metrics["best_objective"] == best.data.metrics["accuracy"]
+    # A seed sweep is one config's replicates: the best objective is their mean.
+    mean = sum(child.data.metrics["accuracy"] for child in children) / 2
+    assert parent.data.metrics["best_objective"] == pytest.approx(mean)
     assert parent.data.tags["best_run_id"] == best.info.run_id
     assert "best_val_accuracy" not in parent.data.metrics  # no validation set, no validation figure
     table = (tmp_path / "sweep" / "summary" / "sweep_summary.csv").read_text().splitlines()
-    assert table[0].startswith("run_name,status,pruned_at,objective,val_accuracy,")
+    assert table[0].startswith("run_name,seed,status,pruned_at,objective,val_accuracy,")
     assert all(",nan," in line for line in table[1:])  # val_accuracy column: none measured
+
+
+def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_noise(tmp_path, tracking_uri, capsys):
+    result = multirun([*TINY, "optimizer.learning_rate=0.001,0.003", "replicates=2"], tracking_uri, tmp_path)
+    parents, children = split(runs(tracking_uri))
+    (parent,) = parents
+    assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
+    groups: dict[str, list] = {}
+    for child in children:
+        groups.setdefault(child.data.tags["config_group"], []).append(child)
+    # One tag per config (what the UI's "Group by" groups on), its seeds 42 and 43.
+    assert len(groups) == 2
+    for members in groups.values():
+        assert sorted(member.data.params["seed"] for member in members) == ["42", "43"]
+        assert sorted(member.data.tags["replicate"] for member in members) == ["0", "1"]
+        assert len({member.data.params["optimizer.learning_rate"] for member in members}) == 1
+    means = {key: sum(member.data.metrics["objective"] for member in members) / 2 for key, members in groups.items()}
+    best_group = max(means, key=means.get)
+    assert parent.data.metrics["best_objective"] == pytest.approx(means[best_group])
+    assert parent.data.params["replicates"] == "2"
+    assert parent.data.params["optimizer.learning_rate"] == "0.001,0.003"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "Swept: optimizer.learning_rate in 0.001,0.003, 2 seeds per config. 4 runs: 4 finished" in note
+    assert "Welch's t-test" in note and "Re-run the winner: python -m fmnist_exp.run -m " in note
+    assert note.rstrip().endswith("replicates=2") and note.count("replicates=2") == 1
+    assert '"type": "table"' in parent.data.tags["mlflow.loggedArtifacts"]
+    table = mlflow.MlflowClient(tracking_uri).load_table(
+        experiment_id=parent.info.experiment_id, artifact_file="summary/jobs.json", run_ids=[parent.info.run_id]
+    )
+    assert sorted(table["run_id"]) == sorted(child.info.run_id for child in children)
+    assert "The comparison (table, figures): http://127.0.0.1:5000/#/experiments/" in result.stdout + result.stderr
+
+    capsys.readouterr()
+    report.main([f"mlflow.tracking_uri={tracking_uri}"])
+    printed = capsys.readouterr().out
+    assert "| config | seeds | objective mean +- sd | 95% interval |" in printed
+    assert printed.count("| 2 |") >= 2 and "Welch's t-test p=" in printed
+    assert (
+        f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in printed
+    )
+
+
+def test_replicates_without_a_sweep_are_refused_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_exp.run", *TINY, "replicates=3"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fmnist_exp: error: replicates: 3 trains the config 3 times as a sweep; add -m "
+        "(python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
+    ]
 
 
 def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):
@@ -148,7 +221,7 @@ def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):
     assert sorted(child.data.params["seed"] for child in children) == ["1", "2", "3", "4"]
     assert all(child.info.status == "FINISHED" for child in children)
     # Two jobs on two cores: one TensorFlow thread each.
-    assert {child.data.params["trainer.threads"] for child in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert {child.data.tags["trainer.threads"] for child in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
 @pytest.mark.parametrize("arguments", [["sweep=0123"], ["mlflow.experiment_name=nothing"]])
@@ -277,3 +350,27 @@ def test_the_study_counts_a_pruned_job_as_pruned():
         study.tell(trials, trials.ask(), job, store=None, study_name="test")
     assert [trial.state.name for trial in trials.trials] == ["COMPLETE", "PRUNED", "FAIL"]
     assert trials.trials[1].intermediate_values == {1: 0.4}
+
+
+def test_report_reads_a_sweep_logged_before_params_and_replicates_changed(tracking_uri, capsys):
+    """A parent with no params, children with the old per-class names and no config_group tag."""
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("older")
+    parent = client.create_run(experiment_id, run_name="sweep: batch_size=32,64", tags={"sweep_key": "k"})
+    for size, accuracy in (("32", 0.81), ("64", 0.84)):
+        child = client.create_run(
+            experiment_id, run_name=f"batch_size={size}", tags={"mlflow.parentRunId": parent.info.run_id}
+        )
+        client.log_param(child.info.run_id, "batch_size", size)
+        client.log_param(child.info.run_id, "model.layers.0.filters", "32")  # the old positional params
+        for key, value in (("objective", accuracy), ("val_accuracy", accuracy), ("test_accuracy", accuracy - 0.01)):
+            client.log_metric(child.info.run_id, key, value)
+        client.log_metric(child.info.run_id, "test_recall_ankle_boot", 0.9)
+        client.set_terminated(child.info.run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+
+    rows = report.main([f"mlflow.tracking_uri={tracking_uri}", "mlflow.experiment_name=older"])
+    printed = capsys.readouterr().out
+    assert [row["run_name"] for row in rows] == ["batch_size=64", "batch_size=32"]
+    assert "| batch_size=64 | 1 | 0.8400 +- n/a | n/a |" in printed  # each run a config of its own
+    assert "one seed each: noise unknown (use replicates=2 or more)" in printed

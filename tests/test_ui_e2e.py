@@ -1,9 +1,11 @@
 """The MLflow UI as a person uses it: a real sweep, a real server, headless Chromium.
 
+A 2 x 2 grid with 2 seed replicates opens where the runner's link says (the machine-learning view).
 What a run records shows where MLflow 3's UI looks for it: the runs table's Dataset and Models
-columns, the experiment's Models tab (test metrics per dataset, source run, registered versions), a
-run's system metric charts, and the comparison of the sweep's jobs. Screenshots land in the test's
-folder and, with FMNIST_SCREENSHOT_DIR set, there too (docs/).
+columns, grouping by the config tag (one row per config with the replicates' mean), the sweep's
+parent run as its comparison (note, table, figures), the experiment's Models tab (test metrics per
+dataset, source run, registered versions), a run's system metric charts, and the comparison of the
+jobs. Screenshots land in the test's folder and, with FMNIST_SCREENSHOT_DIR set, there too (docs/).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import mlflow
 import pytest
 
 from conftest import SUBSET_DIR, free_port, stop_process_group, wait_for_http
+from fmnist_exp.store import ui_link
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -29,7 +32,8 @@ pytestmark = [
 
 @pytest.fixture
 def sweep_store(tmp_path):
-    """A 3-job sweep (batch sizes) on the shipped subset, models registered, in a fresh SQLite store.
+    """A 2 x 2 grid (batch size, learning rate) on 2 seeds each, 8 runs on the shipped subset, models
+    registered, in a fresh SQLite store.
 
     System metrics are sampled every second, so that a job of seconds draws a curve.
     """
@@ -39,7 +43,8 @@ def sweep_store(tmp_path):
             sys.executable, "-m", "fmnist_exp.run", "-m",
             f"data.dir={SUBSET_DIR}", "data.max_train_samples=600", "data.max_test_samples=200",
             "epochs=1", "trainer.verbose=0", "register=true", "mlflow.experiment_name=ui_check",
-            "batch_size=32,64,128", f"hydra.sweep.dir={tmp_path}/sweep",
+            "batch_size=32,64", "optimizer.learning_rate=0.001,0.003", "replicates=2",
+            f"hydra.sweep.dir={tmp_path}/sweep",
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"},
@@ -76,12 +81,22 @@ def close_the_assistant(page) -> None:
         assistant_close.first.click()
 
 
+def shown(value: float) -> str:
+    """How the runs table shows a metric: three decimals, trailing zeros dropped."""
+    return f"{value:.3f}".rstrip("0")
+
+
 def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_path):
     client = mlflow.MlflowClient(sweep_store)
     experiment = client.get_experiment_by_name("ui_check")
     all_runs = client.search_runs([experiment.experiment_id])
     children = [run for run in all_runs if "mlflow.parentRunId" in run.data.tags]
-    assert len(children) == 3
+    (parent,) = [run for run in all_runs if "sweep_key" in run.data.tags]
+    assert len(children) == 8
+    groups: dict[str, list] = {}
+    for child in children:
+        groups.setdefault(child.data.tags["config_group"], []).append(child)
+    assert len(groups) == 4 and all(len(members) == 2 for members in groups.values())
     models = client.search_logged_models([experiment.experiment_id])
     assert sorted(model.source_run_id for model in models) == sorted(child.info.run_id for child in children)
     for child in children:
@@ -91,20 +106,25 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
             "fashion-mnist-test",
         }
         assert len(client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")) >= 2
+    # The links the runner prints, with the server's address.
+    runs_link = ui_link(sweep_store, experiment.experiment_id, address=ui_server)
+    parent_link = ui_link(sweep_store, experiment.experiment_id, parent.info.run_id, address=ui_server)
 
     with playwright_api.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 900})
         page.set_default_timeout(60_000)
-        # The link the runner prints: the experiment in the machine-learning view opens on its runs.
-        page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
+        # The link opens the experiment's runs in the machine-learning view, not the GenAI one.
+        page.goto(runs_link)
         page.get_by_text("Run Name").first.wait_for()
         assert f"/experiments/{experiment.experiment_id}/runs" in page.url
+        playwright_api.expect(page.get_by_text("Model training", exact=True).first).to_be_visible()
+        assert page.get_by_text("Judges", exact=True).count() == 0  # a GenAI-view entry of the side bar
         close_the_assistant(page)
 
-        # Show the test accuracy and the swept parameter as columns.
+        # Show the objective, the test accuracy and the swept parameters as columns.
         page.get_by_role("button", name="Columns").click()
-        for column in ("test_accuracy", "batch_size"):
+        for column in ("objective", "test_accuracy", "batch_size", "optimizer.learning_rate"):
             page.get_by_placeholder("Search columns").fill(column)
             page.get_by_text(column, exact=True).last.click()
         page.keyboard.press("Escape")
@@ -116,31 +136,60 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         grid = page.locator("[role=grid]").first.inner_text()
         for child in children:
             assert child.info.run_name in grid
-            shown = f"{child.data.metrics['test_accuracy']:.3f}".rstrip("0")
-            assert shown in grid, f"test_accuracy {shown} of {child.info.run_name} is not listed"
-        training = next(
-            item.dataset for item in children[0].inputs.dataset_inputs if item.dataset.name.endswith("train")
-        )
-        assert grid.count(f"fashion-mnist-train ({training.digest})") == 3, "the Dataset column is not filled"
+            assert shown(child.data.metrics["test_accuracy"]) in grid, f"{child.info.run_name}: no test_accuracy"
+        assert grid.count("fashion-mnist-train (") == 8, "the Dataset column is not filled"
         # The Models column links each job's model by its registered version (register=true).
         versions = {str(version.version) for version in client.search_model_versions("name='fmnist_cnn'")}
         linked = page.locator('[role=grid] a[href*="/models/fmnist_cnn/versions/"]')
-        assert linked.count() == 3, "the Models column is not filled"
-        assert {linked.nth(i).get_attribute("href").rsplit("/", 1)[1] for i in range(3)} <= versions
+        assert linked.count() == 8, "the Models column is not filled"
+        assert {linked.nth(i).get_attribute("href").rsplit("/", 1)[1] for i in range(8)} <= versions
         save_screenshot(page, tmp_path, "mlflow_ui_runs.png")
+
+        # Group by the config tag: one row per config, its replicates' mean objective beside it.
+        page.get_by_role("button", name="Group by").click()
+        page.get_by_role("menu").get_by_text("config_group", exact=True).click()
+        page.keyboard.press("Escape")
+        for group in groups:
+            page.get_by_text(f"Group: {group}").first.wait_for()
+        grouped = page.locator("[role=grid]").first.inner_text()
+        for members in groups.values():
+            mean = sum(member.data.metrics["objective"] for member in members) / len(members)
+            assert f"{mean:.6f}"[:6] in grouped and "(average)" in grouped, f"no mean {mean} for its group"
+        save_screenshot(page, tmp_path, "mlflow_ui_grouped.png")
+
+        # The sweep's parent run is its comparison: the note, then the table and figures it logged.
+        page.goto(parent_link)
+        description = page.get_by_text("Swept: batch_size in 32,64; optimizer.learning_rate in 0.001,0.003")
+        description.first.wait_for()
+        body = page.inner_text("body")
+        assert "2 seeds per config. 8 runs: 8 finished, 0 pruned, 0 failed." in body
+        assert "Welch's t-test" in body and "Re-run the winner: python -m fmnist_exp.run -m" in body
+        close_the_assistant(page)
+        description.first.scroll_into_view_if_needed()
+        save_screenshot(page, tmp_path, "mlflow_ui_sweep_parent.png")
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text("summary", exact=True).first.click()
+        for name in ("configs.md", "objective_by_epoch.png", "params_vs_objective.png", "sweep_summary.csv"):
+            page.get_by_text(name, exact=True).first.wait_for()
+        page.get_by_text("jobs.json", exact=True).first.click()
+        playwright_api.expect(page.get_by_text("View as table")).to_be_visible()
+        table = page.locator("table").last
+        for header in ("run_name", "seed", "batch_size", "optimizer/learning_rate", "objective"):
+            playwright_api.expect(table).to_contain_text(header)
+        for child in children:
+            playwright_api.expect(table).to_contain_text(child.info.run_id[:8])
+        save_screenshot(page, tmp_path, "mlflow_ui_sweep_table.png")
 
         # The experiment's Models tab: one model per job, its test metrics on the test set.
         page.goto(f"{ui_server}/#/experiments/{experiment.experiment_id}/models?workflowType=machine_learning")
         page.get_by_text("Source run").first.wait_for()
-        page.set_viewport_size({"width": 2000, "height": 700})  # wide enough for the metric columns
+        page.set_viewport_size({"width": 2000, "height": 900})  # wide enough for the metric columns
         models_table = page.locator("[role=grid], table").first
-        shown = playwright_api.expect(models_table)  # the grid fills itself in column by column
+        listed = playwright_api.expect(models_table)  # the grid fills itself in column by column
         for text in ("test_accuracy", "fashion-mnist-test", *(child.info.run_name for child in children)):
-            shown.to_contain_text(text, timeout=60_000)
-        for child in children:
-            shown.to_contain_text(f"{child.data.metrics['test_accuracy']:.3f}".rstrip("0"))
-        playwright_api.expect(models_table.get_by_text("Ready", exact=True)).to_have_count(3)
-        playwright_api.expect(models_table.locator('a[href*="/models/fmnist_cnn/versions/"]')).to_have_count(3)
+            listed.to_contain_text(text, timeout=60_000)
+        playwright_api.expect(models_table.get_by_text("Ready", exact=True)).to_have_count(8)
+        playwright_api.expect(models_table.locator('a[href*="/models/fmnist_cnn/versions/"]')).to_have_count(8)
         save_screenshot(page, tmp_path, "mlflow_ui_models.png")
         page.set_viewport_size({"width": 1600, "height": 900})
 
@@ -159,8 +208,18 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         playwright_api.expect(drawn).to_have_count(3)  # the three charts drew their lines
         save_screenshot(page, tmp_path, "mlflow_ui_system_metrics.png")
 
-        # Compare the three jobs: the swept parameter and the test accuracy side by side.
-        ids = ",".join(f'"{child.info.run_id}"' for child in children)
+        # A job's own charts: the curves first; the per-class test figures in a section of their own.
+        page.goto(
+            f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}/model-metrics"
+            "?workflowType=machine_learning"
+        )
+        page.get_by_text("test_per_class", exact=True).first.wait_for()
+        body = page.inner_text("body")
+        assert body.index("val_accuracy") < body.index("test_per_class")
+
+        # Compare the four jobs of one seed: the swept parameters and the test accuracy side by side.
+        compared = [member for members in groups.values() for member in members if member.data.params["seed"] == "42"]
+        ids = ",".join(f'"{run.info.run_id}"' for run in compared)
         page.goto(
             f'{ui_server}/#/compare-runs?runs=[{ids}]&experiments=["{experiment.experiment_id}"]'
             "&workflowType=machine_learning",
@@ -180,21 +239,15 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         page.keyboard.press("Escape")
         chosen = ".du-bois-light-select-selection-item-content"
         assert metrics.locator(chosen).all_inner_texts() == ["test_accuracy"]
-        assert parameters.locator(chosen).all_inner_texts() == ["batch_size"]
+        assert set(parameters.locator(chosen).all_inner_texts()) == {"batch_size", "optimizer.learning_rate"}
         page.locator(".js-plotly-plot").first.get_by_text("test_accuracy").first.wait_for()
         save_screenshot(page, tmp_path, "mlflow_ui_compare.png")
         batch_row = page.locator("tr", has=page.get_by_text("batch_size", exact=True)).last
-        for child in children:
-            assert child.data.params["batch_size"] in batch_row.inner_text()
-        # The metrics table is a virtualised grid: the names column, then the values column.
-        metric_link = page.get_by_title("Plot chart").filter(has_text="test_accuracy").first
-        metric_link.scroll_into_view_if_needed()
-        body = page.inner_text("body")
-        metrics_block = body[body.rindex("Metrics") :]
-        assert "test_accuracy" in metrics_block
-        for child in children:
-            shown = f"{child.data.metrics['test_accuracy']:.3f}".rstrip("0")
-            assert shown in metrics_block, f"test_accuracy {shown} of {child.info.run_name} is not compared"
+        for run in compared:
+            assert run.data.params["batch_size"] in batch_row.inner_text()
         browser.close()
-    for name in ("mlflow_ui_runs.png", "mlflow_ui_models.png", "mlflow_ui_system_metrics.png", "mlflow_ui_compare.png"):
+    for name in (
+        "mlflow_ui_runs.png", "mlflow_ui_grouped.png", "mlflow_ui_sweep_parent.png", "mlflow_ui_sweep_table.png",
+        "mlflow_ui_models.png", "mlflow_ui_system_metrics.png", "mlflow_ui_compare.png",
+    ):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 20_000, name

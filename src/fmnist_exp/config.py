@@ -200,6 +200,8 @@ class ExperimentConfig:
     register: bool = False
     # Check and describe the config (layer table, data) and exit without training.
     dry_run: bool = False
+    # In a sweep: train each config this many times, with seeds seed, seed+1, ... (the seed noise).
+    replicates: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     # A model file of conf/model/ (a ModelConfig once validated); a mapping here so that each model
     # file can declare its own knobs beside its layers.
@@ -240,6 +242,8 @@ def validate(config: ExperimentConfig) -> None:
     if config.batch_size > 65536:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
     _check_positive("epochs", config.epochs)
+    if not 1 <= config.replicates <= 100:
+        _fail("replicates", f"{config.replicates} must lie in [1, 100] (each replicate trains the config once more)")
     if not 0 <= config.seed <= 2**32 - 1:
         _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
     if not config.mlflow.experiment_name.strip():
@@ -383,16 +387,17 @@ def from_yaml(path: Path) -> ExperimentConfig:
 
 
 # Keys that do not change what is trained: they stay out of the config hash and the run's name.
-UNTRAINED_KEYS = ("mlflow", "trainer.verbose", "resume", "register", "force", "dry_run", "hydra")
+UNTRAINED_KEYS = ("mlflow", "trainer.verbose", "resume", "register", "force", "dry_run", "replicates", "hydra")
 
 
-def config_hash(config: ExperimentConfig) -> str:
-    """What a re-run sweep recognises finished work by: the trained config, without tracking keys."""
+def config_hash(config: ExperimentConfig, without: tuple[str, ...] = ()) -> str:
+    """What a re-run sweep recognises finished work by: the trained config, without tracking keys
+    (and without the keys in `without`)."""
     import hashlib
     import json
 
     tree = as_dict(config)
-    for dotted in UNTRAINED_KEYS:
+    for dotted in (*UNTRAINED_KEYS, *without):
         *parents, leaf = dotted.split(".")
         node = tree
         for key in parents:
@@ -401,9 +406,22 @@ def config_hash(config: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def config_group(config: ExperimentConfig, run_name: str) -> str:
+    """What the seed replicates of one config share: the run's name without its seed, for a person
+    (the MLflow UI's "Group by" shows it), and the digest of the config without its seed, which
+    makes it unique."""
+    name = ",".join(part for part in run_name.split(",") if not part.startswith("seed=")) or "default"
+    return f"{name} [{config_hash(config, without=('seed',))[:8]}]"
+
+
+def override_key(override: str) -> str:
+    """The dotted key of a command-line override: `+model.x=1` -> `model.x`, `~seed` -> `seed`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def trains_something(override: str) -> bool:
     """Whether a command-line override changes what is trained (not tracking, output or bookkeeping)."""
-    key = override.split("=", 1)[0].lstrip("+~")
+    key = override_key(override)
     return not any(key == untrained or key.startswith(untrained + ".") for untrained in UNTRAINED_KEYS)
 
 
@@ -412,19 +430,3 @@ def run_name(overrides: list[str] | tuple[str, ...]) -> str:
     trained = [override for override in overrides if trains_something(override)]
     trained.sort(key=lambda override: not override.startswith("experiment="))
     return ",".join(trained)[:250] or "default"
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys for MLflow params: {'model.dropout': 0.3, 'model.layers.0.filters': 32, ...}."""
-    if isinstance(node, ExperimentConfig):
-        node = as_dict(node)
-    items: dict[str, Any] = {}
-    if isinstance(node, dict):
-        for key, value in node.items():
-            items.update(flatten(value, f"{prefix}{key}."))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            items.update(flatten(value, f"{prefix}{index}."))
-    else:
-        items[prefix.rstrip(".")] = node
-    return items

@@ -45,7 +45,7 @@ def evaluate(config: EvaluateConfig) -> float:
     run = store.source_run(config.model_uri)
     logged = run.data.params if run else {}
     data_config = DataConfig(
-        dir=config.data.dir or _logged(logged, "data.dir") or os.environ.get("FMNIST_DATA_DIR"),
+        dir=config.data.dir or logged_data_dir(run) or os.environ.get("FMNIST_DATA_DIR"),
         download=config.data.download,
         mirror=config.data.mirror,
         verify=config.data.verify,
@@ -73,6 +73,14 @@ def evaluate(config: EvaluateConfig) -> float:
         evaluation.write_reports(images, labels, result.probabilities, folder)
         print(f"reports written to {folder}")
     return result.accuracy
+
+
+def logged_data_dir(run) -> str | None:
+    """The data folder a run trained on: its data.dir tag (a path of the machine), or the data.dir
+    param of a run logged before paths became tags."""
+    if run is None:
+        return None
+    return _logged(run.data.tags, "data.dir") or _logged(run.data.params, "data.dir")
 
 
 def _logged(params: dict[str, str], key: str) -> str | None:

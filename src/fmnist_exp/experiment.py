@@ -29,7 +29,7 @@ from fmnist_exp import data, summary
 from fmnist_exp.config import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
 from fmnist_exp.interrupts import signals_as_interrupt
-from fmnist_exp.store import Run, Store
+from fmnist_exp.store import Run, Store, ui_command
 
 log = logging.getLogger(__name__)
 
@@ -287,17 +287,20 @@ def run(
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
     store: Store | None = None,
+    extra_tags: dict | None = None,
 ) -> Outcome:
-    """Train and evaluate one config in a new MLflow run (a child of `parent_run_id` in a sweep)."""
+    """Train and evaluate one config in a new MLflow run (a child of `parent_run_id` in a sweep,
+    tagged with `extra_tags`, such as a sweep's replicate number)."""
     prepared = prepare(config, output_dir, overrides, store)
+    name = config.mlflow.run_name or config_module.run_name(prepared.overrides)
     with one_writer(prepared.output_dir), signals_as_interrupt():
         start_keras(config)
         model = build(prepared)
         with (
             prepared.store.run(
                 config.mlflow.experiment_name,
-                config.mlflow.run_name or config_module.run_name(prepared.overrides),
-                run_tags(prepared),
+                name,
+                {**run_tags(prepared, name), **(extra_tags or {})},
                 parent_run_id=parent_run_id,
             ) as active,
             active.system_metrics(config.mlflow.system_metrics),
@@ -452,32 +455,39 @@ def output_folder_of(target: str, store: Store) -> Path:
     return folder
 
 
-def run_tags(prepared: Prepared) -> dict[str, str]:
+def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
+    from fmnist_exp import params
+
     return {
         "overrides": " ".join(prepared.overrides),
         "data_source": str(prepared.splits.source),
         "output_dir": str(prepared.output_dir.resolve()),
         # What re-run sweeps match finished work by.
         "config_hash": config_module.config_hash(prepared.config),
+        # The same without the seed: the seed replicates of one config share it (the UI's "Group by").
+        "config_group": config_module.config_group(prepared.config, run_name),
+        **params.run_tags_of_config(prepared.config),
     }
 
 
 def log_inputs(prepared: Prepared, run: Run, model) -> None:
-    from fmnist_exp import datasets
+    """The run's params (what a person compares, params.run_params), data sets and config files."""
+    from fmnist_exp import datasets, dry_run, params
 
     splits = prepared.splits
-    run.log_params(config_module.flatten(prepared.config))
-    run.log_params(
-        {
-            "data.train_images": len(splits.train[0]),
-            "data.validation_images": len(splits.validation[0]) if splits.validation else 0,
-            "data.test_images": len(splits.test[0]),
-            "model.parameters": model.count_params(),
-        }
-    )
+    counts = {
+        "data.train_images": len(splits.train[0]),
+        "data.validation_images": len(splits.validation[0]) if splits.validation else 0,
+        "data.test_images": len(splits.test[0]),
+        "model.parameters": model.count_params(),
+    }
+    run.log_params(params.run_params(prepared.config, prepared.overrides, counts))
     run.log_datasets(datasets.describe(prepared.config, splits))
     run.log_artifact(prepared.output_dir / CONFIG_FILE)
     run.log_artifact(prepared.output_dir / OVERRIDES_FILE)
+    layers = prepared.output_dir / "model_layers.txt"
+    layers.write_text(dry_run.model_table(prepared.config) + "\n")
+    run.log_artifact(layers)
 
 
 def announce(prepared: Prepared, model, run: Run) -> None:
@@ -506,13 +516,3 @@ def announce(prepared: Prepared, model, run: Run) -> None:
 def result_line(outcome: Outcome) -> str:
     """What a finished job says last, on the terminal and in its log."""
     return f"test_accuracy={outcome.test_accuracy:.4f} objective={outcome.objective:.4f} run_id={outcome.run_id}"
-
-
-def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
-    """How to look at the store; with an experiment, the page of its runs in the machine-learning
-    view (MLflow 3.17's UI opens on the GenAI view unless told otherwise)."""
-    page = f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning" if experiment_id else ""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri.rstrip('/')}{page}" if page else f"open {tracking_uri}"
-    command = f"mlflow ui --host 127.0.0.1 --backend-store-uri {tracking_uri}"
-    return f"{command}, then open http://127.0.0.1:5000{page}" if page else command

@@ -105,3 +105,72 @@ def sweep_comparison(rows: list[dict], path: Path) -> Path:
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+def sweep_curves(rows: list[dict], curves: dict[str, list[float]], path: Path) -> Path:
+    """Each job's objective (validation accuracy) by epoch; one colour per config (its seeds share
+    it), a pruned job dashed and ending in a cross."""
+    figure, axis = pyplot.subplots(figsize=(9, 5))
+    colours: dict[str, object] = {}
+    palette = pyplot.get_cmap("tab10")
+    labelled: set[str] = set()
+    for row in rows:
+        curve = curves.get(row["run_id"]) or []
+        if not curve:
+            continue
+        group = row.get("config_group") or row["run_id"]
+        colour = colours.setdefault(group, palette(len(colours) % 10))
+        label = None if group in labelled else row["run_name"].split(",seed=")[0][:60]
+        labelled.add(group)
+        epochs = range(1, len(curve) + 1)
+        pruned = row["pruned_at"] != ""
+        axis.plot(epochs, curve, color=colour, linestyle="--" if pruned else "-", marker="o", markersize=3, label=label)
+        if pruned:
+            axis.plot(len(curve), curve[-1], marker="x", markersize=10, color=colour)
+    metric = rows[0]["objective_metric"] if rows else "val_accuracy"
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.set_title(f"Every job's {metric} by epoch (dashed, x: pruned)")
+    axis.grid(alpha=0.3)
+    if labelled:
+        axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path
+
+
+def params_against_objective(rows: list[dict], keys: list[str], path: Path) -> Path:
+    """One panel per swept param: each finished job's objective against the param's value (a log
+    axis for a positive numeric param spanning more than a factor of 10)."""
+    import math
+
+    finished = [row for row in rows if row["status"] == "FINISHED" and not math.isnan(row["objective"])]
+    figure, axes = pyplot.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    for axis, key in zip(axes[0], keys, strict=True):
+        values = [row["swept"].get(key, "") for row in finished]
+        objectives = [row["objective"] for row in finished]
+        numbers = [_number(value) for value in values]
+        if values and all(number is not None for number in numbers):
+            axis.scatter(numbers, objectives, alpha=0.7)
+            if min(numbers) > 0 and max(numbers) / min(numbers) > 10:
+                axis.set_xscale("log")
+        else:
+            categories = sorted(set(values), key=str)
+            axis.scatter([categories.index(value) for value in values], objectives, alpha=0.7)
+            axis.set_xticks(range(len(categories)), [str(category)[:20] for category in categories], rotation=30)
+        axis.set_xlabel(key)
+        axis.set_ylabel("objective")
+        axis.grid(alpha=0.3)
+    figure.suptitle("Each swept param against the objective (finished jobs)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fmnist_exp import commands, noise, summary
+from fmnist_exp import commands, compare, noise, summary
 from fmnist_exp.errors import UserError
 
 
@@ -25,8 +25,10 @@ class ReportConfig:
     mlflow: commands.ExperimentStoreConfig = field(default_factory=commands.ExperimentStoreConfig)
 
 
-def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str]:
+def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, list[str], str]:
+    """The rows, a title, the swept keys (columns of their own) and the UI link to look at them."""
     from fmnist_exp import sweep as sweeps
+    from fmnist_exp.store import ui_link
 
     experiment_id = store.experiment_id(experiment_name, create=False)
     if experiment_id is None:
@@ -35,14 +37,15 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str]:
     if sweep == "all":
         runs = store.search(experiment_name, "tags.sweep_key IS NULL")
         rows = summary.best_first([summary.row_of(run) for run in runs])
-        return rows, f"all {len(rows)} runs of experiment {experiment_name}"
+        return rows, f"all {len(rows)} runs of experiment {experiment_name}", [], ui_link(store.uri, experiment_id)
     if sweep == "latest":
         parents = store.search(experiment_name, "tags.sweep_key != ''", max_results=1, order_by=["start_time DESC"])
         if not parents:
             raise UserError(f"sweep: experiment {experiment_name!r} has no sweep; try sweep=all")
         sweep = parents[0].info.run_id
     rows = sweeps.sweep_rows(store, sweep)
-    return rows, f"sweep {sweep} ({len(rows)} jobs)"
+    keys = sweeps.swept_keys(dict(store.get_run(sweep).data.params))
+    return rows, f"sweep {sweep} ({len(rows)} jobs)", keys, ui_link(store.uri, experiment_id, sweep)
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
@@ -56,9 +59,15 @@ def report(config: ReportConfig) -> list[dict]:
 
     store = Store(config.mlflow.tracking_uri)
     store.check()
-    rows, title = rows_for(store, config.mlflow.experiment_name, config.sweep)
+    rows, title, keys, link = rows_for(store, config.mlflow.experiment_name, config.sweep)
     print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")
-    print(summary.markdown_table(rows))
+    print(summary.markdown_table(rows, keys))
+    configs = compare.by_config(rows)
+    if configs:
+        print("Per config over its seeds (95% t-interval; best against each other by Welch's t-test, 5% level):\n")
+        print(compare.noise_table(configs))
+        print("\n".join(compare.winner_lines(configs)))
+    print(f"\nIn the MLflow UI: {link}")
     finished = [row for row in rows if row["status"] == "FINISHED"]
     if config.champion and finished:
         version = store.register_model(finished[0]["run_id"], config.champion, alias="champion")

@@ -50,9 +50,15 @@ def job(composed: DictConfig) -> float | dict:
         except UserError as error:
             fail(str(error))
 
+    if config.replicates > 1 and not sweeping:
+        preflight.discard_unused(output_dir)
+        fail(
+            f"replicates: {config.replicates} trains the config {config.replicates} times as a sweep; "
+            "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
+        )
     noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
     from fmnist_exp import experiment, sweep
-    from fmnist_exp.store import Store
+    from fmnist_exp.store import Store, ui_command
 
     if sweeping:
         try:
@@ -77,7 +83,7 @@ def job(composed: DictConfig) -> float | dict:
     except KeyboardInterrupt as error:
         fail(f"interrupted ({error or 'Ctrl-C'}); {preflight.resume_hint(config, output_dir)}", EXIT_INTERRUPTED)
     log.info(experiment.result_line(outcome))
-    log.info(f"Compare runs: {experiment.ui_command(store.uri)}")
+    log.info(f"Compare runs: {ui_command(store.uri, store.experiment_id(config.mlflow.experiment_name, create=False))}")
     return outcome.objective
 
 

@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import posixpath
 import socket
 import subprocess
 import time
@@ -41,6 +42,36 @@ HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
 # on from its GenAI / Model training toggle instead (`?workflowType=machine_learning`, remembered
 # in the browser); earlier UIs and searches read this tag. Set on an experiment of ours without one.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` and `python -m fmnist_exp.ui` serve by default
+
+
+def ui_link(
+    tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None, address: str | None = None
+) -> str:
+    """The one link to the MLflow UI: the experiment's runs table, or one run's page, in the
+    machine-learning view.
+
+    MLflow 3.17's UI opens on its GenAI view (traces, prompts) unless the address asks for
+    `workflowType=machine_learning`. A tracking server serves its own UI at its URI; a SQLite store
+    is served by `mlflow ui` (or `python -m fmnist_exp.ui`) at `address`.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        address = tracking_uri
+    root = (address or UI_ADDRESS).rstrip("/") + "/"
+    if experiment_id is None:
+        return root
+    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{root}{page}?workflowType=machine_learning"
+
+
+def ui_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """How to look at the store: the link, with the command that serves it where a server is needed."""
+    link = ui_link(tracking_uri, experiment_id, run_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {link}"
+    return f"python -m fmnist_exp.ui mlflow.tracking_uri={tracking_uri}, then open {link}"
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
@@ -369,6 +400,44 @@ class Store:
             if point.step == step:
                 return point.value
         return None
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        """One per-epoch metric of a run, ordered by epoch (empty if the run never logged it)."""
+        points = sorted(self.client.get_metric_history(run_id, key), key=lambda point: point.step)
+        return [point.value for point in points if point.step >= 1]
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        Run(self, run_id).log_params(params)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()])
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def log_table(self, run_id: str, columns: dict[str, list], artifact_file: str) -> None:
+        """A table artifact that the MLflow UI shows as a table (and `mlflow.load_table` reads).
+
+        Written as `MlflowClient.log_table` writes one (pandas' "split" JSON, listed in the run's
+        mlflow.loggedArtifacts tag), but replacing an earlier file of the same name: log_table appends
+        to it, which would list a re-run sweep's jobs twice.
+        """
+        import tempfile
+
+        import pandas
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / Path(artifact_file).name
+            pandas.DataFrame(columns).to_json(path, orient="split", index=False, date_format="iso")
+            self.client.log_artifact(run_id, str(path), posixpath.dirname(artifact_file) or None)
+        listed = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": artifact_file, "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag

@@ -174,7 +174,8 @@ def tell(study, trial, job, store: Store, study_name: str) -> bool:
             trial.report(value, epoch)
     if result.get("run_id"):
         trial.set_user_attr("mlflow_run_id", result["run_id"])
-        store.set_tags(result["run_id"], {"optuna.trial": trial.number, "optuna.study": study_name})
+    for run_id in result.get("run_ids") or ([result["run_id"]] if result.get("run_id") else []):
+        store.set_tags(run_id, {"optuna.trial": trial.number, "optuna.study": study_name})
     if math.isnan(objective):
         study.tell(trial, state=TrialState.FAIL)
         return False
@@ -198,6 +199,39 @@ def finish(study, sweep_dir: Path) -> None:
     log.info(f"Best value: {best.value} (trial {best.number}; {len(completed)} completed, {len(pruned)} pruned)")
     results = {"name": "optuna", "study": study.study_name, "best_params": best.params, "best_value": best.value}
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+    plot_study(study, sweep_dir / "summary")
+
+
+def plot_study(study, folder: Path) -> list[Path]:
+    """Optuna's own figures of the study, its optimization history and parameter importances, as
+    PNG files in `folder` (the sweep's parent run logs the folder). Importances need two completed
+    trials and a parameter that varied; without them only the history is drawn."""
+    import warnings
+
+    import optuna
+    from matplotlib import pyplot
+
+    from fmnist_exp import plots  # noqa: F401 (chooses matplotlib's Agg backend)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = {"optuna_history.png": optuna.visualization.matplotlib.plot_optimization_history}
+    figures["optuna_importances.png"] = optuna.visualization.matplotlib.plot_param_importances
+    written = []
+    for name, plot in figures.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as error:  # too few trials for importances
+                log.info(f"{name} not drawn: {error}")
+                continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        figure.savefig(folder / name, dpi=100)
+        pyplot.close(figure)
+        written.append(folder / name)
+    return written
 
 
 # Hydra loads this module through the project's `hydra.plugins` entry point (pyproject.toml); storing

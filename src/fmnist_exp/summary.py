@@ -41,8 +41,11 @@ def objective(history: dict[str, list[float]], best_epoch: int | None = None) ->
     return float(values[best_epoch - 1] if best_epoch else values[-1])
 
 
-def row_of(run) -> dict[str, Any]:
-    """One MLflow run as a table row; the objective is the one the run logged (NaN if it logged none)."""
+def row_of(run, swept_keys: list[str] = ()) -> dict[str, Any]:
+    """One MLflow run as a table row; the objective is the one the run logged (NaN if it logged none).
+
+    `swept_keys` are the params a sweep varied: each is a column of its own.
+    """
     metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
     return {
         "run_id": run.info.run_id,
@@ -55,6 +58,12 @@ def row_of(run) -> dict[str, Any]:
         "test_accuracy": float(metrics.get("test_accuracy", math.nan)),
         "epochs": tags.get("last_completed_epoch", params.get("epochs", "")),
         "train_seconds": float(metrics.get("train_seconds", math.nan)),
+        "seed": params.get("seed", ""),
+        "config_group": tags.get("config_group", ""),
+        "replicate": tags.get("replicate", ""),
+        # Runs without a validation set rank by training accuracy (objective_metric).
+        "objective_metric": "val_accuracy" if "val_accuracy" in metrics else "accuracy",
+        "swept": {key: params.get(key, "") for key in swept_keys},
     }
 
 
@@ -63,18 +72,39 @@ def best_first(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda row: -row["objective"] if not math.isnan(row["objective"]) else math.inf)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def job_counts(rows: list[dict]) -> dict[str, int]:
+    """Runs that finished all their epochs, that were pruned, and that failed (or have no objective)."""
+    pruned = sum(1 for row in rows if row["pruned_at"] != "")
+    failed = sum(1 for row in rows if row["status"] != "FINISHED" or math.isnan(row["objective"]))
+    return {"finished": len(rows) - pruned - failed, "pruned": pruned, "failed": failed}
+
+
+def table_columns(rows: list[dict], swept_keys: list[str] = ()) -> dict[str, list]:
+    """The table as columns: the identifying ones, each swept key, then the figures."""
+    names = [COLUMNS[0], "seed", *[key for key in swept_keys if key != "seed"], *COLUMNS[1:]]
+    return {name: [cell_value(row, name) for row in rows] for name in names}
+
+
+def cell_value(row: dict, name: str) -> Any:
+    return row["swept"][name] if name in row.get("swept", {}) else row.get(name, "")
+
+
+def markdown_table(rows: list[dict], swept_keys: list[str] = ()) -> str:
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(row[column]) for column in COLUMNS) + " |" for row in rows]
+    columns = table_columns(rows, swept_keys)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(cell(values[index]) for values in columns.values()) + " |" for index in range(len(rows))
+    ]
     return "\n".join(lines) + "\n"
 
 
-def csv_table(rows: list[dict]) -> str:
+def csv_table(rows: list[dict], swept_keys: list[str] = ()) -> str:
+    columns = {**table_columns(rows, swept_keys), "overrides": [row["overrides"] for row in rows]}
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, "overrides"], extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values(), strict=True))
     return buffer.getvalue()

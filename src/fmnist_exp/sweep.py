@@ -10,11 +10,13 @@ a reused run is recorded on the parent, so the summary and `report` list the sam
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp import summary
-from fmnist_exp.config import ExperimentConfig, config_hash, trains_something
+from fmnist_exp.config import ExperimentConfig, config_hash, override_key, trains_something
 from fmnist_exp.errors import RunStopped, UserError
-from fmnist_exp.store import Store, owner_tags
+from fmnist_exp.store import Store, owner_tags, ui_link
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +39,11 @@ SWEPT_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
 class JobResult:
     """What a job hands back to the sweeper: the objective, whether it was pruned, its run."""
 
-    objective: float
-    run_id: str | None = None
+    objective: float  # with replicates: the mean over the config's seeds
+    run_id: str | None = None  # the first replicate's run
     pruned: bool = False
-    curve: list[float] = field(default_factory=list)  # the objective's figure per epoch
+    curve: list[float] = field(default_factory=list)  # the objective's figure per epoch (mean over seeds)
+    run_ids: list[str] = field(default_factory=list)  # every replicate's run
 
     def __float__(self) -> float:
         return self.objective
@@ -62,6 +65,43 @@ def sweep_key(config: DictConfig) -> str:
 def is_swept(override: str) -> bool:
     _, _, value = override.partition("=")
     return "," in value or value.startswith(SWEPT_FUNCTIONS)
+
+
+# Command-line group choices and the param a job logs for them (params.run_params).
+GROUP_PARAMS = {"model": "model.name", "optimizer": "optimizer.name"}
+
+
+def sweep_params(config: DictConfig) -> dict[str, str]:
+    """The parent run's params: each key of the command (swept ones with their value set or range,
+    fixed ones with their value), the search space of a sweeper, the sweeper, launcher and replicates."""
+    params: dict[str, str] = {}
+    for override in config.hydra.overrides.task:
+        key = override_key(override)
+        if trains_something(override) and key not in ("data.dir", "data.mirror"):
+            params[key] = override.partition("=")[2]
+    for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items():
+        params[str(key)] = str(value)
+    choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
+    params["sweeper"] = str(choices.get("hydra/sweeper", "basic"))
+    params["launcher"] = str(choices.get("hydra/launcher", "basic"))
+    if "n_trials" in (OmegaConf.select(config, "hydra.sweeper") or {}):
+        params["n_trials"] = str(config.hydra.sweeper.n_trials)
+    params["replicates"] = str(config.get("replicates", 1))
+    return params
+
+
+def swept(parent_params: dict[str, str]) -> dict[str, str]:
+    """The keys the sweep varies, with their value set or search space, from the parent's params."""
+    return {
+        key: value
+        for key, value in parent_params.items()
+        if key not in ("sweeper", "launcher", "n_trials", "replicates") and is_swept(f"{key}={value}")
+    }
+
+
+def swept_keys(parent_params: dict[str, str]) -> list[str]:
+    """The param each job logs for a key the sweep varies (`model=a,b` is logged as model.name)."""
+    return [GROUP_PARAMS.get(key, key) for key in swept(parent_params)]
 
 
 class SweepCallback(Callback):
@@ -101,6 +141,7 @@ class SweepCallback(Callback):
         from fmnist_exp.store import git_tags
 
         self.store.set_tags(self.parent_run_id, {**git_tags(), **tags})
+        self.store.log_params(self.parent_run_id, sweep_params(config))
         # A sweep that dies (an exception in Hydra, Ctrl-C) must not leave its parent RUNNING.
         atexit.register(self._end, "FAILED")
         log.info(f"Sweep parent run: {self.parent_run_id}")
@@ -108,13 +149,10 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None:
             return
-        rows = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
-        finished = [row for row in rows if row["status"] == "FINISHED"]
-        if finished:
-            best = finished[0]
-            log.info(
-                f"Best of {len(rows)}: {best['run_name']} objective={best['objective']:.4f} run_id={best['run_id']}"
-            )
+        note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
+        parent = self.store.get_run(self.parent_run_id)
+        link = ui_link(self.store.uri, parent.info.experiment_id, self.parent_run_id)
+        log.info(f"{note}\nThe comparison (table, figures): {link}")
         self._end("FINISHED")
 
     def _end(self, status: str) -> None:
@@ -132,32 +170,80 @@ def sweep_rows(store: Store, parent_run_id: str) -> list[dict]:
         if tag.startswith(REUSED_TAG_PREFIX):
             run_id = tag[len(REUSED_TAG_PREFIX) :]
             runs.setdefault(run_id, store.client.get_run(run_id))
-    return summary.best_first([summary.row_of(run) for run in runs.values()])
+    keys = swept_keys(dict(parent.data.params))
+    return summary.best_first([summary.row_of(run, keys) for run in runs.values()])
 
 
-def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> list[dict]:
-    """Log the sweep's table (CSV, Markdown), a comparison plot and the best job to the parent run."""
-    from fmnist_exp import plots
+def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
+    """Make the parent run the sweep's comparison; returns its note.
 
+    Logged on the parent: the jobs' table (CSV, Markdown, and a table the MLflow UI shows as one),
+    the configs' mean +- sd over seeds with the within-noise verdicts, the figures (each job's
+    objective by epoch, each swept param against the objective, the jobs as bars, and Optuna's own
+    plots that the study sweeper left in the folder), the best figures and the job counts as
+    metrics, and a note (MLflow's run description) naming the winner, its margin and its command.
+    """
+    from fmnist_exp import compare, plots
+
+    parent = store.get_run(parent_run_id)
+    keys = swept_keys(dict(parent.data.params))
     rows = sweep_rows(store, parent_run_id)
+    curves = {row["run_id"]: store.metric_history(row["run_id"], row["objective_metric"]) for row in rows}
+    configs = compare.by_config(rows)
     folder = sweep_dir / "summary"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep_summary.md").write_text(summary.markdown_table(rows))
-    (folder / "sweep_summary.csv").write_text(summary.csv_table(rows))
+    (folder / "sweep_summary.md").write_text(summary.markdown_table(rows, keys))
+    (folder / "sweep_summary.csv").write_text(summary.csv_table(rows, keys))
+    (folder / "configs.md").write_text(compare.noise_table(configs))
     plots.sweep_comparison(rows, folder / "sweep_comparison.png")
-    for name in ("sweep_summary.md", "sweep_summary.csv", "sweep_comparison.png"):
-        store.client.log_artifact(parent_run_id, str(folder / name), "summary")
-    finished = [row for row in rows if row["status"] == "FINISHED" and not math.isnan(row["objective"])]
-    tags: dict[str, Any] = {"sweep_jobs": len(rows), "sweep_pruned": sum(1 for row in rows if row["pruned_at"] != "")}
-    if finished:
-        best = finished[0]
-        tags.update(best_run_id=best["run_id"], best_overrides=best["overrides"])
-        store.client.log_metric(parent_run_id, "best_objective", best["objective"])
-        if not math.isnan(best["val_accuracy"]):  # none without a validation set: no pretend figure
-            store.client.log_metric(parent_run_id, "best_val_accuracy", best["val_accuracy"])
-        store.client.log_metric(parent_run_id, "best_test_accuracy", best["test_accuracy"])
-    store.set_tags(parent_run_id, tags)
-    return rows
+    plots.sweep_curves(rows, curves, folder / "objective_by_epoch.png")
+    if keys:
+        plots.params_against_objective(rows, keys, folder / "params_vs_objective.png")
+    store.log_artifacts(parent_run_id, folder, "summary")
+    # The UI's table view reads a dotted column name as a path into nested objects (empty cells).
+    columns = {name.replace(".", "/"): values for name, values in summary.table_columns(rows, keys).items()}
+    store.log_table(parent_run_id, columns, "summary/jobs.json")
+    counts = summary.job_counts(rows)
+    metrics = {f"jobs_{kind}": count for kind, count in counts.items()}
+    tags: dict[str, Any] = {"sweep_jobs": len(rows), "sweep_pruned": counts["pruned"]}
+    if configs:
+        best = configs[0]
+        best_row = next(row for row in rows if row["run_id"] == best.run_ids[0])
+        tags.update(best_run_id=best_row["run_id"], best_overrides=best_row["overrides"], best_config=best.label)
+        metrics.update(best_objective=best.mean, best_test_accuracy=best.test_mean)
+        if not math.isnan(best_row["val_accuracy"]):  # none without a validation set: no pretend figure
+            metrics["best_val_accuracy"] = statistics.fmean(
+                row["val_accuracy"] for row in rows if row["run_id"] in best.run_ids
+            )
+    note = sweep_note(parent.data.params, rows, configs, counts)
+    store.log_metrics(parent_run_id, metrics)
+    store.set_tags(parent_run_id, {**tags, "mlflow.note.content": note})
+    return note
+
+
+def sweep_note(parent_params: dict[str, str], rows: list[dict], configs: list, counts: dict[str, int]) -> str:
+    """What the sweep's parent says in words: what was swept, the winner and its margin, the command."""
+    from fmnist_exp import compare
+
+    varied = [f"{key} in {value}" for key, value in swept(parent_params).items()]
+    replicates = int(parent_params.get("replicates", "1") or 1)
+    lines = [
+        f"Swept: {'; '.join(varied) or 'nothing (one config)'}"
+        + (f", {replicates} seeds per config" if replicates > 1 else "")
+        + f". {len(rows)} runs: {counts['finished']} finished, {counts['pruned']} pruned, {counts['failed']} failed.",
+        *compare.winner_lines(configs),
+    ]
+    if configs:
+        lines.append(f"Re-run the winner: {rerun_command(configs[0].overrides, replicates)}")
+    return "\n".join(lines)
+
+
+def rerun_command(overrides: str, replicates: int) -> str:
+    """The command that trains the winning config again (a search preset left out: it only searches)."""
+    kept = [item for item in overrides.split() if override_key(item) not in ("hparams_search", "replicates")]
+    if replicates > 1:
+        return "python -m fmnist_exp.run -m " + " ".join([*kept, f"replicates={replicates}"])
+    return "python -m fmnist_exp.run " + " ".join(kept)
 
 
 def child_name(overrides: list[str], parent_tags: dict[str, str]) -> str:
@@ -193,16 +279,54 @@ def threads_per_job(launcher: DictConfig) -> int | None:
 
 
 def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sweep_dir: str) -> dict:
-    """One job of a sweep: reuse a config that already FINISHED, else train it as a child run.
+    """One job of a sweep: its config trained `replicates` times (seeds seed, seed+1, ...), each a
+    child run (a config that already FINISHED is reused, not retrained).
 
-    Returns a JobResult as a dict (what every launcher can carry back); objective NaN for a job that
-    failed, so that the sweep (and a sweeper) go on.
+    Returns a JobResult as a dict (what every launcher can carry back): the objective is the mean
+    over the replicates that produced one, NaN if none did, so that the sweep (and a sweeper) go on.
+    A replicate that is pruned stops the config's other replicates: they would be pruned too.
     """
+    store = Store(config.mlflow.tracking_uri)
+    parent = store.first(config.mlflow.experiment_name, f"tags.sweep_dir = '{sweep_dir}'")
+    name = config.mlflow.run_name or child_name(overrides, parent.data.tags if parent else {})
+    results = []
+    for index in range(config.replicates):
+        replica = dataclasses.replace(config, seed=config.seed + index, mlflow=dataclasses.replace(config.mlflow))
+        folder = output_dir
+        if config.replicates > 1:
+            replica.mlflow.run_name = f"{name},seed={replica.seed}"
+            folder = output_dir / f"seed-{replica.seed}"
+        else:
+            replica.mlflow.run_name = name
+        result = run_replicate(replica, folder, overrides, store, parent, index if config.replicates > 1 else None)
+        results.append(result)
+        if result.pruned:
+            break
+    return asdict(mean_result(results))
+
+
+def mean_result(results: list[JobResult]) -> JobResult:
+    """The replicates of one config as one result: mean objective and mean curve over those with one."""
+    scored = [result for result in results if not math.isnan(result.objective)]
+    if not scored:
+        return JobResult(objective=math.nan, run_id=results[0].run_id, run_ids=[r.run_id for r in results if r.run_id])
+    length = min(len(result.curve) for result in scored)
+    return JobResult(
+        objective=statistics.fmean(result.objective for result in scored),
+        run_id=scored[0].run_id,
+        pruned=any(result.pruned for result in results),
+        curve=[statistics.fmean(result.curve[epoch] for result in scored) for epoch in range(length)],
+        run_ids=[result.run_id for result in results if result.run_id],
+    )
+
+
+def run_replicate(
+    config: ExperimentConfig, output_dir: Path, overrides: list[str], store: Store, parent, replicate: int | None
+) -> JobResult:
+    """Train one seed of a job as a child run, or reuse its FINISHED run; NaN for a failed one."""
     from fmnist_exp import experiment
 
-    store = Store(config.mlflow.tracking_uri)
     name = config.mlflow.experiment_name
-    parent = store.first(name, f"tags.sweep_dir = '{sweep_dir}'")
     digest = config_hash(config)
     if not config.force:
         done = store.first(name, f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'")
@@ -210,28 +334,25 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
             if parent is not None and done.data.tags.get("mlflow.parentRunId") != parent.info.run_id:
                 store.set_tags(parent.info.run_id, {REUSED_TAG_PREFIX + done.info.run_id: digest})
             log.info(f"skipped: this config already FINISHED as run {done.info.run_id} (force=true reruns it)")
-            history = store.histories(done.info.run_id)
-            return asdict(
-                JobResult(
-                    objective=float(done.data.metrics.get("objective", math.nan)),
-                    run_id=done.info.run_id,
-                    pruned=done.data.tags.get("pruned") == "true",
-                    curve=summary.objective_curve(history),
-                )
+            return JobResult(
+                objective=float(done.data.metrics.get("objective", math.nan)),
+                run_id=done.info.run_id,
+                pruned=done.data.tags.get("pruned") == "true",
+                curve=summary.objective_curve(store.histories(done.info.run_id)),
             )
     parent_run_id = parent.info.run_id if parent else None
-    config.mlflow.run_name = config.mlflow.run_name or child_name(overrides, parent.data.tags if parent else {})
+    extra_tags = {"replicate": str(replicate)} if replicate is not None else {}
     try:
-        outcome = experiment.run(config, output_dir, overrides, parent_run_id=parent_run_id, store=store)
+        outcome = experiment.run(
+            config, output_dir, overrides, parent_run_id=parent_run_id, store=store, extra_tags=extra_tags
+        )
     except (UserError, RunStopped) as error:
         log.error(f"job failed: {error}")
-        return asdict(JobResult(objective=math.nan))
+        return JobResult(objective=math.nan)
     log.info(experiment.result_line(outcome))
-    return asdict(
-        JobResult(
-            objective=outcome.objective,
-            run_id=outcome.run_id,
-            pruned=outcome.pruned_at is not None,
-            curve=summary.objective_curve(outcome.history),
-        )
+    return JobResult(
+        objective=outcome.objective,
+        run_id=outcome.run_id,
+        pruned=outcome.pruned_at is not None,
+        curve=summary.objective_curve(outcome.history),
     )

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def server_command(arguments: list[str]) -> tuple[list[str], str, str]:
     """The `mlflow ui` command line, the store it opens, and the address of the experiment's runs."""
+    from fmnist_exp.store import ui_link
+
     keys = {key: value for key, _, value in (word.partition("=") for word in arguments) if key in KEYS}
     passed = [word for word in arguments if word.partition("=")[0] not in KEYS]
     for word in passed:
@@ -64,7 +66,7 @@ def server_command(arguments: list[str]) -> tuple[list[str], str, str]:
     # One worker is plenty for one person; MLflow's default of 4 costs memory and start-up time.
     defaults += [] if option(passed, "--workers", "-w") else ["--workers", "1"]
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, *defaults, *passed]
-    url = f"http://{host or '127.0.0.1'}:{port}/" + (f"#/experiments/{experiment_id}/runs" if experiment_id else "")
+    url = ui_link(tracking_uri, experiment_id, address=f"http://{host or '127.0.0.1'}:{port}")
     return command, tracking_uri, url
 
 
