@@ -209,7 +209,8 @@ def test_ui_serves_the_projects_store(tmp_path):
         stop_process_group(process)
         log.close()
     printed = (tmp_path / "ui.log").read_text()
-    assert f"MLflow UI on {uri}\n  http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs\n" in printed
+    link = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    assert f"MLflow UI on {uri}\n  {link}\n" in printed  # the machine-learning view, not the GenAI one
 
 
 def test_ui_passes_mlflow_options_through_and_refuses_what_it_cannot_open(tmp_path):
@@ -232,6 +233,10 @@ def test_ui_passes_mlflow_options_through_and_refuses_what_it_cannot_open(tmp_pa
         "5001",
     ]
     assert store == uri and url.startswith("http://127.0.0.1:5001/#/experiments/")
+    assert url.endswith("/runs?workflowType=machine_learning")
+    # A store without the experiment yet: the list of experiments, in the same view.
+    _, _, url = ui.server_command([f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=other"])
+    assert url == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
     with pytest.raises(ui.UserError, match="no MLflow store at"):
         ui.server_command([f"mlflow.tracking_uri=sqlite:///{tmp_path / 'none.db'}"])
     with pytest.raises(ui.UserError, match="tracking_uri: not a known key"):

@@ -104,7 +104,7 @@ def compare(best: ConfigStats, other: ConfigStats) -> Verdict:
         p_value = float(stats.ttest_ind(best.objectives, other.objectives, equal_var=False).pvalue)
     within = p_value >= ALPHA
     word = "within seed noise" if within else "more than seed noise"
-    return Verdict(difference, p_value, f"{points}, {word} (Welch's t-test p={p_value:.2f})")
+    return Verdict(difference, p_value, f"{points}, {word} (Welch's t-test p={p_value:.3f})")
 
 
 def noise_table(configs: list[ConfigStats]) -> str:

@@ -50,8 +50,8 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` and `python -m fmnist_
 def ui_link(
     tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None, address: str | None = None
 ) -> str:
-    """The one link to the MLflow UI: the experiment's runs table, or one run's page, in the
-    machine-learning view.
+    """The one link to the MLflow UI: the experiment's runs table, one run's page, or (with no
+    experiment) the list of experiments, in the machine-learning view.
 
     MLflow 3.17's UI opens on its GenAI view (traces, prompts) unless the address asks for
     `workflowType=machine_learning`. A tracking server serves its own UI at its URI; a SQLite store
@@ -60,9 +60,7 @@ def ui_link(
     if tracking_uri.startswith(("http://", "https://")):
         address = tracking_uri
     root = (address or UI_ADDRESS).rstrip("/") + "/"
-    if experiment_id is None:
-        return root
-    page = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    page = "#/experiments" + (f"/{experiment_id}/runs" if experiment_id else "") + (f"/{run_id}" if run_id else "")
     return f"{root}{page}?workflowType=machine_learning"
 
 
