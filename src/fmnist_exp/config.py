@@ -183,6 +183,9 @@ class MlflowConfig:
     registered_model_name: str = "fmnist_cnn"
     # Log CPU, memory (and GPU) utilisation as the run's system/* metrics, through MLflow.
     system_metrics: bool = True
+    # A RUNNING run of another machine whose heartbeat (written every minute) is older than this is
+    # closed KILLED by whichever command opens the store next; runs of this machine are checked by pid.
+    orphan_after_minutes: float = 15
 
 
 @dataclass
@@ -234,6 +237,16 @@ def _check_positive(key: str, value: float | int | None, allow_none: bool = Fals
         _fail(key, f"{value!r} must be a positive number")
 
 
+def check_orphan_bound(minutes: float) -> None:
+    """Live runs write a heartbeat every minute: a bound of a few minutes could close a live run."""
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes >= 5):
+        _fail(
+            "mlflow.orphan_after_minutes",
+            f"{minutes!r} must be 5 or more: live runs write a heartbeat every minute, and a run of "
+            "another machine is closed once its heartbeat is older than this",
+        )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Raise ConfigError naming the first bad key; returns quietly for a sound config."""
     _check_positive("batch_size", config.batch_size)
@@ -244,6 +257,7 @@ def validate(config: ExperimentConfig) -> None:
         _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
     if not config.mlflow.experiment_name.strip():
         _fail("mlflow.experiment_name", "must not be empty")
+    check_orphan_bound(config.mlflow.orphan_after_minutes)
     _validate_data(config.data)
     _validate_optimizer(config.optimizer, config.epochs)
     _validate_trainer(config.trainer, config.data)

@@ -90,7 +90,7 @@ def prepare(
 ) -> Prepared:
     """Everything that can be wrong with the input fails here, before Keras and before a run."""
     config_module.validate(config)
-    store = store or Store(config.mlflow.tracking_uri)
+    store = store or Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     store.check()
     splits = data.load(config.data, config.seed)
     check_splits(splits, held_out=config.data.validation == "holdout")

@@ -62,7 +62,7 @@ def job(composed: DictConfig) -> float | dict:
             return dataclasses.asdict(sweep.JobResult(objective=math.nan))
         config.trainer.threads = config.trainer.threads or sweep.threads_per_job(runtime.launcher)
         return sweep.run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
-    store = Store(config.mlflow.tracking_uri)
+    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     try:
         if config.resume:
             refuse_overrides_with_resume(list(runtime.overrides.task))

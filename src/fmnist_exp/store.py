@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import subprocess
+import threading
 import time
 import traceback
 import urllib.error
@@ -36,6 +37,13 @@ HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
     "fmnist_exp.pid_start",
     "fmnist_exp.heartbeat",
 )
+# A live run writes its heartbeat tag this often, from a thread of its own, whatever its epochs
+# take (an epoch of a large model on a CPU can last longer than any fixed bound); its epochs write it
+# too. A run of another machine counts as lost once its heartbeat is older than
+# mlflow.orphan_after_minutes (config.MlflowConfig), so that bound must be a good many heartbeats.
+HEARTBEAT_SECONDS = 60
+ORPHAN_AFTER_MINUTES = 15  # the default of mlflow.orphan_after_minutes
+log = logging.getLogger(__name__)
 # The experiment's kind, as MLflow's UI writes it when a person picks "Machine learning" (the tag
 # mlflow.experimentKind, value custom_model_development). MLflow 3.17's UI takes the page it opens
 # on from its GenAI / Model training toggle instead (`?workflowType=machine_learning`, remembered
@@ -88,6 +96,13 @@ def release_interrupted_writes(error: BaseException) -> None:
     """
     traceback.clear_frames(error.__traceback__)
     gc.collect()
+
+
+def _heartbeat_of(run) -> float:
+    try:
+        return float(run.data.tags.get(HEARTBEAT_TAG) or run.info.start_time / 1000)
+    except (TypeError, ValueError):
+        return run.info.start_time / 1000
 
 
 def owner_tags() -> dict[str, str]:
@@ -166,8 +181,9 @@ def file_lock(path: Path) -> Iterator[None]:
 class Store:
     """One MLflow tracking store (a sqlite:/// file or an http:// server)."""
 
-    def __init__(self, tracking_uri: str):
+    def __init__(self, tracking_uri: str, orphan_after_minutes: float = ORPHAN_AFTER_MINUTES):
         self.uri = tracking_uri
+        self.orphan_after_minutes = orphan_after_minutes
         self._client = None
 
     # -- the store itself -------------------------------------------------------------------------
@@ -268,7 +284,7 @@ class Store:
         this process dies without cleaning up.
         """
         experiment_id = self.experiment_id(experiment_name)
-        self.reap_orphans(experiment_id)
+        self.reap_orphans()
         all_tags = {**git_tags(), **tags, **owner_tags()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -278,7 +294,8 @@ class Store:
         else:
             run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         try:
-            yield Run(self, run_id)
+            with self.heartbeats(run_id):
+                yield Run(self, run_id)
         except KeyboardInterrupt as interrupt:
             interrupts.delivered()
             release_interrupted_writes(interrupt)
@@ -292,30 +309,100 @@ class Store:
         else:
             self.client.set_terminated(run_id, "FINISHED")
 
-    def reap_orphans(self, experiment_id: str) -> list[str]:
-        """Mark RUNNING runs of this machine whose process is gone as KILLED; returns their ids.
+    @contextlib.contextmanager
+    def heartbeats(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """The run's heartbeat tag, rewritten every `every` seconds by a thread while the block runs.
+
+        Epochs also write it, but one epoch (or a long test pass, or uploading a model) may outlast
+        the bound after which another machine counts the run as lost. A failed write is a warning:
+        a store that is briefly unreachable must not end a training.
+        """
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self.client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+                except Exception as error:  # noqa: BLE001 (the training goes on; the next beat may pass)
+                    log.warning(f"heartbeat of run {run_id} not written: {error}")
+
+        thread = threading.Thread(target=beat, name=f"heartbeat {run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def reap_orphans(self) -> list[str]:
+        """Mark RUNNING runs whose process is gone as KILLED, in every experiment; returns their ids.
 
         A process killed with SIGKILL, by the OOM killer or with its machine cannot end its own run.
-        Runs of other machines are left alone: whether their process lives cannot be seen from here.
+        A run of this machine is lost when its process is gone (its pid is free, or taken by a later
+        process: the start time differs). Whether a process of another machine lives cannot be seen
+        from here: its run is lost once its heartbeat is older than `orphan_after_minutes`. A sweep's
+        parent run is as fresh as the freshest heartbeat of its RUNNING jobs. Runs without owner tags
+        (made by other tools) are left alone.
         """
-        host = socket.gethostname()
-        running = self.client.search_runs(
-            [experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
-            max_results=1000,
-        )
+        from mlflow.entities import ViewType
+
+        running = self._search_all_experiments("attributes.status = 'RUNNING'", ViewType.ALL)
+        if not running:
+            return []
+        host, now = socket.gethostname(), time.time()
+        freshest: dict[str, float] = {}  # run id -> its newest heartbeat, or its newest job's
+        for run in running:
+            beat = _heartbeat_of(run)
+            parent = run.data.tags.get("mlflow.parentRunId")
+            for run_id in (run.info.run_id, parent):
+                if run_id:
+                    freshest[run_id] = max(freshest.get(run_id, 0.0), beat)
         reaped = []
         for stale in running:
             tags = stale.data.tags
+            owner = tags.get(HOST_TAG)
             pid = int(tags.get(PID_TAG, "0") or 0)
-            if pid and process_start(pid) == tags.get(PID_START_TAG) and tags.get(PID_START_TAG):
-                continue  # its process is alive
-            self.client.set_tag(
-                stale.info.run_id, "killed_reason", f"process {pid} on {host} ended without closing the run"
-            )
+            if not owner:
+                continue
+            if owner == host:
+                if pid and tags.get(PID_START_TAG) and process_start(pid) == tags.get(PID_START_TAG):
+                    continue  # its process is alive
+                reason = f"process {pid} on {host} ended without closing the run"
+            else:
+                silent = (now - freshest[stale.info.run_id]) / 60
+                if silent <= self.orphan_after_minutes:
+                    continue  # it may be alive: its machine wrote recently
+                reason = (
+                    f"no heartbeat from process {pid} on {owner} for {silent:.0f} minutes "
+                    f"(more than mlflow.orphan_after_minutes={self.orphan_after_minutes:g}); "
+                    "its process or machine was lost"
+                )
+            self.client.set_tag(stale.info.run_id, "killed_reason", reason)
             self.client.set_terminated(stale.info.run_id, "KILLED")
+            log.info(f"run {stale.info.run_id} was left RUNNING and is now KILLED: {reason}")
             reaped.append(stale.info.run_id)
         return reaped
+
+    def _search_all_experiments(self, filter_string: str, view_type) -> list:
+        """Runs matching `filter_string` in every experiment of the store, page by page."""
+        experiments, token = [], None
+        while True:
+            page = self.client.search_experiments(view_type=view_type, max_results=1000, page_token=token)
+            experiments += [experiment.experiment_id for experiment in page]
+            token = page.token
+            if not token:
+                break
+        runs = []
+        for start in range(0, len(experiments), 100):  # a tracking server takes at most 100 per search
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    experiments[start : start + 100], filter_string, max_results=1000, page_token=token
+                )
+                runs += list(page)
+                token = page.token
+                if not token:
+                    break
+        return runs
 
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException

@@ -72,10 +72,10 @@ class SweepCallback(Callback):
         self.store: Store | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.store = Store(config.mlflow.tracking_uri)
+        self.store = Store(config.mlflow.tracking_uri, config.mlflow.get("orphan_after_minutes", 15))
         self.store.check()
         experiment_id = self.store.experiment_id(config.mlflow.experiment_name)
-        self.store.reap_orphans(experiment_id)
+        self.store.reap_orphans()
         overrides = list(config.hydra.overrides.task)
         key = sweep_key(config)
         previous = (
@@ -200,7 +200,7 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     """
     from fmnist_exp import experiment
 
-    store = Store(config.mlflow.tracking_uri)
+    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     name = config.mlflow.experiment_name
     parent = store.first(name, f"tags.sweep_dir = '{sweep_dir}'")
     digest = config_hash(config)
