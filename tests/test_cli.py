@@ -221,6 +221,22 @@ BAD_INPUTS = [
     ),
     Bad("pooling to nothing", (f"model.layers={POOLS}",), "model.layers[4].pool_size: 2 does not fit the 1x1x1"),
     Bad("dropout rate", ("model.layers.8.rate=1.5",), "model.layers[8].rate: 1.5 must be a number in [0, 1)"),
+    # A knob's bad value is named by the knob, the key the user typed; the layer it reached comes second.
+    Bad(
+        "dense_units knob zero",
+        ("model.dense_units=0",),
+        "model.dense_units: 0 must be an integer of at least 1 (in model.layers[7].units)",
+    ),
+    Bad(
+        "width knob zero",
+        ("model=wide_cnn", "model.width=0"),
+        "model.width: 0 must be an integer of at least 1 (in model.layers[0].filters)",
+    ),
+    Bad(
+        "dropout knob",
+        ("model.dropout=1.5",),
+        "model.dropout: 1.5 must be a number in [0, 1) (in model.layers[8].rate)",
+    ),
     Bad(
         "last layer units",
         ("model.layers.9.units=9",),

@@ -57,3 +57,14 @@ def test_flatten_gives_dotted_keys():
     assert params["model.layers.0.type"] == "conv2d"
     assert params["model.layers.0.kernel_regularizer.l2"] == 0.01
     assert params["optimizer.schedule.name"] == "constant"
+
+
+def test_a_value_derived_from_a_knob_names_the_knob_and_the_expression():
+    from fmnist_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        typed_config(["model.width=3", "model.layers.3.filters='${mul:${model.width},0}'"])
+    assert str(refused.value) == (
+        "model.width: 3 makes model.layers[3].filters = ${mul:${model.width},0}, which fails: "
+        "0 must be an integer of at least 1"
+    )

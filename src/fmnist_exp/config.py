@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,8 +364,53 @@ def to_experiment_config(config: DictConfig) -> ExperimentConfig:
     if not isinstance(typed, ExperimentConfig):
         raise TypeError("the composed config does not extend experiment_schema")
     typed.model = model_config(typed.model)
-    validate(typed)
+    model_node = config.get("model")
+    written = OmegaConf.to_container(model_node, resolve=False) if isinstance(model_node, DictConfig) else {}
+    try:
+        validate(typed)
+    except ConfigError as error:
+        raise in_knob_terms(error, knob_references(written), typed.model.knobs) from error
     return typed
+
+
+KNOB_REFERENCE = re.compile(r"\$\{model\.([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def knob_references(node: Any, path: str = "model") -> dict[str, str]:
+    """Where a model file's layers refer to its knobs, by the path validation names:
+    {'model.layers[7].units': '${model.dense_units}', 'model.layers[3].filters': '${mul:${model.width},2}'}."""
+    found: dict[str, str] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.update(knob_references(value, f"{path}.{key}"))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.update(knob_references(value, f"{path}[{index}]"))
+    elif isinstance(node, str) and KNOB_REFERENCE.search(node):
+        found[path] = node
+    return found
+
+
+def in_knob_terms(error: ConfigError, references: dict[str, str], knobs: dict[str, Any]) -> ConfigError:
+    """A layer argument's error in the words the user typed: the knob first, the layer second.
+
+    `model.layers[7].units: 0 must be ...` from `units: ${model.dense_units}` becomes
+    `model.dense_units: 0 must be ... (in model.layers[7].units)`; a derived value names its expression.
+    """
+    message = str(error)
+    where = max((path for path in references if message.startswith(f"{path}: ")), key=len, default=None)
+    if where is None:
+        return error
+    rest = message[len(where) + 2 :]
+    expression = references[where]
+    names = [name for name in KNOB_REFERENCE.findall(expression) if name in knobs]
+    if not names:
+        return error
+    if expression == f"${{model.{names[0]}}}":
+        return ConfigError(f"model.{names[0]}: {rest} (in {where})")
+    first, *others = dict.fromkeys(names)
+    also = "".join(f" and model.{name}={knobs[name]!r}" for name in others)
+    return ConfigError(f"model.{first}: {knobs[first]!r}{also} makes {where} = {expression}, which fails: {rest}")
 
 
 def as_dict(config: ExperimentConfig) -> dict[str, Any]:
