@@ -427,3 +427,41 @@ def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri):
     assert all_runs(tracking_uri) == []
     assert not output.exists(), sorted(os.listdir(output))
     assert not (tmp_path / "pwned").exists(), "a config or a model folder ran code"
+
+
+# The runner with a Keras backend missing: the import system answers "not installed" for jax.
+WITHOUT_JAX = (
+    "import runpy, sys\n"
+    "sys.modules['jax'] = None\n"
+    "sys.argv = ['fmnist_exp.run', *sys.argv[1:]]\n"
+    "runpy.run_module('fmnist_exp.run', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize(
+    "refusal, arguments, message",
+    [
+        ("bad value", ["batch_size=-1"], "batch_size: -1 must be a positive number"),
+        ("no data set", ["data.dir={tmp}/nowhere", "data.download=false"], "data.dir: '{tmp}/nowhere' is not a folder"),
+        ("no backend", ["trainer.backend=jax", f"data.dir={SUBSET_DIR}"], "trainer.backend: jax is not installed here"),
+    ],
+)
+def test_a_refused_run_leaves_nothing_behind(tmp_path, refusal, arguments, message):
+    """In an empty folder, a run refused for its config, its data set or its backend leaves no
+    outputs/ folder and no new store (the default store here is ./mlruns/mlflow.db)."""
+    import subprocess
+    import sys
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_JAX, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"},
+        timeout=300,
+    )
+    assert_refused(result, message.replace("{tmp}", str(tmp_path)), before_keras=False)
+    assert list(cwd.iterdir()) == []

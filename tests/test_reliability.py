@@ -550,6 +550,43 @@ def test_resume_of_a_damaged_or_finished_run_is_one_line(resumable, tmp_path, da
     assert not (tmp_path / "out").exists()
 
 
+def test_resume_writes_into_the_runs_own_folder_and_leaves_nothing_in_the_working_folder(resumable, tmp_path):
+    """resume=<run's folder> without hydra.run.dir: the resume's log is appended to the run's run.log, no
+    new outputs/<date>/<time>/ folder is made and the run's folder gets no .hydra/."""
+    folder, uri, run_id = resumable
+    (folder / "run.log").write_text("the first attempt's log\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    # By folder: the copy's run id would lead to the shared original's folder (its output_dir tag).
+    result = run_command(RUN, [f"resume={folder}", f"mlflow.tracking_uri={uri}"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(cwd.iterdir()) == []
+    log = (folder / "run.log").read_text()
+    assert log.startswith("the first attempt's log\n") and f"resuming run {run_id} after epoch 2" in log
+    assert not (folder / ".hydra").exists()
+    assert status(uri, run_id).info.status == "FINISHED"
+
+
+def test_resume_by_run_id_finds_the_runs_folder_without_making_a_store(tmp_path, tracking_uri):
+    from fmnist_exp import preflight
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("{}\n")
+    (folder / "run.json").write_text("{}\n")
+    with Store(tracking_uri).run("fmnist_exp", "r", {"output_dir": str(folder)}) as run:
+        pass
+    uri = f"mlflow.tracking_uri={tracking_uri}"
+    assert preflight.resume_in_place([f"resume={run.run_id}", uri]) == [
+        f"hydra.run.dir={folder}",
+        "hydra.output_subdir=null",
+    ]
+    assert preflight.resume_in_place([f"resume={run.run_id}", uri, "hydra.run.dir=x"]) == []  # the user's choice
+    missing = tmp_path / "none" / "mlflow.db"
+    assert preflight.resume_in_place([f"resume={run.run_id}", f"mlflow.tracking_uri=sqlite:///{missing}"]) == []
+    assert not missing.parent.exists()
+
+
 PEAK_MEMORY = (
     "import resource, subprocess, sys\n"
     "code = subprocess.call(sys.argv[2:])\n"

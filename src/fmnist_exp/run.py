@@ -102,6 +102,8 @@ def main() -> None:
         preflight.check_arguments(sys.argv[1:])
     except UserError as error:
         fail(str(error))
+    preflight.note_existing_folders(sys.argv[1:])
+    sys.argv += preflight.resume_in_place(sys.argv[1:])
     # Hydra raises what it would otherwise print (a traceback for a refused target, several lines
     # for a bad override), so that a config error is one line and exit 2 like every other one.
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")

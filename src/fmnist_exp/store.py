@@ -222,14 +222,19 @@ class Store:
                 ) from error
         database = sqlite_path(self.uri)
         if database is not None:
-            try:
-                database.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise TrackingError(f"{key}: cannot create {database.parent} ({error})") from error
-            if not os.access(database.parent, os.W_OK):
-                raise TrackingError(f"{key}: the folder {database.parent} is not writable")
             if database.exists() and not database.is_file():
                 raise TrackingError(f"{key}: {database} is not a file")
+            if not database.exists():
+                # A new store is made by the first run, once nothing can refuse it any more: a refused
+                # command leaves no database (nor its folder) behind. Here: could it be made?
+                existing = next(folder for folder in database.parents if folder.exists())
+                if not existing.is_dir():
+                    raise TrackingError(f"{key}: cannot create {database.parent}: {existing} is not a folder")
+                if not os.access(existing, os.W_OK | os.X_OK):
+                    raise TrackingError(f"{key}: the folder {existing} is not writable, so {database} cannot be made")
+                return
+            if not os.access(database.parent, os.W_OK):
+                raise TrackingError(f"{key}: the folder {database.parent} is not writable")
         try:
             self.client.search_experiments(max_results=1)
         except Exception as error:  # noqa: BLE001 (any failure here means the store is unusable)
@@ -345,6 +350,9 @@ class Store:
         """
         from mlflow.entities import ViewType
 
+        database = sqlite_path(self.uri)
+        if database is not None and not database.is_file():
+            return []  # no store yet, so no run; looking would create it
         running = self._search_all_experiments("attributes.status = 'RUNNING'", ViewType.ALL)
         if not running:
             return []
