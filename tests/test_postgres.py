@@ -1,0 +1,132 @@
+"""The store people run behind a shared tracking server: a real PostgreSQL server (Debian's binaries),
+a real `mlflow server` in front of it, and a run killed with SIGKILL that the next command closes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from helpers import (
+    TINY_RUN,
+    checkpoint_epoch,
+    finish,
+    free_port,
+    run_command,
+    start_command,
+    stop_process_group,
+    wait_for_http,
+)
+
+psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed (the postgres extra)")
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
+pytestmark = pytest.mark.skipif(
+    not (POSTGRES_BIN / "initdb").is_file(), reason="Debian's postgresql 15 is not installed"
+)
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server on 127.0.0.1 in a folder of its own, with databases mlflow and optuna;
+    yields its URI without a database name. As root, the server runs as the postgres user (initdb
+    refuses root)."""
+    folder = Path(tempfile.mkdtemp(prefix="fmnist-postgres-"))
+    as_owner = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    data = folder / "data"
+    subprocess.run(
+        [*as_owner, str(POSTGRES_BIN / "initdb"), "-D", str(data), "-U", "fmnist", "--auth=trust", "-E", "UTF8"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    port = free_port()
+    log = open(folder / "server.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [*as_owner, str(POSTGRES_BIN / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                connection = psycopg2.connect(host="127.0.0.1", port=port, user="fmnist", dbname="postgres")
+                break
+            except psycopg2.OperationalError:
+                assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "PostgreSQL did not accept connections in 60 s"
+                time.sleep(0.3)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE DATABASE mlflow")
+            cursor.execute("CREATE DATABASE optuna")
+        connection.close()
+        yield f"postgresql+psycopg2://fmnist@127.0.0.1:{port}"  # SQLAlchemy 2.1 would pick psycopg 3
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process_group(process)
+        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server(postgres, tmp_path):
+    """A real `mlflow server` on 127.0.0.1 whose store is the PostgreSQL database mlflow."""
+    port = free_port()
+    log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"{postgres}/mlflow", "--artifacts-destination", str(tmp_path / "artifacts"),
+        ],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{uri}/health", process, seconds=180)
+        yield uri
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
+def test_a_run_killed_in_epoch_2_on_a_postgresql_store_is_closed_by_the_next_command(tmp_path, postgres_server):
+    """A training logs through the server into PostgreSQL and is killed with SIGKILL in its second
+    epoch; a report of another experiment closes it KILLED with its reason."""
+    output = tmp_path / "run"
+    arguments = [*TINY_RUN, "epochs=3", "mlflow.log_model=false", f"mlflow.tracking_uri={postgres_server}"]
+    process = start_command("fmnist_exp.run", [*arguments, f"hydra.run.dir={output}"], tmp_path)
+    started = time.monotonic()
+    deadline = started + 600
+    while checkpoint_epoch(output) < 1:
+        assert process.poll() is None, finish(process).stderr[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in 600 s"
+        time.sleep(0.05)
+    process.kill()  # in epoch 2
+    finish(process)
+    client = MlflowClient(postgres_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("fmnist_exp").experiment_id])
+    assert run.info.status == "RUNNING"
+
+    client.create_experiment("other")
+    report = run_command(
+        "fmnist_exp.report",
+        ["sweep=all", "mlflow.experiment_name=other", f"mlflow.tracking_uri={postgres_server}"],
+        tmp_path,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    closed = client.get_run(run.info.run_id)
+    assert closed.info.status == "KILLED"
+    assert f"process {process.pid} on " in closed.data.tags["killed_reason"]
