@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from fmnist_exp.store import PID_TAG
 from helpers import (
+    SUBSET_DIR,
     TINY_RUN,
     checkpoint_epoch,
     finish,
@@ -23,6 +25,7 @@ from helpers import (
     run_command,
     start_command,
     stop_process_group,
+    wait_for,
     wait_for_http,
 )
 
@@ -130,3 +133,101 @@ def test_a_run_killed_in_epoch_2_on_a_postgresql_store_is_closed_by_the_next_com
     closed = client.get_run(run.info.run_id)
     assert closed.info.status == "KILLED"
     assert f"process {process.pid} on " in closed.data.tags["killed_reason"]
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` on 127.0.0.1 with two CPUs: two workers at a time."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path_factory.mktemp('ray')}",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            status = subprocess.run(
+                ["ray", "status", f"--address={address}"], capture_output=True, text=True, timeout=30
+            )
+            if status.returncode == 0 and "Resources" in status.stdout:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
+            time.sleep(1)
+        yield address
+    finally:
+        stop_process_group(process)
+
+
+def test_a_sweep_on_ray_over_postgresql_loses_one_trial_to_a_killed_worker(
+    tmp_path, postgres, postgres_server, ray_head
+):
+    """Six Optuna trials, two Ray workers at a time, pruning on, MLflow and the study both in one
+    PostgreSQL. One worker process is killed with SIGKILL in its trial's second epoch: the sweep goes
+    on and finishes, the lost trial's run is closed KILLED with its reason and the study records it
+    FAILED; every other trial has exactly one run, and `report` lists all six."""
+    import optuna
+
+    started = time.monotonic()
+    storage = f"{postgres}/optuna"
+    arguments = [
+        "-m", "hparams_search=optuna", "model=fast_cnn", "hydra/launcher=ray_cluster",
+        f"hydra.launcher.ray.init.address={ray_head}", f"mlflow.tracking_uri={postgres_server}",
+        "mlflow.experiment_name=production", f"hydra.sweeper.storage='{storage}'",
+        "hydra.sweeper.study_name=production", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+        "pruning.warmup_epochs=1", f"data.dir={SUBSET_DIR}", "data.max_train_samples=600",
+        "data.max_test_samples=200", "epochs=3", "trainer.verbose=2", "mlflow.log_model=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]  # fmt: skip
+    environment = {"MLFLOW_TRACKING_URI": postgres_server}
+    sweep = start_command("fmnist_exp.run", arguments, tmp_path, environment)
+    client = MlflowClient(postgres_server)
+
+    def a_trial_in_its_second_epoch():
+        experiment = client.get_experiment_by_name("production")
+        if experiment is None:
+            return None
+        running = client.search_runs(
+            [experiment.experiment_id],
+            "attributes.status = 'RUNNING' and tags.last_completed_epoch = '1' and tags.`mlflow.parentRunId` != ''",
+        )
+        return running[0] if running else None
+
+    victim = wait_for(a_trial_in_its_second_epoch, sweep, what="a trial in its second epoch")
+    os.kill(int(victim.data.tags[PID_TAG]), signal.SIGKILL)  # the Ray worker running that trial
+    result = finish(sweep)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "lost its Ray worker" in result.stdout + result.stderr
+
+    experiment = client.get_experiment_by_name("production")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [run for run in runs if "sweep_key" in run.data.tags]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 6, [(run.info.status, run.data.tags.get("optuna.trial")) for run in children]
+    lost = client.get_run(victim.info.run_id)
+    assert lost.info.status == "KILLED"
+    assert f"process {victim.data.tags[PID_TAG]} on " in lost.data.tags["killed_reason"]
+    others = [run for run in children if run.info.run_id != victim.info.run_id]
+    assert {run.info.status for run in others} == {"FINISHED"}
+
+    study = optuna.load_study(study_name="production", storage=storage)
+    assert len(study.trials) == 6
+    states = [trial.state.name for trial in study.trials]
+    assert states.count("FAIL") == 1 and set(states) <= {"FAIL", "COMPLETE", "PRUNED"}, states
+    logged = [trial.user_attrs.get("mlflow_run_id") for trial in study.trials if trial.state.name != "FAIL"]
+    assert sorted(logged) == sorted(run.info.run_id for run in others)  # each trial once, none twice
+    assert sorted(int(run.data.tags["optuna.trial"]) for run in others) == sorted(
+        trial.number for trial in study.trials if trial.state.name != "FAIL"
+    )
+
+    report = run_command(
+        "fmnist_exp.report", [f"mlflow.tracking_uri={postgres_server}", "mlflow.experiment_name=production"], tmp_path
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert f"sweep {parent.info.run_id} (6 jobs)" in report.stdout
+    assert report.stdout.count("KILLED") == 1 and report.stdout.count("FINISHED") == 5
+    print(f"the sweep with its servers took {time.monotonic() - started:.0f} s")
