@@ -414,6 +414,9 @@ def test_runs_of_another_machine_are_closed_once_their_heartbeat_is_older_than_t
     fresh = foreign_run(tracking_uri, minutes_ago=1)
     parent = foreign_run(tracking_uri, minutes_ago=60)  # a sweep's parent: as fresh as its jobs
     child = foreign_run(tracking_uri, minutes_ago=2, parent=parent)
+    between_batches = foreign_run(tracking_uri, minutes_ago=60)  # a sweep whose last job just ended
+    ended = foreign_run(tracking_uri, minutes_ago=30, parent=between_batches)
+    MlflowClient(tracking_uri).set_terminated(ended, "FINISHED")
     MlflowClient(tracking_uri).create_experiment("fmnist_exp")
 
     def report(*extra: str):
@@ -431,7 +434,9 @@ def test_runs_of_another_machine_are_closed_once_their_heartbeat_is_older_than_t
         "no heartbeat from process 4242 on another-machine for 60 minutes "
         "(more than mlflow.orphan_after_minutes=15); its process or machine was lost"
     )
-    assert [status(tracking_uri, run_id).info.status for run_id in (fresh, parent, child)] == ["RUNNING"] * 3
+    assert [status(tracking_uri, run_id).info.status for run_id in (fresh, parent, child, between_batches)] == [
+        "RUNNING"
+    ] * 4
     refused = run_command(
         "fmnist_exp.report",
         ["sweep=all", f"mlflow.tracking_uri={tracking_uri}", "mlflow.orphan_after_minutes=1"],

@@ -345,7 +345,8 @@ class Store:
         A run of this machine is lost when its process is gone (its pid is free, or taken by a later
         process: the start time differs). Whether a process of another machine lives cannot be seen
         from here: its run is lost once its heartbeat is older than `orphan_after_minutes`. A sweep's
-        parent run is as fresh as the freshest heartbeat of its RUNNING jobs. Runs without owner tags
+        parent run is as fresh as its freshest job: a RUNNING job's heartbeat, or a job's end (between
+        two batches none runs). Runs without owner tags
         (made by other tools) are left alone.
         """
         from mlflow.entities import ViewType
@@ -376,9 +377,9 @@ class Store:
                     continue  # its process is alive
                 reason = f"process {pid} on {host} ended without closing the run"
             else:
-                silent = (now - freshest[stale.info.run_id]) / 60
+                silent = (now - max(freshest[stale.info.run_id], self._newest_job(stale))) / 60
                 if silent <= self.orphan_after_minutes:
-                    continue  # it may be alive: its machine wrote recently
+                    continue  # it may be alive: its machine, or one of its jobs, wrote recently
                 reason = (
                     f"no heartbeat from process {pid} on {owner} for {silent:.0f} minutes "
                     f"(more than mlflow.orphan_after_minutes={self.orphan_after_minutes:g}); "
@@ -389,6 +390,19 @@ class Store:
             log.info(f"run {stale.info.run_id} was left RUNNING and is now KILLED: {reason}")
             reaped.append(stale.info.run_id)
         return reaped
+
+    def _newest_job(self, run) -> float:
+        """When a run's newest jobs (a sweep's children) last showed life: a heartbeat or their end.
+
+        Between two batches of a sweep no job is RUNNING, yet its parent lives. Asked only of a run
+        about to be closed, so the common case costs no search."""
+        jobs = self.client.search_runs(
+            [run.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+            max_results=5,
+            order_by=["attributes.start_time DESC"],
+        )
+        return max([0.0, *(max(_heartbeat_of(job), (job.info.end_time or 0) / 1000) for job in jobs)])
 
     def _search_all_experiments(self, filter_string: str, view_type) -> list:
         """Runs matching `filter_string` in every experiment of the store, page by page."""
