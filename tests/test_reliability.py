@@ -430,10 +430,11 @@ def test_runs_of_another_machine_are_closed_once_their_heartbeat_is_older_than_t
     report()  # the default, 15 minutes
     closed = status(tracking_uri, silent)
     assert closed.info.status == "KILLED"
-    assert closed.data.tags["killed_reason"] == (
-        "no heartbeat from process 4242 on another-machine for 60 minutes "
-        "(more than mlflow.orphan_after_minutes=15); its process or machine was lost"
-    )
+    assert re.fullmatch(  # 60 minutes, or 61 on a slow machine
+        r"no heartbeat from process 4242 on another-machine for 6[01] minutes "
+        r"\(more than mlflow.orphan_after_minutes=15\); its process or machine was lost",
+        closed.data.tags["killed_reason"],
+    ), closed.data.tags["killed_reason"]
     assert [status(tracking_uri, run_id).info.status for run_id in (fresh, parent, child, between_batches)] == [
         "RUNNING"
     ] * 4
