@@ -221,6 +221,22 @@ BAD_INPUTS = [
     ),
     Bad("pooling to nothing", (f"model.layers={POOLS}",), "model.layers[4].pool_size: 2 does not fit the 1x1x1"),
     Bad("dropout rate", ("model.layers.8.rate=1.5",), "model.layers[8].rate: 1.5 must be a number in [0, 1)"),
+    # A knob's bad value is named by the knob, the key the user typed; the layer it reached comes second.
+    Bad(
+        "dense_units knob zero",
+        ("model.dense_units=0",),
+        "model.dense_units: 0 must be an integer of at least 1 (in model.layers[7].units)",
+    ),
+    Bad(
+        "width knob zero",
+        ("model=wide_cnn", "model.width=0"),
+        "model.width: 0 must be an integer of at least 1 (in model.layers[0].filters)",
+    ),
+    Bad(
+        "dropout knob",
+        ("model.dropout=1.5",),
+        "model.dropout: 1.5 must be a number in [0, 1) (in model.layers[8].rate)",
+    ),
     Bad(
         "last layer units",
         ("model.layers.9.units=9",),
@@ -411,3 +427,41 @@ def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri):
     assert all_runs(tracking_uri) == []
     assert not output.exists(), sorted(os.listdir(output))
     assert not (tmp_path / "pwned").exists(), "a config or a model folder ran code"
+
+
+# The runner with a Keras backend missing: the import system answers "not installed" for jax.
+WITHOUT_JAX = (
+    "import runpy, sys\n"
+    "sys.modules['jax'] = None\n"
+    "sys.argv = ['fmnist_exp.run', *sys.argv[1:]]\n"
+    "runpy.run_module('fmnist_exp.run', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize(
+    "refusal, arguments, message",
+    [
+        ("bad value", ["batch_size=-1"], "batch_size: -1 must be a positive number"),
+        ("no data set", ["data.dir={tmp}/nowhere", "data.download=false"], "data.dir: '{tmp}/nowhere' is not a folder"),
+        ("no backend", ["trainer.backend=jax", f"data.dir={SUBSET_DIR}"], "trainer.backend: jax is not installed here"),
+    ],
+)
+def test_a_refused_run_leaves_nothing_behind(tmp_path, refusal, arguments, message):
+    """In an empty folder, a run refused for its config, its data set or its backend leaves no
+    outputs/ folder and no new store (the default store here is ./mlruns/mlflow.db)."""
+    import subprocess
+    import sys
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_JAX, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"},
+        timeout=300,
+    )
+    assert_refused(result, message.replace("{tmp}", str(tmp_path)), before_keras=False)
+    assert list(cwd.iterdir()) == []

@@ -49,3 +49,14 @@ def test_tracking_uri_is_an_absolute_sqlite_store(monkeypatch):
 def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
     assert typed_config().data.dir == str(tmp_path)
+
+
+def test_a_value_derived_from_a_knob_names_the_knob_and_the_expression():
+    from fmnist_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        typed_config(["model.width=3", "model.layers.3.filters='${mul:${model.width},0}'"])
+    assert str(refused.value) == (
+        "model.width: 3 makes model.layers[3].filters = ${mul:${model.width},0}, which fails: "
+        "0 must be an integer of at least 1"
+    )

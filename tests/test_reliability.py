@@ -364,6 +364,99 @@ def test_kill_9_of_training_then_report_marks_it_killed_and_resume_finishes_it(t
     assert status(tracking_uri, orphan_id).info.status == "KILLED"
 
 
+def test_kill_9_in_epoch_2_is_closed_by_a_report_or_a_run_of_another_experiment(tmp_path, tracking_uri):
+    """A run killed with SIGKILL is closed by the next command that opens the store, whichever
+    experiment that command works on: a report of another experiment, then a run in another one."""
+    output = tmp_path / "run"
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri}
+    arguments = [*TINY_RUN, "epochs=3", "mlflow.log_model=false", "mlflow.experiment_name=killed"]
+    process = start_command(RUN, [*arguments, f"hydra.run.dir={output}"], tmp_path, environment)
+    wait_for(lambda: checkpoint_epoch(output) == 1, process, what="the first checkpoint")
+    process.kill()  # in epoch 2
+    finish(process)
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "RUNNING"
+    MlflowClient(tracking_uri).create_experiment("other")
+    report = run_command(
+        "fmnist_exp.report",
+        ["sweep=all", "mlflow.experiment_name=other", f"mlflow.tracking_uri={tracking_uri}"],
+        tmp_path,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    killed = status(tracking_uri, run.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert f"process {process.pid} on " in killed.data.tags["killed_reason"]
+
+    _, orphan_id = start_owner(tracking_uri, "die")  # experiment fmnist_exp
+    with Store(tracking_uri).run("third", "a run elsewhere", {}):
+        pass
+    assert status(tracking_uri, orphan_id).info.status == "KILLED"
+
+
+def foreign_run(tracking_uri: str, minutes_ago: float, parent: str | None = None) -> str:
+    """A RUNNING run as a process of another machine leaves it: its host tag is not this one."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("elsewhere")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("elsewhere")
+    tags = {
+        HOST_TAG: "another-machine",
+        PID_TAG: "4242",
+        PID_START_TAG: "123",
+        HEARTBEAT_TAG: str(int(time.time() - minutes_ago * 60)),
+    }
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    return client.create_run(experiment_id, tags=tags).info.run_id
+
+
+def test_runs_of_another_machine_are_closed_once_their_heartbeat_is_older_than_the_bound(tmp_path, tracking_uri):
+    silent = foreign_run(tracking_uri, minutes_ago=60)
+    fresh = foreign_run(tracking_uri, minutes_ago=1)
+    parent = foreign_run(tracking_uri, minutes_ago=60)  # a sweep's parent: as fresh as its jobs
+    child = foreign_run(tracking_uri, minutes_ago=2, parent=parent)
+    between_batches = foreign_run(tracking_uri, minutes_ago=60)  # a sweep whose last job just ended
+    ended = foreign_run(tracking_uri, minutes_ago=30, parent=between_batches)
+    MlflowClient(tracking_uri).set_terminated(ended, "FINISHED")
+    MlflowClient(tracking_uri).create_experiment("fmnist_exp")
+
+    def report(*extra: str):
+        result = run_command(
+            "fmnist_exp.report", ["sweep=all", f"mlflow.tracking_uri={tracking_uri}", *extra], tmp_path
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    report("mlflow.orphan_after_minutes=90")  # the bound is the config's: an hour's silence is within it
+    assert {status(tracking_uri, run_id).info.status for run_id in (silent, fresh, parent, child)} == {"RUNNING"}
+    report()  # the default, 15 minutes
+    closed = status(tracking_uri, silent)
+    assert closed.info.status == "KILLED"
+    assert re.fullmatch(  # 60 minutes, or 61 on a slow machine
+        r"no heartbeat from process 4242 on another-machine for 6[01] minutes "
+        r"\(more than mlflow.orphan_after_minutes=15\); its process or machine was lost",
+        closed.data.tags["killed_reason"],
+    ), closed.data.tags["killed_reason"]
+    assert [status(tracking_uri, run_id).info.status for run_id in (fresh, parent, child, between_batches)] == [
+        "RUNNING"
+    ] * 4
+    refused = run_command(
+        "fmnist_exp.report",
+        ["sweep=all", f"mlflow.tracking_uri={tracking_uri}", "mlflow.orphan_after_minutes=1"],
+        tmp_path,
+    )
+    assert_refused(refused, "mlflow.orphan_after_minutes: 1.0 must be 5 or more")
+
+
+def test_a_live_run_writes_its_heartbeat_between_epochs(tracking_uri):
+    """An epoch may last longer than the bound; the heartbeat comes from a thread, not from epochs."""
+    store = Store(tracking_uri)
+    with store.run("fmnist_exp", "long epoch", {}) as run:
+        first = int(store.client.get_run(run.run_id).data.tags[HEARTBEAT_TAG])
+        with store.heartbeats(run.run_id, every=0.2):
+            time.sleep(1.5)  # no epoch ends here
+        later = int(store.client.get_run(run.run_id).data.tags[HEARTBEAT_TAG])
+    assert later > first
+
+
 # -- races ----------------------------------------------------------------------------------------
 
 CHECK_STORE = "import sys; from fmnist_exp.store import Store; Store(sys.argv[1]).check()"
@@ -461,6 +554,43 @@ def test_resume_of_a_damaged_or_finished_run_is_one_line(resumable, tmp_path, da
     assert_refused(result, message.format(folder=folder, run_id=run_id), before_keras)
     assert status(uri, run_id).info.status == ("FINISHED" if damage == "finished" else "KILLED")
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_writes_into_the_runs_own_folder_and_leaves_nothing_in_the_working_folder(resumable, tmp_path):
+    """resume=<run's folder> without hydra.run.dir: the resume's log is appended to the run's run.log, no
+    new outputs/<date>/<time>/ folder is made and the run's folder gets no .hydra/."""
+    folder, uri, run_id = resumable
+    (folder / "run.log").write_text("the first attempt's log\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    # By folder: the copy's run id would lead to the shared original's folder (its output_dir tag).
+    result = run_command(RUN, [f"resume={folder}", f"mlflow.tracking_uri={uri}"], cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(cwd.iterdir()) == []
+    log = (folder / "run.log").read_text()
+    assert log.startswith("the first attempt's log\n") and f"resuming run {run_id} after epoch 2" in log
+    assert not (folder / ".hydra").exists()
+    assert status(uri, run_id).info.status == "FINISHED"
+
+
+def test_resume_by_run_id_finds_the_runs_folder_without_making_a_store(tmp_path, tracking_uri):
+    from fmnist_exp import preflight
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("{}\n")
+    (folder / "run.json").write_text("{}\n")
+    with Store(tracking_uri).run("fmnist_exp", "r", {"output_dir": str(folder)}) as run:
+        pass
+    uri = f"mlflow.tracking_uri={tracking_uri}"
+    assert preflight.resume_in_place([f"resume={run.run_id}", uri]) == [
+        f"hydra.run.dir={folder}",
+        "hydra.output_subdir=null",
+    ]
+    assert preflight.resume_in_place([f"resume={run.run_id}", uri, "hydra.run.dir=x"]) == []  # the user's choice
+    missing = tmp_path / "none" / "mlflow.db"
+    assert preflight.resume_in_place([f"resume={run.run_id}", f"mlflow.tracking_uri=sqlite:///{missing}"]) == []
+    assert not missing.parent.exists()
 
 
 PEAK_MEMORY = (

@@ -121,3 +121,70 @@ def test_without_early_stopping_the_objective_is_the_last_epoch(finished_run):
     assert outcome.best_epoch is None and "best_epoch" not in run.data.metrics
     assert run.data.metrics["objective"] == pytest.approx(outcome.history["val_accuracy"][-1])
     assert not math.isnan(outcome.objective)
+
+
+class Sabotage(keras.callbacks.Callback):
+    """Sets every weight to `value` as epoch `epoch` (0-based) begins: with zeros the network can only
+    learn the class prior (a collapse to chance with a finite loss), with NaN the loss is NaN."""
+
+    def __init__(self, epoch: int, value: float):
+        super().__init__()
+        self.epoch, self.value = epoch, value
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.set_weights([np.full_like(weight, self.value) for weight in self.model.get_weights()])
+
+
+@pytest.mark.parametrize("value, tag", [(0.0, "collapsed_at_epoch"), (math.nan, "diverged_at_epoch")])
+def test_a_collapse_or_a_nan_stop_keeps_the_best_epoch(tmp_path, tracking_uri, monkeypatch, value, tag):
+    """Training learns for two epochs and breaks in the third: the run restores the best epoch's
+    checkpoint, evaluates and logs it as a normal run does, and says that it broke and when."""
+    real_callbacks = experiment.callbacks_for
+
+    def with_sabotage(*arguments, **keywords):
+        return {"sabotage": Sabotage(epoch=2, value=value), **real_callbacks(*arguments, **keywords)}
+
+    monkeypatch.setattr(experiment, "callbacks_for", with_sabotage)
+    overrides = [
+        *SMALL_RUN,
+        "epochs=4",
+        "model=fast_cnn",
+        "optimizer.learning_rate=0.01",
+        "deterministic=true",
+        f"mlflow.tracking_uri={tracking_uri}",
+    ]
+    config = typed_config(overrides)
+    outcome = experiment.run(config, tmp_path / "run")
+    history = outcome.history["val_accuracy"]
+    assert len(history) == 3  # stopped after the epoch that broke
+    assert max(outcome.history["accuracy"][:2]) >= callbacks.LEARNED_ACCURACY  # it had learned
+    best = 1 + int(np.argmax(history[:2]))
+    assert outcome.best_epoch == best
+    assert outcome.objective == pytest.approx(history[best - 1])
+    assert "epoch 3" in outcome.stopped and f"keeps epoch {best}'s model" in outcome.stopped
+    assert f"epoch {best}'s model kept]" in experiment.result_line(outcome)
+
+    run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tag] == "3"
+    assert run.data.tags["mlflow.note.content"] == outcome.stopped
+    assert run.data.metrics["objective"] == pytest.approx(history[best - 1])
+    assert run.data.metrics["best_epoch"] == best
+    assert run.data.metrics["test_accuracy"] == pytest.approx(outcome.test_accuracy)
+    assert outcome.test_accuracy > 0.5  # the best epoch's model, not the broken one
+    # The logged model is the best epoch's: on the validation images it scores what that epoch logged.
+    model = logged_model.load(f"runs:/{outcome.run_id}/model", Store(tracking_uri))
+    images, labels = data.load(config.data, config.seed).validation
+    accuracy = float((np.asarray(model.predict(images, verbose=0)).argmax(axis=1) == labels).mean())
+    assert accuracy == pytest.approx(history[best - 1], abs=1e-6)
+
+
+def test_a_nan_in_the_first_epoch_leaves_nothing_to_keep_and_fails(tmp_path, tracking_uri):
+    overrides = [*SMALL_RUN, "optimizer.learning_rate=1e6", f"mlflow.tracking_uri={tracking_uri}"]
+    with pytest.raises(experiment.TrainingDiverged, match="NaN or infinite in epoch 1"):
+        experiment.run(typed_config(overrides), tmp_path / "run")
+    (run,) = mlflow.MlflowClient(tracking_uri).search_runs(
+        [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("fmnist_exp").experiment_id]
+    )
+    assert run.info.status == "FAILED" and "test_accuracy" not in run.data.metrics

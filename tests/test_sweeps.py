@@ -209,6 +209,7 @@ def test_replicates_without_a_sweep_are_refused_in_one_line(tmp_path):
         "fmnist_exp: error: replicates: 3 trains the config 3 times as a sweep; add -m "
         "(python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
     ]
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlruns").exists()  # a refusal leaves nothing
 
 
 def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):

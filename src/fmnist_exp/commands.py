@@ -41,6 +41,8 @@ class StoreConfig:
     """The runner's `mlflow.tracking_uri`: $MLFLOW_TRACKING_URI, else the project's store."""
 
     tracking_uri: str = dataclasses.field(default_factory=default_tracking_uri)
+    # The runner's mlflow.orphan_after_minutes: when a RUNNING run of another machine counts as lost.
+    orphan_after_minutes: float = MlflowConfig.orphan_after_minutes
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,9 @@ class MlflowConfig:
     registered_model_name: str = "fmnist_cnn"
     # Log CPU, memory (and GPU) utilisation as the run's system/* metrics, through MLflow.
     system_metrics: bool = True
+    # A RUNNING run of another machine whose heartbeat (written every minute) is older than this is
+    # closed KILLED by whichever command opens the store next; runs of this machine are checked by pid.
+    orphan_after_minutes: float = 15
 
 
 @dataclass
@@ -236,6 +240,16 @@ def _check_positive(key: str, value: float | int | None, allow_none: bool = Fals
         _fail(key, f"{value!r} must be a positive number")
 
 
+def check_orphan_bound(minutes: float) -> None:
+    """Live runs write a heartbeat every minute: a bound of a few minutes could close a live run."""
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes >= 5):
+        _fail(
+            "mlflow.orphan_after_minutes",
+            f"{minutes!r} must be 5 or more: live runs write a heartbeat every minute, and a run of "
+            "another machine is closed once its heartbeat is older than this",
+        )
+
+
 def validate(config: ExperimentConfig) -> None:
     """Raise ConfigError naming the first bad key; returns quietly for a sound config."""
     _check_positive("batch_size", config.batch_size)
@@ -248,6 +262,7 @@ def validate(config: ExperimentConfig) -> None:
         _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
     if not config.mlflow.experiment_name.strip():
         _fail("mlflow.experiment_name", "must not be empty")
+    check_orphan_bound(config.mlflow.orphan_after_minutes)
     _validate_data(config.data)
     _validate_optimizer(config.optimizer, config.epochs)
     _validate_trainer(config.trainer, config.data)
@@ -353,8 +368,53 @@ def to_experiment_config(config: DictConfig) -> ExperimentConfig:
     if not isinstance(typed, ExperimentConfig):
         raise TypeError("the composed config does not extend experiment_schema")
     typed.model = model_config(typed.model)
-    validate(typed)
+    model_node = config.get("model")
+    written = OmegaConf.to_container(model_node, resolve=False) if isinstance(model_node, DictConfig) else {}
+    try:
+        validate(typed)
+    except ConfigError as error:
+        raise in_knob_terms(error, knob_references(written), typed.model.knobs) from error
     return typed
+
+
+KNOB_REFERENCE = re.compile(r"\$\{model\.([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def knob_references(node: Any, path: str = "model") -> dict[str, str]:
+    """Where a model file's layers refer to its knobs, by the path validation names:
+    {'model.layers[7].units': '${model.dense_units}', 'model.layers[3].filters': '${mul:${model.width},2}'}."""
+    found: dict[str, str] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found.update(knob_references(value, f"{path}.{key}"))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found.update(knob_references(value, f"{path}[{index}]"))
+    elif isinstance(node, str) and KNOB_REFERENCE.search(node):
+        found[path] = node
+    return found
+
+
+def in_knob_terms(error: ConfigError, references: dict[str, str], knobs: dict[str, Any]) -> ConfigError:
+    """A layer argument's error in the words the user typed: the knob first, the layer second.
+
+    `model.layers[7].units: 0 must be ...` from `units: ${model.dense_units}` becomes
+    `model.dense_units: 0 must be ... (in model.layers[7].units)`; a derived value names its expression.
+    """
+    message = str(error)
+    where = max((path for path in references if message.startswith(f"{path}: ")), key=len, default=None)
+    if where is None:
+        return error
+    rest = message[len(where) + 2 :]
+    expression = references[where]
+    names = [name for name in KNOB_REFERENCE.findall(expression) if name in knobs]
+    if not names:
+        return error
+    if expression == f"${{model.{names[0]}}}":
+        return ConfigError(f"model.{names[0]}: {rest} (in {where})")
+    first, *others = dict.fromkeys(names)
+    also = "".join(f" and model.{name}={knobs[name]!r}" for name in others)
+    return ConfigError(f"model.{first}: {knobs[first]!r}{also} makes {where} = {expression}, which fails: {rest}")
 
 
 def as_dict(config: ExperimentConfig) -> dict[str, Any]:

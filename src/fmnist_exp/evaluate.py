@@ -40,8 +40,9 @@ def evaluate(config: EvaluateConfig) -> float:
     from fmnist_exp import data
     from fmnist_exp.store import Store
 
-    store = Store(config.mlflow.tracking_uri)
+    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     store.check()
+    store.reap_orphans()
     run = store.source_run(config.model_uri)
     logged = run.data.params if run else {}
     data_config = DataConfig(

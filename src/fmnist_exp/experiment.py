@@ -41,11 +41,11 @@ CHECKPOINTS = "checkpoints"
 
 
 class TrainingDiverged(RunStopped):
-    """The loss became NaN or infinite; the run ends FAILED."""
+    """The loss became NaN or infinite before any epoch left a sound best checkpoint; the run ends FAILED."""
 
 
 class TrainingCollapsed(RunStopped):
-    """The accuracy fell back to chance after the model had learned; the run ends FAILED."""
+    """The accuracy fell back to chance and no best checkpoint is left; the run ends FAILED."""
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Fitted:
     seconds: float
     best_epoch: int | None = None  # with early stopping: the epoch whose weights the model holds
     pruned_at: int | None = None
+    stopped: str | None = None  # a collapse or NaN stop that kept the best epoch: what happened, plainly
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Outcome:
     history: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int | None = None
     pruned_at: int | None = None
+    stopped: str | None = None  # see Fitted.stopped
 
 
 # -- the stages ---------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ def prepare(
 ) -> Prepared:
     """Everything that can be wrong with the input fails here, before Keras and before a run."""
     config_module.validate(config)
-    store = store or Store(config.mlflow.tracking_uri)
+    store = store or Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     store.check()
     splits = data.load(config.data, config.seed)
     check_splits(splits, held_out=config.data.validation == "holdout")
@@ -188,14 +190,17 @@ def fit(
         shuffle=False,  # the stream already orders each epoch by (seed, epoch)
     )
     seconds = time.perf_counter() - started
-    stop_if_broken(config, callbacks)
     stopping, pruner = callbacks.get("early_stopping"), callbacks.get("pruner")
-    return Fitted(
+    fitted = Fitted(
         history=run.histories(),
         seconds=seconds,
         best_epoch=stopping.best_epoch_number if stopping else None,
         pruned_at=pruner.pruned_at if pruner else None,
     )
+    broken = why_broken(config, callbacks)
+    if broken is not None:
+        keep_best_epoch(prepared, model, run, fitted, broken)
+    return fitted
 
 
 def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id: str | None) -> dict:
@@ -230,20 +235,63 @@ def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id:
     return chosen
 
 
-def stop_if_broken(config: ExperimentConfig, chosen: dict) -> None:
-    """A NaN loss or a collapse ends the run FAILED (the best checkpoint stays in checkpoints/)."""
-    if chosen["non_finite"].diverged_at is not None:
-        raise TrainingDiverged(
-            f"the training loss became NaN or infinite in epoch {chosen['non_finite'].diverged_at}; "
-            f"lower optimizer.learning_rate (now {config.optimizer.learning_rate}) or set optimizer.clipnorm"
+@dataclass
+class Broken:
+    """Why training stopped itself: a NaN loss or a collapse, in which epoch, and the advice."""
+
+    tag: str  # diverged_at_epoch | collapsed_at_epoch
+    epoch: int
+    error: RunStopped
+
+
+def why_broken(config: ExperimentConfig, chosen: dict) -> Broken | None:
+    """A NaN loss or a collapse seen by the fit stage's callbacks, or None."""
+    advice = f"lower optimizer.learning_rate (now {config.optimizer.learning_rate}) or set optimizer.clipnorm"
+    if (epoch := chosen["non_finite"].diverged_at) is not None:
+        return Broken(
+            "diverged_at_epoch",
+            epoch,
+            TrainingDiverged(f"the training loss became NaN or infinite in epoch {epoch}; {advice}"),
         )
-    if chosen["collapse"].collapsed_at is not None:
-        raise TrainingCollapsed(
-            f"training collapsed in epoch {chosen['collapse'].collapsed_at}: the training accuracy fell to "
-            f"chance level after reaching {chosen['collapse'].best:.4f}; the best epoch's model is in "
-            f"checkpoints/best.keras. Lower optimizer.learning_rate (now {config.optimizer.learning_rate}), "
-            "set optimizer.clipnorm, or stop earlier with trainer.early_stopping.patience"
+    if (epoch := chosen["collapse"].collapsed_at) is not None:
+        return Broken(
+            "collapsed_at_epoch",
+            epoch,
+            TrainingCollapsed(
+                f"training collapsed in epoch {epoch}: the training accuracy fell to chance level after "
+                f"reaching {chosen['collapse'].best:.4f}; {advice}, or stop earlier with "
+                "trainer.early_stopping.patience"
+            ),
         )
+    return None
+
+
+def keep_best_epoch(prepared: Prepared, model, run: Run, fitted: Fitted, broken: Broken) -> None:
+    """After a collapse or a NaN stop, the run goes on with its best epoch (checkpoints/best.keras).
+
+    The model gets the best epoch's weights, so the test pass, the logged model and the objective are
+    that epoch's, as with early stopping; the run ends FINISHED, tagged with the epoch it broke in
+    (docs/production.md says why). Without a best checkpoint whose weights are all finite (a NaN in
+    the first epoch) there is nothing to keep, and the run ends FAILED as before.
+    """
+    import keras
+    import numpy as np
+
+    path = prepared.output_dir / CHECKPOINTS / "best.keras"
+    curve = summary.objective_curve(fitted.history)
+    if not path.is_file() or not any(math.isfinite(value) for value in curve):
+        raise broken.error
+    weights = keras.saving.load_model(path).get_weights()
+    if not all(np.isfinite(weight).all() for weight in weights):
+        raise broken.error
+    model.set_weights(weights)
+    # BestCheckpoint wrote the first epoch with the highest figure: the same rule as nanargmax.
+    fitted.best_epoch = 1 + int(np.nanargmax(np.asarray(curve, dtype=float)))
+    fitted.stopped = (
+        f"{broken.error} (the run keeps epoch {fitted.best_epoch}'s model, from {path}, and is evaluated with it)"
+    )
+    run.set_tags({broken.tag: broken.epoch, "mlflow.note.content": fitted.stopped})
+    log.warning(fitted.stopped)
 
 
 def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Outcome:
@@ -275,6 +323,7 @@ def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Out
         history=fitted.history,
         best_epoch=fitted.best_epoch,
         pruned_at=fitted.pruned_at,
+        stopped=fitted.stopped,
     )
 
 
@@ -515,4 +564,7 @@ def announce(prepared: Prepared, model, run: Run) -> None:
 
 def result_line(outcome: Outcome) -> str:
     """What a finished job says last, on the terminal and in its log."""
-    return f"test_accuracy={outcome.test_accuracy:.4f} objective={outcome.objective:.4f} run_id={outcome.run_id}"
+    line = f"test_accuracy={outcome.test_accuracy:.4f} objective={outcome.objective:.4f} run_id={outcome.run_id}"
+    if outcome.stopped:  # a collapse or NaN stop: its first clause says which, and when
+        line += f" [{outcome.stopped.split(':')[0].split(';')[0]}; epoch {outcome.best_epoch}'s model kept]"
+    return line

@@ -203,14 +203,67 @@ def check_model_knobs(arguments: list[str]) -> None:
                     )
 
 
+# The folders a job's output folder would be made in that existed before the command started (its
+# nearest existing ancestors): a refused job removes the folders it made, up to these and no further.
+EXISTING_BEFORE: set[Path] = set()
+
+
+def note_existing_folders(arguments: list[str]) -> None:
+    """Before Hydra makes the output folder: where the folders it will make begin (see discard_unused)."""
+    cwd = Path.cwd()
+    candidates = [cwd / "outputs", cwd / "multirun"]
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+~") in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            candidates.append(Path(value.split("${", 1)[0]).expanduser().absolute())
+    for candidate in candidates:
+        EXISTING_BEFORE.add(next(folder for folder in (candidate, *candidate.parents) if folder.exists()))
+
+
 def discard_unused(output_dir: Path) -> None:
-    """Remove a job's output folder that holds only what was written before training began."""
+    """Remove a job's output folder that holds only what was written before training began, and the
+    empty folders above it that this command made (Hydra's outputs/<date>/), none that existed before."""
     if not output_dir.is_dir() or any(entry.name not in UNUSED_OUTPUT for entry in output_dir.iterdir()):
         return
     shutil.rmtree(output_dir, ignore_errors=True)
-    parent = output_dir.parent
-    if parent.is_dir() and not any(parent.iterdir()):
-        parent.rmdir()  # the empty date folder Hydra made for it
+    folder = output_dir.absolute().parent
+    if not EXISTING_BEFORE:  # called without note_existing_folders: the date folder Hydra made, at most
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        return
+    while folder not in EXISTING_BEFORE and any(folder.is_relative_to(root) for root in EXISTING_BEFORE):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
+        folder = folder.parent
+
+
+def resume_in_place(arguments: list[str]) -> list[str]:
+    """The overrides that make `resume=<run>` write into the run's own folder: its log appended to
+    the run's run.log, no .hydra/ (the run's own record of how it was composed stays as it was).
+
+    None when the command gives hydra.run.dir itself, sweeps, or names a run that cannot be found
+    here without creating a store (the job then refuses it with its own message).
+    """
+    keys = {argument.partition("=")[0].lstrip("+~"): argument.partition("=")[2] for argument in arguments}
+    target = keys.get("resume")
+    if not target or "hydra.run.dir" in keys or any(argument in ("-m", "--multirun") for argument in arguments):
+        return []
+    folder = Path(target).expanduser()
+    if not (folder / "config.yaml").is_file():
+        from fmnist_exp.store import Store, sqlite_path
+
+        uri = keys.get("mlflow.tracking_uri") or default_tracking_uri()
+        database = sqlite_path(uri)
+        if database is not None and not database.is_file():
+            return []
+        try:
+            folder = Path(Store(uri).client.get_run(target).data.tags.get("output_dir", ""))
+        except Exception:  # noqa: BLE001 (not a run here, or no store: the job says which)
+            return []
+    if not (folder / "config.yaml").is_file() or not (folder / "run.json").is_file():
+        return []
+    return [f"hydra.run.dir={folder.absolute()}", "hydra.output_subdir=null"]
 
 
 def resume_hint(config, output_dir: Path) -> str:

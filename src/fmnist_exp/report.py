@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fmnist_exp import commands, compare, noise, summary
+from fmnist_exp import config as config_module
 from fmnist_exp.errors import UserError
 
 
@@ -30,10 +31,10 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, 
     from fmnist_exp import sweep as sweeps
     from fmnist_exp.store import ui_link
 
+    store.reap_orphans()  # in every experiment of the store, not only the one reported
     experiment_id = store.experiment_id(experiment_name, create=False)
     if experiment_id is None:
         raise UserError(f"mlflow.experiment_name: no experiment named {experiment_name!r} in {store.uri}")
-    store.reap_orphans(experiment_id)
     if sweep == "all":
         runs = store.search(experiment_name, "tags.sweep_key IS NULL")
         rows = summary.best_first([summary.row_of(run) for run in runs])
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
 def report(config: ReportConfig) -> list[dict]:
     from fmnist_exp.store import Store
 
-    store = Store(config.mlflow.tracking_uri)
+    config_module.check_orphan_bound(config.mlflow.orphan_after_minutes)
+    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     store.check()
     rows, title, keys, link = rows_for(store, config.mlflow.experiment_name, config.sweep)
     print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
-from fmnist_exp import noise, preflight
+from fmnist_exp import noise, preflight, ray_cluster
 from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
 
@@ -68,7 +68,7 @@ def job(composed: DictConfig) -> float | dict:
             return dataclasses.asdict(sweep.JobResult(objective=math.nan))
         config.trainer.threads = config.trainer.threads or sweep.threads_per_job(runtime.launcher)
         return sweep.run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
-    store = Store(config.mlflow.tracking_uri)
+    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     try:
         if config.resume:
             refuse_overrides_with_resume(list(runtime.overrides.task))
@@ -108,6 +108,9 @@ def main() -> None:
         preflight.check_arguments(sys.argv[1:])
     except UserError as error:
         fail(str(error))
+    preflight.note_existing_folders(sys.argv[1:])
+    ray_cluster.register()  # hydra/launcher=ray_cluster names it
+    sys.argv += preflight.resume_in_place(sys.argv[1:])
     # Hydra raises what it would otherwise print (a traceback for a refused target, several lines
     # for a bad override), so that a config error is one line and exit 2 like every other one.
     user_full_error = os.environ.get("HYDRA_FULL_ERROR")

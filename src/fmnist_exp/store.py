@@ -17,6 +17,7 @@ import os
 import posixpath
 import socket
 import subprocess
+import threading
 import time
 import traceback
 import urllib.error
@@ -37,6 +38,13 @@ HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
     "fmnist_exp.pid_start",
     "fmnist_exp.heartbeat",
 )
+# A live run writes its heartbeat tag this often, from a thread of its own, whatever its epochs
+# take (an epoch of a large model on a CPU can last longer than any fixed bound); its epochs write it
+# too. A run of another machine counts as lost once its heartbeat is older than
+# mlflow.orphan_after_minutes (config.MlflowConfig), so that bound must be a good many heartbeats.
+HEARTBEAT_SECONDS = 60
+ORPHAN_AFTER_MINUTES = 15  # the default of mlflow.orphan_after_minutes
+log = logging.getLogger(__name__)
 # The experiment's kind, as MLflow's UI writes it when a person picks "Machine learning" (the tag
 # mlflow.experimentKind, value custom_model_development). MLflow 3.17's UI takes the page it opens
 # on from its GenAI / Model training toggle instead (`?workflowType=machine_learning`, remembered
@@ -119,6 +127,13 @@ def release_interrupted_writes(error: BaseException) -> None:
     gc.collect()
 
 
+def _heartbeat_of(run) -> float:
+    try:
+        return float(run.data.tags.get(HEARTBEAT_TAG) or run.info.start_time / 1000)
+    except (TypeError, ValueError):
+        return run.info.start_time / 1000
+
+
 def owner_tags() -> dict[str, str]:
     pid = os.getpid()
     return {
@@ -195,8 +210,9 @@ def file_lock(path: Path) -> Iterator[None]:
 class Store:
     """One MLflow tracking store (a sqlite:/// file or an http:// server)."""
 
-    def __init__(self, tracking_uri: str):
+    def __init__(self, tracking_uri: str, orphan_after_minutes: float = ORPHAN_AFTER_MINUTES):
         self.uri = tracking_uri
+        self.orphan_after_minutes = orphan_after_minutes
         self._client = None
 
     # -- the store itself -------------------------------------------------------------------------
@@ -235,14 +251,19 @@ class Store:
                 ) from error
         database = sqlite_path(self.uri)
         if database is not None:
-            try:
-                database.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                raise TrackingError(f"{key}: cannot create {database.parent} ({error})") from error
-            if not os.access(database.parent, os.W_OK):
-                raise TrackingError(f"{key}: the folder {database.parent} is not writable")
             if database.exists() and not database.is_file():
                 raise TrackingError(f"{key}: {database} is not a file")
+            if not database.exists():
+                # A new store is made by the first run, once nothing can refuse it any more: a refused
+                # command leaves no database (nor its folder) behind. Here: could it be made?
+                existing = next(folder for folder in database.parents if folder.exists())
+                if not existing.is_dir():
+                    raise TrackingError(f"{key}: cannot create {database.parent}: {existing} is not a folder")
+                if not os.access(existing, os.W_OK | os.X_OK):
+                    raise TrackingError(f"{key}: the folder {existing} is not writable, so {database} cannot be made")
+                return
+            if not os.access(database.parent, os.W_OK):
+                raise TrackingError(f"{key}: the folder {database.parent} is not writable")
         try:
             self.client.search_experiments(max_results=1)
         except Exception as error:  # noqa: BLE001 (any failure here means the store is unusable)
@@ -297,7 +318,7 @@ class Store:
         this process dies without cleaning up.
         """
         experiment_id = self.experiment_id(experiment_name)
-        self.reap_orphans(experiment_id)
+        self.reap_orphans()
         all_tags = {**git_tags(), **tags, **owner_tags()}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -307,7 +328,8 @@ class Store:
         else:
             run_id = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
         try:
-            yield Run(self, run_id)
+            with self.heartbeats(run_id):
+                yield Run(self, run_id)
         except KeyboardInterrupt as interrupt:
             interrupts.delivered()
             release_interrupted_writes(interrupt)
@@ -321,30 +343,117 @@ class Store:
         else:
             self.client.set_terminated(run_id, "FINISHED")
 
-    def reap_orphans(self, experiment_id: str) -> list[str]:
-        """Mark RUNNING runs of this machine whose process is gone as KILLED; returns their ids.
+    @contextlib.contextmanager
+    def heartbeats(self, run_id: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+        """The run's heartbeat tag, rewritten every `every` seconds by a thread while the block runs.
+
+        Epochs also write it, but one epoch (or a long test pass, or uploading a model) may outlast
+        the bound after which another machine counts the run as lost. A failed write is a warning:
+        a store that is briefly unreachable must not end a training.
+        """
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self.client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+                except Exception as error:  # noqa: BLE001 (the training goes on; the next beat may pass)
+                    log.warning(f"heartbeat of run {run_id} not written: {error}")
+
+        thread = threading.Thread(target=beat, name=f"heartbeat {run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+
+    def reap_orphans(self) -> list[str]:
+        """Mark RUNNING runs whose process is gone as KILLED, in every experiment; returns their ids.
 
         A process killed with SIGKILL, by the OOM killer or with its machine cannot end its own run.
-        Runs of other machines are left alone: whether their process lives cannot be seen from here.
+        A run of this machine is lost when its process is gone (its pid is free, or taken by a later
+        process: the start time differs). Whether a process of another machine lives cannot be seen
+        from here: its run is lost once its heartbeat is older than `orphan_after_minutes`. A sweep's
+        parent run is as fresh as its freshest job: a RUNNING job's heartbeat, or a job's end (between
+        two batches none runs). Runs without owner tags
+        (made by other tools) are left alone.
         """
-        host = socket.gethostname()
-        running = self.client.search_runs(
-            [experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
-            max_results=1000,
-        )
+        from mlflow.entities import ViewType
+
+        database = sqlite_path(self.uri)
+        if database is not None and not database.is_file():
+            return []  # no store yet, so no run; looking would create it
+        running = self._search_all_experiments("attributes.status = 'RUNNING'", ViewType.ALL)
+        if not running:
+            return []
+        host, now = socket.gethostname(), time.time()
+        freshest: dict[str, float] = {}  # run id -> its newest heartbeat, or its newest job's
+        for run in running:
+            beat = _heartbeat_of(run)
+            parent = run.data.tags.get("mlflow.parentRunId")
+            for run_id in (run.info.run_id, parent):
+                if run_id:
+                    freshest[run_id] = max(freshest.get(run_id, 0.0), beat)
         reaped = []
         for stale in running:
             tags = stale.data.tags
+            owner = tags.get(HOST_TAG)
             pid = int(tags.get(PID_TAG, "0") or 0)
-            if pid and process_start(pid) == tags.get(PID_START_TAG) and tags.get(PID_START_TAG):
-                continue  # its process is alive
-            self.client.set_tag(
-                stale.info.run_id, "killed_reason", f"process {pid} on {host} ended without closing the run"
-            )
+            if not owner:
+                continue
+            if owner == host:
+                if pid and tags.get(PID_START_TAG) and process_start(pid) == tags.get(PID_START_TAG):
+                    continue  # its process is alive
+                reason = f"process {pid} on {host} ended without closing the run"
+            else:
+                silent = (now - max(freshest[stale.info.run_id], self._newest_job(stale))) / 60
+                if silent <= self.orphan_after_minutes:
+                    continue  # it may be alive: its machine, or one of its jobs, wrote recently
+                reason = (
+                    f"no heartbeat from process {pid} on {owner} for {silent:.0f} minutes "
+                    f"(more than mlflow.orphan_after_minutes={self.orphan_after_minutes:g}); "
+                    "its process or machine was lost"
+                )
+            self.client.set_tag(stale.info.run_id, "killed_reason", reason)
             self.client.set_terminated(stale.info.run_id, "KILLED")
+            log.info(f"run {stale.info.run_id} was left RUNNING and is now KILLED: {reason}")
             reaped.append(stale.info.run_id)
         return reaped
+
+    def _newest_job(self, run) -> float:
+        """When a run's newest jobs (a sweep's children) last showed life: a heartbeat or their end.
+
+        Between two batches of a sweep no job is RUNNING, yet its parent lives. Asked only of a run
+        about to be closed, so the common case costs no search."""
+        jobs = self.client.search_runs(
+            [run.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+            max_results=5,
+            order_by=["attributes.start_time DESC"],
+        )
+        return max([0.0, *(max(_heartbeat_of(job), (job.info.end_time or 0) / 1000) for job in jobs)])
+
+    def _search_all_experiments(self, filter_string: str, view_type) -> list:
+        """Runs matching `filter_string` in every experiment of the store, page by page."""
+        experiments, token = [], None
+        while True:
+            page = self.client.search_experiments(view_type=view_type, max_results=1000, page_token=token)
+            experiments += [experiment.experiment_id for experiment in page]
+            token = page.token
+            if not token:
+                break
+        runs = []
+        for start in range(0, len(experiments), 100):  # a tracking server takes at most 100 per search
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    experiments[start : start + 100], filter_string, max_results=1000, page_token=token
+                )
+                runs += list(page)
+                token = page.token
+                if not token:
+                    break
+        return runs
 
     def get_run(self, run_id: str):
         from mlflow.exceptions import MlflowException

@@ -112,10 +112,10 @@ class SweepCallback(Callback):
         self.store: Store | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.store = Store(config.mlflow.tracking_uri)
+        self.store = Store(config.mlflow.tracking_uri, config.mlflow.get("orphan_after_minutes", 15))
         self.store.check()
         experiment_id = self.store.experiment_id(config.mlflow.experiment_name)
-        self.store.reap_orphans(experiment_id)
+        self.store.reap_orphans()
         overrides = list(config.hydra.overrides.task)
         key = sweep_key(config)
         previous = (
@@ -286,7 +286,7 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     over the replicates that produced one, NaN if none did, so that the sweep (and a sweeper) go on.
     A replicate that is pruned stops the config's other replicates: they would be pruned too.
     """
-    store = Store(config.mlflow.tracking_uri)
+    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     parent = store.first(config.mlflow.experiment_name, f"tags.sweep_dir = '{sweep_dir}'")
     name = config.mlflow.run_name or child_name(overrides, parent.data.tags if parent else {})
     results = []

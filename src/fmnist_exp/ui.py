@@ -80,6 +80,7 @@ def existing_experiment(tracking_uri: str, experiment_name: str) -> str | None:
             f"mlflow.tracking_uri: no MLflow store at {database} yet; train a run first "
             "(python -m fmnist_exp.run experiment=fast) or name another store"
         )
+    Store(tracking_uri).reap_orphans()  # the default mlflow.orphan_after_minutes
     experiment_id = Store(tracking_uri).experiment_id(experiment_name, create=False)
     if experiment_id is None:
         print(f"no experiment named {experiment_name!r} in this store yet; the link opens the list of experiments")

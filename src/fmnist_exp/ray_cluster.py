@@ -1,0 +1,81 @@
+"""`hydra/launcher=ray_cluster`: Hydra's Ray launcher, where a lost worker costs its own trial only.
+
+hydra-ray-launcher 1.4.0rc3 gathers a batch with `[ray.get(run) for run in runs]`: one worker that
+dies (SIGKILL, the OOM killer, a lost machine) makes `ray.get` raise, and the results of every job of
+the batch are lost with it. Here each job's result is gathered on its own, and a job whose worker
+died is a failed job (its exception is its return value), which the study sweeper tells Optuna as a
+FAILED trial before it goes on. Its MLflow run is closed KILLED by the next command that opens the
+store (store.reap_orphans). conf/hydra/launcher/ray_cluster.yaml sets `max_retries: 0`: Ray would
+otherwise train the lost job again, as a second MLflow run of the same trial.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+try:
+    from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher
+except ImportError:  # the sweeps extra is not installed: no Ray launcher to offer
+    RayLauncher = None
+
+
+def register() -> None:
+    """Make the launcher known to Hydra (a plugin must be registered before a config names it)."""
+    if RayLauncher is not None:
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance().register(PerJobRayLauncher)
+
+
+if RayLauncher is not None:
+
+    class PerJobRayLauncher(RayLauncher):
+        def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+            """The plugin's launch (hydra_ray_launcher._core.launch, 1.4.0rc3) with its last line,
+            the batch's `ray.get`, replaced by one `ray.get` per job."""
+            from pathlib import Path
+
+            import ray
+            from hydra.core.singleton import Singleton
+            from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+            from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
+            from omegaconf import OmegaConf, open_dict
+
+            setup_globals()
+            configure_log(
+                self.config.hydra.hydra_logging,
+                self.config.hydra.verbose,
+                execution_whitelist=getattr(self.hydra_context, "execution_whitelist", None),
+            )
+            Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+            log.info(f"Ray Launcher is launching {len(job_overrides)} jobs")
+            start_ray(OmegaConf.create(OmegaConf.to_container(self.ray_cfg.init, resolve=True)))
+            submitted = []
+            for number, overrides in enumerate(job_overrides, start=initial_job_idx):
+                log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                with open_dict(sweep_config):
+                    sweep_config.hydra.job.id = f"job_id_for_{number}"
+                    sweep_config.hydra.job.num = number
+                submitted.append(
+                    launch_job_on_ray(
+                        self.hydra_context, self.ray_cfg.remote, sweep_config, self.task_function, Singleton.get_state()
+                    )
+                )
+            results = []
+            for overrides, reference in zip(job_overrides, submitted, strict=True):
+                try:
+                    results.append(ray.get(reference))
+                except ray.exceptions.RayError as error:  # its worker died: this job fails, not the batch
+                    log.error(f"job {' '.join(overrides)} lost its Ray worker ({type(error).__name__})")
+                    results.append(
+                        JobReturn(
+                            overrides=list(overrides),
+                            status=JobStatus.FAILED,
+                            _return_value=RuntimeError(f"its Ray worker was lost ({type(error).__name__})"),
+                        )
+                    )
+            return results
