@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The article's recipe for its full 100 epochs on the lent H200 (JAX), side by side, in one command of
+# The article's recipe for its full 100 epochs on the H200 (JAX), side by side, in one command of
 # under 10 minutes (an epoch there took 3.2 s; 100 epochs on this project's 2-core CPUs take hours):
 #   article_runner_seed42   python -m fmnist_exp.run experiment=article (float32, seed 42): the curve
-#                           that collapsed to 10% at epoch 49 on the CPU (issue 17)
+#                           that collapsed to 10% at epoch 49 on the CPU
 #   plain_article_seed42    scripts/article_plain.py, the same recipe with no runner: recipe or runner?
 #   default_cosine_seed1-3  the candidate default: the same recipe with a cosine learning-rate schedule,
 #                           validated on the holdout split, three seeds for its full length

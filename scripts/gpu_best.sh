@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Candidates for experiment=best, trained side by side on the lent H200 (JAX), in one command of
+# Candidates for experiment=best, trained side by side on the H200 (JAX), in one command of
 # under 10 minutes: each job is a full runner run (holdout validation, test set at the end, MLflow),
 # several share the GPU (small models leave most of it idle). Figures in $OUT: summary.md,
 # results.json, log.txt, and the learning curves of the first seed of each candidate.

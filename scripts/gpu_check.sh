@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, on the JAX backend, in one command of under 10 minutes on the lent H200:
+# The GPU check, on the JAX backend, in one command of under 10 minutes on the H200:
 #   1. bench: the runner against a bare Keras fit, float32 and mixed_bfloat16, batch 32 and 256;
 #   2. the article's recipe (experiment=article: seed_cnn, batch 32, test set as validation), 3 epochs;
 #   3. experiment=fast to completion;
@@ -8,7 +8,7 @@
 # learning_curves_article.png, learning_curves_fast.png and details.tar.gz (bench JSON, MLflow store,
 # Hydra logs): six files (the device tool brings back eight at most).
 #
-# On the lent machine (JAX and PyTorch on Python 3.12; no TensorFlow, no Keras, no network):
+# On the GPU machine (JAX and PyTorch on Python 3.12; no TensorFlow, no Keras, no network):
 #   here, once:   bash scripts/gpu_wheels.sh       (fills the ignored .gpu/ with wheels and the data)
 #   device run:   command "bash scripts/gpu_check.sh", carry [".gpu"], timeout_s 600
 # Here, on the CPU, the same steps at toy sizes, in a few minutes:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run HERE (where PyPI is reachable), before scripts/gpu_check.sh goes to the lent GPU machine, which
+# Run HERE (where PyPI is reachable), before scripts/gpu_check.sh goes to the GPU machine, which
 # reaches no registry. Fills .gpu/ (ignored by git, so name it in the device tool's `carry`):
 #   .gpu/wheels/          the wheels the runner needs there and the machine lacks, for CPython 3.12 x86-64
 #   .gpu/fashion-mnist/   a copy of the data set (the ../shared beside a checkout does not travel)
