@@ -179,7 +179,7 @@ def test_a_sweep_on_ray_over_postgresql_loses_one_trial_to_a_killed_worker(
         f"hydra.launcher.ray.init.address={ray_head}", f"mlflow.tracking_uri={postgres_server}",
         "mlflow.experiment_name=production", f"hydra.sweeper.storage='{storage}'",
         "hydra.sweeper.study_name=production", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
-        "pruning.warmup_epochs=1", f"data.dir={SUBSET_DIR}", "data.max_train_samples=600",
+        "pruning.warmup_epochs=1", "optimizer.learning_rate=tag(log, interval(0.0003, 0.003))", f"data.dir={SUBSET_DIR}", "data.max_train_samples=600",
         "data.max_test_samples=200", "epochs=3", "trainer.verbose=2", "mlflow.log_model=false",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]  # fmt: skip
@@ -212,7 +212,7 @@ def test_a_sweep_on_ray_over_postgresql_loses_one_trial_to_a_killed_worker(
     assert lost.info.status == "KILLED"
     assert f"process {victim.data.tags[PID_TAG]} on " in lost.data.tags["killed_reason"]
     others = [run for run in children if run.info.run_id != victim.info.run_id]
-    assert {run.info.status for run in others} == {"FINISHED"}
+    assert {run.info.status for run in others} == {"FINISHED"}, [run.data.tags.get("failure_reason") for run in others]
 
     study = optuna.load_study(study_name="production", storage=storage)
     assert len(study.trials) == 6
