@@ -257,6 +257,13 @@ def test_experiments_are_machine_learning_experiments(subset_run, tracking_uri, 
     assert ui_command("sqlite:////x/mlflow.db", "3").endswith(
         "then open http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
     )
+    # The default store needs no key; another store is named.
+    from fmnist_exp.config import default_tracking_uri
+
+    assert ui_command(default_tracking_uri(), "1").startswith(
+        "python -m fmnist_exp.ui, then open http://127.0.0.1:5000/"
+    )
+    assert ui_command("sqlite:////x/mlflow.db").startswith("python -m fmnist_exp.ui mlflow.tracking_uri=sqlite:////x/")
 
 
 # -- serving ----------------------------------------------------------------------------------------------

@@ -74,10 +74,13 @@ def ui_link(
 
 def ui_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
     """How to look at the store: the link, with the command that serves it where a server is needed."""
+    from fmnist_exp.config import default_tracking_uri
+
     link = ui_link(tracking_uri, experiment_id, run_id)
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {link}"
-    return f"python -m fmnist_exp.ui mlflow.tracking_uri={tracking_uri}, then open {link}"
+    store = "" if tracking_uri == default_tracking_uri() else f" mlflow.tracking_uri={tracking_uri}"
+    return f"python -m fmnist_exp.ui{store}, then open {link}"
 
 
 def sqlite_path(tracking_uri: str) -> Path | None:
