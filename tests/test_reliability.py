@@ -116,7 +116,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, tr
 
 
 def test_sigterm_after_the_last_epoch_ends_killed_and_its_hint_finishes_the_run(tmp_path, tracking_uri):
-    """Issue 13, 2: a SIGTERM in the test pass or model logging ends the run KILLED (not RUNNING), and
+    """A SIGTERM in the test pass or model logging ends the run KILLED (not RUNNING), and
     the printed hint (which names the run's store) resumes it: the test pass and the model only."""
     decoy = f"sqlite:///{tmp_path / 'decoy' / 'mlflow.db'}"  # the default store here: never the run's
     output = tmp_path / "run"
@@ -153,7 +153,7 @@ def test_sigterm_after_the_last_epoch_ends_killed_and_its_hint_finishes_the_run(
 
 
 def test_sighup_ends_killed_and_of_two_resumes_at_once_one_writes(tmp_path, tracking_uri):
-    """Issue 13, 3 and 5: SIGHUP ends a run KILLED as SIGTERM does; two resume= of it at once: the
+    """SIGHUP ends a run KILLED as SIGTERM does; two resume= of it at once: the
     second is refused naming the first, and the run's history has every epoch once."""
     output = tmp_path / "run"
     environment = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPROFILEIMPORTTIME": "1"}
@@ -288,7 +288,7 @@ def status(tracking_uri: str, run_id: str):
 
 
 def test_the_hint_after_an_interrupted_resume_names_the_run_and_its_store(tmp_path, monkeypatch):
-    """Issue 13, low: interrupted during resume=<folder>, the hint names the run id from the folder
+    """Interrupted during resume=<folder>, the hint names the run id from the folder
     and the store the run lives in, not the default one."""
     from fmnist_exp import preflight
 
@@ -303,7 +303,7 @@ def test_the_hint_after_an_interrupted_resume_names_the_run_and_its_store(tmp_pa
 
 
 def test_runs_of_dead_processes_are_marked_killed_by_report_and_sweep_but_live_ones_are_not(tmp_path, tracking_uri):
-    """Issue 13, 3: a run whose process was killed (-9) stays RUNNING until the next report or sweep
+    """A run whose process was killed (-9) stays RUNNING until the next report or sweep
     sees that its process is gone; a run whose process lives is left alone."""
     live, live_id = start_owner(tracking_uri, "live")
     try:
@@ -334,7 +334,7 @@ def test_runs_of_dead_processes_are_marked_killed_by_report_and_sweep_but_live_o
 
 
 def test_kill_9_of_training_then_report_marks_it_killed_and_resume_finishes_it(tmp_path, tracking_uri):
-    """Issue 13, 3: kill -9 mid-training leaves RUNNING; `report` marks it KILLED with a reason;
+    """Kill -9 mid-training leaves RUNNING; `report` marks it KILLED with a reason;
     resume= finishes it; and that resume (a new run) marks another dead process's run KILLED."""
     output = tmp_path / "run"
     environment = {"MLFLOW_TRACKING_URI": tracking_uri}
@@ -463,7 +463,7 @@ CHECK_STORE = "import sys; from fmnist_exp.store import Store; Store(sys.argv[1]
 
 
 def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
-    """Issue 13, 4: MLflow's schema creation on a new SQLite store races (alembic's "Online migration
+    """MLflow's schema creation on a new SQLite store races (alembic's "Online migration
     expected to match one row"); Store creates it under a file lock. Four at once, as cheap processes."""
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     processes = [
@@ -474,7 +474,7 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
 
 
 def test_runs_started_together_on_a_new_store_all_finish(tmp_path, tracking_uri):
-    """Issue 13, 4: three trainings started at once on a store that does not exist yet."""
+    """Three trainings started at once on a store that does not exist yet."""
     environment = {"MLFLOW_TRACKING_URI": tracking_uri}
     processes = [
         start_command(
@@ -495,7 +495,7 @@ def test_runs_started_together_on_a_new_store_all_finish(tmp_path, tracking_uri)
 
 @pytest.mark.parametrize("name", ["{tmp}/absolute/folder", "../outside", "a/../../b"])
 def test_experiment_names_never_send_artifacts_outside_the_store(tmp_path, monkeypatch, name):
-    """Issue 13, 9: an experiment name is a name, not a path."""
+    """An experiment name is a name, not a path."""
     name = name.replace("{tmp}", str(tmp_path))
     (tmp_path / "cwd" / "deeper").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "cwd" / "deeper")
@@ -557,7 +557,7 @@ def test_resume_of_a_damaged_or_finished_run_is_one_line(resumable, tmp_path, da
 
 
 def test_resume_writes_into_the_runs_own_folder_and_leaves_nothing_in_the_working_folder(resumable, tmp_path):
-    """resume=<run's folder> without hydra.run.dir: the resume's log is appended to the run's run.log, no
+    """Resume=<run's folder> without hydra.run.dir: the resume's log is appended to the run's run.log, no
     new outputs/<date>/<time>/ folder is made and the run's folder gets no .hydra/."""
     folder, uri, run_id = resumable
     (folder / "run.log").write_text("the first attempt's log\n")
@@ -602,7 +602,7 @@ PEAK_MEMORY = (
 
 
 def test_a_gzip_that_expands_far_beyond_its_header_is_refused_before_it_fills_memory(tmp_path, tracking_uri):
-    """Issue 13, low: a labels file whose header says 4,000 labels, followed by 1 GiB of zeros (a few
+    """A labels file whose header says 4,000 labels, followed by 1 GiB of zeros (a few
     hundred KB compressed), is refused after reading one byte past the header's size."""
     copy = tmp_path / "data"
     data.copy_dataset(SUBSET_DIR, copy)
@@ -630,7 +630,7 @@ def test_a_gzip_that_expands_far_beyond_its_header_is_refused_before_it_fills_me
 
 
 def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
-    """Issue 13, low: a 16-bit PNG predicts like its 8-bit original (Pillow's convert("L") clips it white)."""
+    """A 16-bit PNG predicts like its 8-bit original (Pillow's convert("L") clips it white)."""
     from PIL import Image
 
     from fmnist_exp import predict
