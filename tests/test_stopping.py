@@ -9,11 +9,11 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN, typed_config
 from fmnist_exp import callbacks, data, experiment, logged_model
 from fmnist_exp.config import PruningConfig
 from fmnist_exp.pruning import should_prune
 from fmnist_exp.store import Store
+from helpers import SMALL_RUN, TINY_RUN, typed_config
 
 RULE = PruningConfig(enabled=True, warmup_epochs=2, min_jobs=3)
 
@@ -188,3 +188,79 @@ def test_a_nan_in_the_first_epoch_leaves_nothing_to_keep_and_fails(tmp_path, tra
         [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("fmnist_exp").experiment_id]
     )
     assert run.info.status == "FAILED" and "test_accuracy" not in run.data.metrics
+
+
+class InterruptAfter(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt (what Ctrl-C and SIGTERM become) once epoch `epoch` (1-based) is
+    checkpointed: the run ends KILLED with its checkpoints, as after a real signal."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+# Early stopping on val_loss with a min_delta, where the best epoch by that rule (3: epoch 4 improves
+# val_loss by less than min_delta) is not the best by val_accuracy (4). Checked below, so that the
+# test cannot pass vacuously.
+VAL_LOSS_STOPPING = [
+    *TINY_RUN,
+    "epochs=5",
+    "model=fast_cnn",
+    "model.dropout=0",  # no random stream the resume would restart: resumed figures are bit-identical
+    "optimizer.learning_rate=0.01",
+    "deterministic=true",
+    "trainer.early_stopping.patience=2",
+    "trainer.early_stopping.monitor=val_loss",
+    "trainer.early_stopping.min_delta=0.05",
+]
+
+
+@pytest.mark.parametrize("interrupted_after", [4, 5])
+def test_a_resumed_run_restores_and_reports_the_best_epoch_of_the_uninterrupted_run(
+    tmp_path, tracking_uri, monkeypatch, interrupted_after
+):
+    """The best epoch is chosen by one rule (callbacks.BestEpoch): a run interrupted after an epoch
+    and resumed (mid-training, or after its last epoch) restores and reports the same epoch as the run
+    never interrupted: the best by the early-stopping monitor (val_loss, with its min_delta), with the
+    objective (val_accuracy) taken at that epoch."""
+    config = typed_config([*VAL_LOSS_STOPPING, f"mlflow.tracking_uri={tracking_uri}"])
+    reference = experiment.run(config, tmp_path / "reference")
+    losses, accuracies = reference.history["val_loss"], reference.history["val_accuracy"]
+    best, lowest = 1, losses[0]
+    for epoch, loss in enumerate(losses[1:], start=2):
+        if loss < lowest - 0.05:
+            best, lowest = epoch, loss
+    assert best != 1 + int(np.argmax(accuracies)), f"the monitors agree ({losses}, {accuracies}): nothing shown"
+    assert best < interrupted_after <= len(losses)
+    assert reference.best_epoch == best
+    assert reference.objective == accuracies[best - 1]
+
+    real_callbacks = experiment.callbacks_for
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            experiment,
+            "callbacks_for",
+            lambda *a, **k: {**real_callbacks(*a, **k), "interrupt": InterruptAfter(interrupted_after)},
+        )
+        with pytest.raises(KeyboardInterrupt):
+            experiment.run(config, tmp_path / "interrupted")
+    resumed = experiment.resume(str(tmp_path / "interrupted"), Store(tracking_uri))
+
+    timing = {"epoch_seconds", "images_per_second", "train_seconds"}
+    assert {k: v for k, v in resumed.history.items() if k not in timing} == {
+        k: v for k, v in reference.history.items() if k not in timing
+    }
+    assert (resumed.best_epoch, resumed.objective, resumed.test_accuracy, resumed.test_loss) == (
+        reference.best_epoch,
+        reference.objective,
+        reference.test_accuracy,
+        reference.test_loss,
+    )
+    client = mlflow.MlflowClient(tracking_uri)
+    logged = [client.get_run(outcome.run_id).data.metrics for outcome in (reference, resumed)]
+    for key in ("best_epoch", "objective", "test_accuracy", "test_loss"):
+        assert logged[0][key] == logged[1][key], key

@@ -97,11 +97,9 @@ def _keep_keras_off_tensorflow() -> None:
     installed. Keras 3.15's handle; on a Keras without it this does nothing (and the test that checks
     TensorFlow stays unimported fails).
     """
-    from keras.src.utils import module_utils
+    from fmnist_exp import private_api
 
-    handle = getattr(module_utils, "tensorflow", None)
-    if handle is not None and getattr(handle, "module", None) is None and hasattr(handle, "_available"):
-        handle._available = False
+    private_api.keep_keras_off_tensorflow()
 
 
 def _prepare_jax(threads: int | None, deterministic: bool) -> None:

@@ -11,11 +11,13 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from fmnist_exp.config import EarlyStoppingConfig
 from fmnist_exp.data import NUM_CLASSES
 from fmnist_exp.store import Run
 from fmnist_exp.train import atomic_write_text
@@ -29,12 +31,46 @@ COLLAPSED_ACCURACY = 2.0 / NUM_CLASSES
 
 
 def is_better(monitor: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
-    """Accuracies improve upwards, losses downwards."""
+    """Accuracies improve upwards, losses downwards; a NaN never improves."""
     if best is None or math.isnan(best):
         return not math.isnan(value)
     if monitor.endswith("loss"):
         return value < best - min_delta
     return value > best + min_delta
+
+
+@dataclass(frozen=True)
+class BestEpoch:
+    """The one rule for a run's best epoch, used by early stopping, the best checkpoint (best.keras),
+    the resume and the result.
+
+    The best epoch is the first epoch whose `monitor` improved on every earlier epoch's by more than
+    `min_delta`. With early stopping on, `monitor` is trainer.early_stopping.monitor (and its min_delta):
+    the metric that decides when to stop also decides which epoch is kept, as Keras's
+    restore_best_weights does. Without it, the objective's metric: its best checkpoint is what a
+    collapse or NaN stop falls back to. Either way the objective a run reports is the objective's
+    figure AT that epoch (summary.objective), and the test pass and logged model are that epoch's.
+    """
+
+    monitor: str
+    min_delta: float = 0.0
+
+    @classmethod
+    def of_run(cls, stopping: EarlyStoppingConfig, objective_metric: str) -> BestEpoch:
+        if stopping.patience:
+            return cls(stopping.monitor, stopping.min_delta)
+        return cls(objective_metric)
+
+    def improves(self, value: float, best: float | None) -> bool:
+        return is_better(self.monitor, value, best, self.min_delta)
+
+    def scan(self, history: dict[str, list[float]]) -> tuple[int | None, float | None]:
+        """The best epoch (1-based) of a history and its figure; (None, None) before a usable epoch."""
+        best_epoch, best = None, None
+        for epoch, value in enumerate(history.get(self.monitor) or [], start=1):
+            if self.improves(float(value), best):
+                best_epoch, best = epoch, float(value)
+        return best_epoch, best
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -93,32 +129,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds}s"
 
 
-class EarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras's early stopping with the best weights restored at the end, and the best epoch (1-based)."""
+class EarlyStopping(keras.callbacks.Callback):
+    """Stops training once `patience` epochs passed without a better epoch by the run's BestEpoch rule.
 
-    def __init__(self, monitor: str, patience: int, min_delta: float):
-        super().__init__(
-            monitor=monitor,
-            patience=patience,
-            min_delta=min_delta,
-            mode="min" if monitor.endswith("loss") else "max",
-            restore_best_weights=True,
-        )
+    It only stops: the best epoch's weights are restored after the fit from checkpoints/best.keras,
+    which BestCheckpoint writes by the same rule, so a resumed run restores what an uninterrupted one
+    does. After a resume, `history` (the epochs done) gives the best so far."""
 
-    def continue_from(self, history: dict[str, list[float]], best_model: keras.Model | None) -> None:
-        """After a resume: the best so far comes from the run's history and its best checkpoint."""
-        values = history.get(self.monitor) or []
-        if not values or best_model is None:
+    def __init__(self, rule: BestEpoch, patience: int, history: dict[str, list[float]] | None = None):
+        super().__init__()
+        self.rule = rule
+        self.patience = patience
+        self.best_epoch, self.best = rule.scan(history or {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.rule.monitor)
+        if value is None:
             return
-        pick = np.nanargmin if self.monitor.endswith("loss") else np.nanargmax
-        self.best_epoch = int(pick(values))
-        self.best = float(values[self.best_epoch])
-        self.wait = len(values) - 1 - self.best_epoch
-        self.best_weights = best_model.get_weights()
-
-    @property
-    def best_epoch_number(self) -> int | None:
-        return None if self.best_weights is None else self.best_epoch + 1
+        if self.rule.improves(float(value), self.best):
+            self.best_epoch, self.best = epoch + 1, float(value)
+        elif epoch + 1 - (self.best_epoch or 0) >= self.patience:
+            self.model.stop_training = True
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -159,17 +190,19 @@ class StopOnCollapse(keras.callbacks.Callback):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keeps `best.keras`, the model of the best epoch by `monitor`, written atomically."""
+    """Keeps `best.keras`, the model of the best epoch by the run's BestEpoch rule, written atomically.
 
-    def __init__(self, folder: Path, monitor: str, best_so_far: float | None = None):
+    After a resume, `history` (the epochs done) gives the best so far."""
+
+    def __init__(self, folder: Path, rule: BestEpoch, history: dict[str, list[float]] | None = None):
         super().__init__()
         self.folder = folder
-        self.monitor = monitor
-        self.best = best_so_far
+        self.rule = rule
+        _, self.best = rule.scan(history or {})
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not is_better(self.monitor, float(value), self.best):
+        value = (logs or {}).get(self.rule.monitor)
+        if value is None or not self.rule.improves(float(value), self.best):
             return
         self.best = float(value)
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,9 @@ class ModelConfig:
 @dataclass
 class EarlyStoppingConfig:
     # Epochs without improvement before training stops (null: off). The best epoch's weights are
-    # restored, so the test metrics and the logged model are the best epoch's.
+    # restored, so the test metrics and the logged model are the best epoch's. `monitor` (with
+    # min_delta) also chooses that epoch; the objective reported is the objective's figure at it
+    # (callbacks.BestEpoch).
     patience: int | None = None
     monitor: str = "val_accuracy"
     min_delta: float = 0.0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fmnist_exp import data
+from fmnist_exp import data, private_api
 
 if TYPE_CHECKING:
     from fmnist_exp.config import ExperimentConfig
@@ -70,7 +70,6 @@ def sha256_of(recipe: dict) -> str:
 
 def describe(config: ExperimentConfig, splits: data.Splits) -> dict:
     """{context: mlflow.data Dataset} for training, validation (when there is one) and test."""
-    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
     from mlflow.data.numpy_dataset import NumpyDataset
 
     class ImageSet(NumpyDataset):
@@ -85,7 +84,7 @@ def describe(config: ExperimentConfig, splits: data.Splits) -> dict:
             return {**self._facts, **super().profile}
 
     folder = str(Path(splits.source).expanduser().resolve())
-    source = get_dataset_source_from_json(json.dumps({"uri": folder}), source_type="local")
+    source = private_api.local_dataset_source(folder)
     arrays = {"training": splits.train, "validation": splits.validation, "test": splits.test}
     where = origin(splits.source, config.data.dir)
     described = {}

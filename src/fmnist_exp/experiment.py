@@ -190,17 +190,42 @@ def fit(
         shuffle=False,  # the stream already orders each epoch by (seed, epoch)
     )
     seconds = time.perf_counter() - started
-    stopping, pruner = callbacks.get("early_stopping"), callbacks.get("pruner")
-    fitted = Fitted(
-        history=run.histories(),
-        seconds=seconds,
-        best_epoch=stopping.best_epoch_number if stopping else None,
-        pruned_at=pruner.pruned_at if pruner else None,
-    )
+    pruner = callbacks.get("pruner")
+    fitted = Fitted(history=run.histories(), seconds=seconds, pruned_at=pruner.pruned_at if pruner else None)
     broken = why_broken(config, callbacks)
     if broken is not None:
         keep_best_epoch(prepared, model, run, fitted, broken)
+    elif config.trainer.early_stopping.patience:
+        fitted.best_epoch = restore_best_epoch(prepared, model, fitted.history)
     return fitted
+
+
+def best_epoch_rule(prepared: Prepared):
+    """The run's callbacks.BestEpoch: the early-stopping monitor when early stopping is on, else the objective."""
+    from fmnist_exp import callbacks
+
+    objective_metric = summary.objective_metric(prepared.splits.validation is not None)
+    return callbacks.BestEpoch.of_run(prepared.config.trainer.early_stopping, objective_metric)
+
+
+def restore_best_epoch(prepared: Prepared, model, history: dict[str, list[float]]) -> int | None:
+    """Give the model the best epoch's weights (checkpoints/best.keras) and return that epoch (1-based).
+
+    best.keras was written by the run's BestEpoch rule, the rule that names the epoch here, by a run
+    never interrupted as by one resumed. None, and the model untouched, without a best checkpoint or
+    when its weights are not all finite."""
+    import keras
+    import numpy as np
+
+    best_epoch, _ = best_epoch_rule(prepared).scan(history)
+    path = prepared.output_dir / CHECKPOINTS / "best.keras"
+    if best_epoch is None or not path.is_file():
+        return None
+    weights = keras.saving.load_model(path).get_weights()
+    if not all(np.isfinite(weight).all() for weight in weights):
+        return None
+    model.set_weights(weights)
+    return best_epoch
 
 
 def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id: str | None) -> dict:
@@ -212,6 +237,7 @@ def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id:
     folder = prepared.output_dir / CHECKPOINTS
     history = run.histories() if first_epoch else {}
     objective_metric = summary.objective_metric(prepared.splits.validation is not None)
+    rule = best_epoch_rule(prepared)
     chosen = {
         "timer": callbacks.EpochTimer(len(prepared.splits.train[0])),
         "non_finite": callbacks.StopOnNonFiniteLoss(),
@@ -219,18 +245,13 @@ def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id:
     }
     stopping = config.trainer.early_stopping
     if stopping.patience:
-        chosen["early_stopping"] = callbacks.EarlyStopping(stopping.monitor, stopping.patience, stopping.min_delta)
-        if first_epoch and (folder / "best.keras").is_file():
-            import keras
-
-            chosen["early_stopping"].continue_from(history, keras.saving.load_model(folder / "best.keras"))
+        chosen["early_stopping"] = callbacks.EarlyStopping(rule, stopping.patience, history)
     chosen["logger"] = callbacks.EpochLogger(run)
     if config.trainer.verbose == "auto" and train.verbosity("auto") != 1:  # a log, not a terminal
         chosen["progress"] = callbacks.ProgressLine(config.epochs)
     if config.pruning.enabled and parent_run_id:
         chosen["pruner"] = SweepPruner(prepared.store, run, parent_run_id, objective_metric, config.pruning)
-    best_so_far = summary.objective(history) if history else None
-    chosen["best_checkpoint"] = callbacks.BestCheckpoint(folder, objective_metric, best_so_far)
+    chosen["best_checkpoint"] = callbacks.BestCheckpoint(folder, rule, history)
     chosen["checkpoint"] = callbacks.Checkpointer(folder, run.run_id)
     return chosen
 
@@ -267,26 +288,17 @@ def why_broken(config: ExperimentConfig, chosen: dict) -> Broken | None:
 
 
 def keep_best_epoch(prepared: Prepared, model, run: Run, fitted: Fitted, broken: Broken) -> None:
-    """After a collapse or a NaN stop, the run goes on with its best epoch (checkpoints/best.keras).
+    """After a collapse or a NaN stop, the run goes on with its best epoch (restore_best_epoch).
 
     The model gets the best epoch's weights, so the test pass, the logged model and the objective are
     that epoch's, as with early stopping; the run ends FINISHED, tagged with the epoch it broke in
     (docs/production.md says why). Without a best checkpoint whose weights are all finite (a NaN in
     the first epoch) there is nothing to keep, and the run ends FAILED as before.
     """
-    import keras
-    import numpy as np
-
+    fitted.best_epoch = restore_best_epoch(prepared, model, fitted.history)
+    if fitted.best_epoch is None:
+        raise broken.error
     path = prepared.output_dir / CHECKPOINTS / "best.keras"
-    curve = summary.objective_curve(fitted.history)
-    if not path.is_file() or not any(math.isfinite(value) for value in curve):
-        raise broken.error
-    weights = keras.saving.load_model(path).get_weights()
-    if not all(np.isfinite(weight).all() for weight in weights):
-        raise broken.error
-    model.set_weights(weights)
-    # BestCheckpoint wrote the first epoch with the highest figure: the same rule as nanargmax.
-    fitted.best_epoch = 1 + int(np.nanargmax(np.asarray(curve, dtype=float)))
     fitted.stopped = (
         f"{broken.error} (the run keeps epoch {fitted.best_epoch}'s model, from {path}, and is evaluated with it)"
     )
@@ -397,21 +409,14 @@ def resume(target: str, store: Store) -> Outcome:
 
 
 def finished_fit(prepared: Prepared, model, run: Run) -> Fitted:
-    """A run whose epochs are all done: its history from the store; the best epoch's weights if early
-    stopping chose one (from checkpoints/best.keras)."""
+    """A run whose epochs are all done: its history from the store; with early stopping, the best
+    epoch's weights (restore_best_epoch), as the fit stage gives them."""
     history = run.histories()
     seconds = sum(history.get("epoch_seconds", []))
-    stopping = prepared.config.trainer.early_stopping
-    best_path = prepared.output_dir / CHECKPOINTS / "best.keras"
-    if stopping.patience and best_path.is_file():
-        import keras
-
-        model.set_weights(keras.saving.load_model(best_path).get_weights())
-        metric = summary.objective_metric(prepared.splits.validation is not None)
-        values = history.get(metric, [])
-        best_epoch = 1 + max(range(len(values)), key=values.__getitem__) if values else None
-        return Fitted(history, seconds, best_epoch=best_epoch)
-    return Fitted(history, seconds)
+    fitted = Fitted(history, seconds)
+    if prepared.config.trainer.early_stopping.patience:
+        fitted.best_epoch = restore_best_epoch(prepared, model, history)
+    return fitted
 
 
 # -- helpers of the stages ------------------------------------------------------------------------

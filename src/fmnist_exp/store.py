@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmnist_exp import interrupts
+from fmnist_exp import interrupts, private_api
 from fmnist_exp.config import PROJECT_ROOT
 from fmnist_exp.errors import ModelUriError, TrackingError, UserError
+from fmnist_exp.private_api import LOGGED_ARTIFACTS_TAG, MODEL_VERSIONS_TAG
 
 # Tags that say which process owns a RUNNING run, so that a run whose process died can be found.
 HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
@@ -538,16 +539,15 @@ class Store:
         import tempfile
 
         import pandas
-        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / Path(artifact_file).name
             pandas.DataFrame(columns).to_json(path, orient="split", index=False, date_format="iso")
             self.client.log_artifact(run_id, str(path), posixpath.dirname(artifact_file) or None)
-        listed = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        listed = json.loads(self.client.get_run(run_id).data.tags.get(LOGGED_ARTIFACTS_TAG, "[]"))
         entry = {"path": artifact_file, "type": "table"}
         if entry not in listed:
-            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
+            self.client.set_tag(run_id, LOGGED_ARTIFACTS_TAG, json.dumps([*listed, entry]))
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -569,7 +569,6 @@ class Store:
         LoggedModels has its `model` run artifact registered instead.
         """
         from mlflow.exceptions import MlflowException
-        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
         run = self.client.get_run(run_id)
         try:
@@ -583,10 +582,10 @@ class Store:
             source, model_id = f"{run.info.artifact_uri}/model", None
         version = self.client.create_model_version(name, source=source, run_id=run_id, model_id=model_id).version
         if model_id:  # a tracking server notes it itself; a SQLite store does not
-            noted = json.loads(self.client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS, "[]"))
+            noted = json.loads(self.client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
             if not any(entry.get("name") == name and str(entry.get("version")) == str(version) for entry in noted):
                 noted.append({"name": name, "version": version})
-                self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(noted)})
+                self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(noted)})
         if alias:
             self.client.set_registered_model_alias(name, alias, version)
         return str(version)
@@ -723,13 +722,7 @@ class Run:
     def log_datasets(self, datasets: dict[str, Any]) -> None:
         """Dataset inputs of the run, {context: mlflow.data Dataset}; the context is training,
         validation or test. Only the datasets' descriptions are stored, never their contents."""
-        from mlflow.entities import DatasetInput, InputTag
-        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-        inputs = [
-            DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-            for context, dataset in datasets.items()
-        ]
+        inputs = [private_api.dataset_input(dataset, context) for context, dataset in datasets.items()]
         self.store.client.log_inputs(self.run_id, datasets=inputs)
 
     @contextlib.contextmanager
@@ -770,9 +763,7 @@ class Run:
         if not enabled:
             yield
             return
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.store.uri)
+        monitor = private_api.system_metrics_monitor(self.run_id, resume, self.store.uri)
         monitor.start()
         try:
             yield

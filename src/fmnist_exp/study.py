@@ -71,6 +71,9 @@ class StudySweeper(OptunaSweeper):
 
 def stored_study_class():
     """The plugin's implementation with `sweep` replaced (defined here so Optuna loads only now)."""
+    # The plugin's private _impl, here only (docs/design.md, "Private APIs we touch"; checked by
+    # tests/test_private_api.py): its public sweeper cannot continue a stored study by count, mark
+    # interrupted trials or prune (upstream: facebookresearch/hydra#2793, #1954).
     from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
     class StoredStudyImpl(OptunaSweeperImpl):
@@ -97,15 +100,18 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
         distributions.pop(name, None)
     store = Store(self.config.mlflow.tracking_uri)
     storage = self.storage or default_storage(store.uri)
+    # The storage object made here (what optuna.create_study makes of a URL), so that the study's
+    # abandoned trials are ended through Optuna's public storage API, not the study's private _storage.
+    backend = optuna.storages.RDBStorage(storage) if isinstance(storage, str) else storage
     study_name = self.study_name or f"{self.config.mlflow.experiment_name}-{sweep_key(self.config)}"
     study = optuna.create_study(
         study_name=study_name,
-        storage=storage,
+        storage=backend,
         sampler=self.sampler,
         direction=directions[0],
         load_if_exists=True,
     )
-    abandoned = end_abandoned_trials(study)
+    abandoned = end_abandoned_trials(study, backend)
     if study.trials:
         # A seeded sampler would start its random stream again and propose the finished trials'
         # values once more; a continued study draws fresh ones (so it is not bit-for-bit reproducible).
@@ -133,14 +139,19 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
     finish(study, Path(self.config.hydra.sweep.dir))
 
 
-def end_abandoned_trials(study) -> int:
-    """Trials a search that died left RUNNING end as FAIL (marked interrupted); returns how many."""
+def end_abandoned_trials(study, storage) -> int:
+    """Trials a search that died left RUNNING end as FAIL (marked interrupted); returns how many.
+
+    `storage` is the study's optuna.storages.BaseStorage: its public methods find a trial's id by its
+    number and write it (study.tell cannot mark a WAITING trial, nor set a user attribute by number)."""
     from optuna.trial import TrialState
 
     abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in abandoned:
-        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
     return len(abandoned)
 
 
