@@ -32,7 +32,7 @@ RUN, EVALUATE, PREDICT = "fmnist_exp.run", "fmnist_exp.evaluate", "fmnist_exp.pr
 def test_a_small_run_end_to_end(tmp_path, tracking_uri):
     result = run_cli(SMALL_RUN, tracking_uri, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "test_accuracy=" in result.stdout and "mlflow ui" in result.stdout
+    assert "test_accuracy=" in result.stdout and "python -m fmnist_exp.ui" in result.stdout
     (run,) = all_runs(tracking_uri)
     assert run.info.status == "FINISHED"
     assert run.info.run_id in result.stdout

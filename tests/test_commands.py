@@ -93,7 +93,7 @@ def test_every_command_takes_the_runners_dotted_keys(name, arguments, shown, cle
         ("predict", ["model_uri=x"], "images: required"),
         ("predict", ["model_uri=x", "images=/no/such/photo.png"], "images: /no/such/photo.png is neither a file nor a folder"),
         ("predict", ["model_uri=x", "images=a.png,b.png"], "Ambiguous value for argument 'images=a.png,b.png'"),
-        ("report", ["experiment=fmnist_exp"], "experiment: not a known key; the keys: sweep, champion, mlflow.tracking_uri, mlflow.experiment_name"),
+        ("report", ["experiment=fmnist_exp"], "experiment: not a known key; the keys: sweep, champion, mlflow.tracking_uri, mlflow.orphan_after_minutes, mlflow.experiment_name"),
         ("report", ["+colour=red"], "colour: not a known key"),
         ("report", ["-m", "sweep=a,b"], "-m: report runs once"),
         ("report", ["sweep=${oc.env:FMNIST_NO_SUCH_VARIABLE}"], "sweep: "),

@@ -299,7 +299,7 @@ def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, t
               f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
     from fmnist_exp.store import Store
 
-    Store(tracking_uri).check()  # the store's schema exists before this test polls it
+    Store(tracking_uri).client  # noqa: B018 (makes the store's schema before this test polls it)
     process = subprocess.Popen(
         [sys.executable, "-m", "fmnist_exp.run", "-m", *search],
         cwd=tmp_path,

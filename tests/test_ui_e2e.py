@@ -207,14 +207,15 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         playwright_api.expect(drawn).to_have_count(3)  # the three charts drew their lines
         save_screenshot(page, tmp_path, "mlflow_ui_system_metrics.png")
 
-        # A job's own charts: the curves first; the per-class test figures in a section of their own.
+        # A job's own charts: the 33 per-class test figures in a section of their own, apart from the
+        # 11 curves and results (MLflow 3.17 lists the prefixed section first on a run's page).
         page.goto(
             f"{ui_server}/#/experiments/{experiment.experiment_id}/runs/{child.info.run_id}/model-metrics"
             "?workflowType=machine_learning"
         )
         page.get_by_text("test_per_class", exact=True).first.wait_for()
-        body = page.inner_text("body")
-        assert body.index("val_accuracy") < body.index("test_per_class")
+        sections = " ".join(page.inner_text("body").split())
+        assert "test_per_class (33)" in sections and "Model metrics (11)" in sections, sections[:400]
 
         # Compare the four jobs of one seed: the swept parameters and the test accuracy side by side.
         compared = [member for members in groups.values() for member in members if member.data.params["seed"] == "42"]
@@ -227,9 +228,9 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         page.locator(".js-plotly-plot").first.wait_for()  # the parallel-coordinates plot rendered
         close_the_assistant(page)
         parameters, metrics = page.locator(".du-bois-light-select").nth(0), page.locator(".du-bois-light-select").nth(1)
-        parameters.locator(".du-bois-light-select-selection-item", has_text="mlflow.run_name").locator(
-            ".du-bois-light-select-selection-item-remove"
-        ).click()
+        run_name = parameters.locator(".du-bois-light-select-selection-item", has_text="mlflow.run_name")
+        if run_name.count():  # picked by default when the runs differ in nothing else the plot can show
+            run_name.locator(".du-bois-light-select-selection-item-remove").click()
         for chosen in metrics.locator(".du-bois-light-select-selection-item-remove").all():
             chosen.click()  # the plot's first pick is whatever metric comes first, a system metric here
         metrics.click()
@@ -238,7 +239,7 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         page.keyboard.press("Escape")
         chosen = ".du-bois-light-select-selection-item-content"
         assert metrics.locator(chosen).all_inner_texts() == ["test_accuracy"]
-        assert set(parameters.locator(chosen).all_inner_texts()) == {"batch_size", "optimizer.learning_rate"}
+        assert {"batch_size", "optimizer.learning_rate"} <= set(parameters.locator(chosen).all_inner_texts())
         page.locator(".js-plotly-plot").first.get_by_text("test_accuracy").first.wait_for()
         save_screenshot(page, tmp_path, "mlflow_ui_compare.png")
         batch_row = page.locator("tr", has=page.get_by_text("batch_size", exact=True)).last
