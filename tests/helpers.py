@@ -4,18 +4,24 @@ user runs it (a subprocess against a real store). Imported as `from helpers impo
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fmnist_exp.config import CONF_DIR, ExperimentConfig, register_schemas, to_experiment_config
+from fmnist_exp import data
+from fmnist_exp.config import CONF_DIR, ExperimentConfig, register_schemas
+from fmnist_exp.validation import to_experiment_config
 
 SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
 
@@ -273,3 +279,36 @@ def png_claiming_size(path: Path, width: int, height: int) -> Path:
     raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
     path.write_bytes(bytes(raw))
     return path
+
+
+# -- data files -------------------------------------------------------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    """Write a uint8 array as a gzipped IDX file (a subset, or a deliberately wrong file)."""
+    header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_subset(source: Path, target: Path, train_count: int, test_count: int) -> None:
+    """Cut the first N training and test items of `source` into `target`, with a SHA256SUMS manifest
+    (how tests/data/fashion-mnist-subset was made)."""
+    import hashlib
+
+    target.mkdir(parents=True, exist_ok=True)
+    counts = {"train": train_count, "test": test_count}
+    for split in ("train", "test"):
+        images, labels = data.read_pair(source, data.FILES[f"{split}_images"], data.FILES[f"{split}_labels"])
+        write_idx(target / data.FILES[f"{split}_images"], images[: counts[split], ..., 0], data.IMAGES_MAGIC)
+        write_idx(target / data.FILES[f"{split}_labels"], labels[: counts[split]], data.LABELS_MAGIC)
+    digests = {name: hashlib.sha256(gzip.open(target / name).read()).hexdigest() for name in data.FILES.values()}
+    (target / data.MANIFEST_NAME).write_text("".join(f"{digest}  {name}\n" for name, digest in digests.items()))
+
+
+def copy_dataset(source: Path, target: Path) -> None:
+    """Copy the four files (and a manifest, if any), to corrupt a private copy."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in [*data.FILES.values(), data.MANIFEST_NAME]:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)

@@ -194,19 +194,19 @@ def stream_batches(stream, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_the_numpy_stream_orders_each_epoch_by_seed_and_epoch_only():
-    from fmnist_exp import train
+    from fmnist_exp import streams
 
     images = np.arange(10 * 28 * 28, dtype=np.uint8).reshape(10, 28, 28, 1)
     labels = np.arange(10, dtype=np.uint8)
-    whole = train.training_pipeline(images, labels, 4, seed=7, first_epoch=0, epochs=3, stream="pydataset")
+    whole = streams.training_pipeline(images, labels, 4, seed=7, first_epoch=0, epochs=3, stream="pydataset")
     assert len(whole) == 9  # 3 batches (4, 4, 2) per epoch: none straddles two epochs
     batches = stream_batches(whole, 9)
     assert [len(batch_labels) for _, batch_labels in batches] == [4, 4, 2] * 3
     for epoch in range(3):
         seen = np.concatenate([batch_labels for _, batch_labels in batches[3 * epoch : 3 * epoch + 3]])
-        np.testing.assert_array_equal(seen, train.epoch_order(10, 7, epoch))
+        np.testing.assert_array_equal(seen, streams.epoch_order(10, 7, epoch))
     # A resume from epoch 1 reads exactly the tail of the uninterrupted stream.
-    resumed = train.training_pipeline(images, labels, 4, seed=7, first_epoch=1, epochs=3, stream="pydataset")
+    resumed = streams.training_pipeline(images, labels, 4, seed=7, first_epoch=1, epochs=3, stream="pydataset")
     for (tail_images, tail_labels), (images_again, labels_again) in zip(
         batches[3:], stream_batches(resumed, 6), strict=True
     ):
@@ -220,14 +220,14 @@ def test_the_numpy_stream_orders_each_epoch_by_seed_and_epoch_only():
 def test_tf_data_and_the_numpy_stream_yield_the_same_batches():
     import keras
 
-    from fmnist_exp import train
+    from fmnist_exp import streams
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.data serves the tensorflow backend only")
     images = np.random.default_rng(0).integers(0, 256, (70, 28, 28, 1), dtype=np.uint8)
     labels = np.arange(70, dtype=np.uint8) % 10
     streams = [
-        train.training_pipeline(images, labels, 32, seed=3, first_epoch=1, epochs=3, stream=kind)
+        streams.training_pipeline(images, labels, 32, seed=3, first_epoch=1, epochs=3, stream=kind)
         for kind in ("tf_data", "pydataset")
     ]
     for (tf_images, tf_labels), (np_images, np_labels) in zip(*(stream_batches(s, 6) for s in streams), strict=True):
@@ -235,7 +235,7 @@ def test_tf_data_and_the_numpy_stream_yield_the_same_batches():
         np.testing.assert_array_equal(tf_labels, np_labels)
         assert np_images.dtype == np.uint8
     test_batches = [
-        stream_batches(train.pipeline(images, labels, 32, stream=kind), 3) for kind in ("tf_data", "pydataset")
+        stream_batches(streams.pipeline(images, labels, 32, stream=kind), 3) for kind in ("tf_data", "pydataset")
     ]
     for (tf_images, _), (np_images, _) in zip(*test_batches, strict=True):
         np.testing.assert_array_equal(tf_images, np_images)

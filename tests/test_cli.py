@@ -20,10 +20,12 @@ from helpers import (
     SUBSET_DIR,
     all_runs,
     assert_refused,
+    copy_dataset,
     hostile_saved_model,
     png_claiming_size,
     run_cli,
     run_command,
+    write_idx,
 )
 
 RUN, EVALUATE, PREDICT = "fmnist_exp.run", "fmnist_exp.evaluate", "fmnist_exp.predict"
@@ -58,7 +60,7 @@ def test_help_lists_the_groups(tmp_path, tracking_uri):
 
 def data_copy(tmp: Path) -> Path:
     copy = tmp / "data"
-    data.copy_dataset(SUBSET_DIR, copy)
+    copy_dataset(SUBSET_DIR, copy)
     return copy
 
 
@@ -71,10 +73,10 @@ def damaged_copy(how: str) -> Callable[[Path], None]:
             path.write_bytes(path.read_bytes()[:4000])
         elif how == "magic":
             labels = data.read_idx(copy / data.FILES["test_labels"], data.LABELS_MAGIC)
-            data.write_idx(copy / data.FILES["test_labels"], labels, 2052)
+            write_idx(copy / data.FILES["test_labels"], labels, 2052)
         elif how == "counts":
             labels = data.read_idx(copy / data.FILES["train_labels"], data.LABELS_MAGIC)
-            data.write_idx(copy / data.FILES["train_labels"], labels[:100], data.LABELS_MAGIC)
+            write_idx(copy / data.FILES["train_labels"], labels[:100], data.LABELS_MAGIC)
 
     return make
 
@@ -83,7 +85,7 @@ def one_file_missing(tmp: Path) -> None:
     """data.dir lacks one file, while a complete copy sits where the runner looks by default (the
     Keras cache under HOME): it must not silently train on that one."""
     (data_copy(tmp) / data.FILES["test_labels"]).unlink()
-    data.copy_dataset(SUBSET_DIR, tmp / "home" / ".keras" / "datasets" / "fashion-mnist")
+    copy_dataset(SUBSET_DIR, tmp / "home" / ".keras" / "datasets" / "fashion-mnist")
 
 
 def manifest(content: bytes, append: bool) -> Callable[[Path], None]:

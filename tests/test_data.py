@@ -21,10 +21,12 @@ from helpers import (
     PROCESS_TIMEOUT,
     SMALL_RUN,
     assert_refused,
+    copy_dataset,
     free_port,
     run_command,
     stop_process_group,
     wait_for_http,
+    write_idx,
 )
 
 
@@ -88,7 +90,7 @@ def test_no_copy_anywhere_lists_the_places_looked_at(tmp_path, monkeypatch):
 
 def _private_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "copy"
-    data.copy_dataset(SUBSET_DIR, copy)
+    copy_dataset(SUBSET_DIR, copy)
     return copy
 
 
@@ -97,7 +99,7 @@ def test_checksum_mismatch_is_refused(tmp_path):
     images, labels = data.read_pair(copy, data.FILES["test_images"], data.FILES["test_labels"])
     flipped = images[..., 0].copy()
     flipped[0, 0, 0] ^= 0xFF
-    data.write_idx(copy / data.FILES["test_images"], flipped, data.IMAGES_MAGIC)
+    write_idx(copy / data.FILES["test_images"], flipped, data.IMAGES_MAGIC)
     with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.gz: decompressed sha256 is"):
         data.load(DataConfig(dir=str(copy)), seed=0)
 
@@ -115,7 +117,7 @@ def test_truncated_gzip_is_refused(tmp_path):
 def test_wrong_magic_number_is_refused(tmp_path):
     copy = _private_copy(tmp_path)
     labels = data.read_idx(copy / data.FILES["test_labels"], data.LABELS_MAGIC)
-    data.write_idx(copy / data.FILES["test_labels"], labels, data.IMAGES_MAGIC)
+    write_idx(copy / data.FILES["test_labels"], labels, data.IMAGES_MAGIC)
     with pytest.raises(data.DataError, match="IDX magic number 2051, expected 2049"):
         data.load(DataConfig(dir=str(copy), verify=False), seed=0)
 
@@ -123,7 +125,7 @@ def test_wrong_magic_number_is_refused(tmp_path):
 def test_image_and_label_counts_must_match(tmp_path):
     copy = _private_copy(tmp_path)
     labels = data.read_idx(copy / data.FILES["test_labels"], data.LABELS_MAGIC)
-    data.write_idx(copy / data.FILES["test_labels"], labels[:-1], data.LABELS_MAGIC)
+    write_idx(copy / data.FILES["test_labels"], labels[:-1], data.LABELS_MAGIC)
     with pytest.raises(data.DataError, match="1,000 images but t10k-labels-idx1-ubyte.gz 999 labels"):
         data.load(DataConfig(dir=str(copy), verify=False), seed=0)
 
@@ -140,7 +142,7 @@ def test_recompressed_files_pass_the_decompressed_checksum(tmp_path):
 def test_download_fetches_verifies_and_renames(tmp_path, monkeypatch):
     # A file:// mirror exercises the real download path with no network.
     mirror = tmp_path / "mirror"
-    data.copy_dataset(SUBSET_DIR, mirror)
+    copy_dataset(SUBSET_DIR, mirror)
     monkeypatch.setattr(data, "CANONICAL_SHA256", data.expected_checksums(SUBSET_DIR))
     target = data.fetch(tmp_path / "cache", mirror=mirror.as_uri())
     assert sorted(p.name for p in target.iterdir()) == sorted(data.FILES.values())
@@ -148,7 +150,7 @@ def test_download_fetches_verifies_and_renames(tmp_path, monkeypatch):
 
 def test_download_of_a_corrupt_file_leaves_nothing_behind(tmp_path):
     mirror = tmp_path / "mirror"
-    data.copy_dataset(SUBSET_DIR, mirror)  # the subset's checksums are not the canonical ones
+    copy_dataset(SUBSET_DIR, mirror)  # the subset's checksums are not the canonical ones
     with pytest.raises(data.DataError, match="decompressed sha256"):
         data.fetch(tmp_path / "cache", mirror=mirror.as_uri())
     assert not (tmp_path / "cache").exists()  # the folder it made, removed again: nothing of it is left
@@ -193,7 +195,7 @@ def test_a_changed_file_is_never_served_from_the_cache(tmp_path, cache_folder):
     images = data.read_idx(path, data.IMAGES_MAGIC)[..., np.newaxis]
     changed = images.copy()
     changed[0, 0, 0, 0] ^= 0xFF
-    data.write_idx(path, changed[..., 0], data.IMAGES_MAGIC)
+    write_idx(path, changed[..., 0], data.IMAGES_MAGIC)
     # Same name, and the old mtime: only the content tells the files apart.
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte.gz: decompressed sha256 is"):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_RUN, SUBSET_DIR, free_port, stop_process_group, typed_config, wait_for_http
-from fmnist_exp import data, datasets, logged_model
+from fmnist_exp import data, dataset_inputs, logged_model
 from fmnist_exp import experiment as experiment_module
 from fmnist_exp.store import EXPERIMENT_KIND, Store, ui_command
 
@@ -187,7 +187,7 @@ def test_the_run_logs_its_three_datasets(subset_run):
         profile = json.loads(dataset.profile)
         assert profile["images"] == int(params[f"data.{count_param}_images"])
         assert profile["origin"] == "data.dir" and profile["checksums_verified"] is True
-        assert dataset.digest == profile["sha256"][: datasets.DIGEST_LENGTH]
+        assert dataset.digest == profile["sha256"][: dataset_inputs.DIGEST_LENGTH]
         assert (dataset.source_type, json.loads(dataset.source)["uri"]) == ("local", str(SUBSET_DIR.resolve()))
         assert sum(profile["class_counts"]) == profile["images"]
 
@@ -195,7 +195,7 @@ def test_the_run_logs_its_three_datasets(subset_run):
 def test_dataset_digests_follow_the_images():
     def digests(*overrides):
         config = typed_config([*SMALL_RUN, *overrides])
-        described = datasets.describe(config, data.load(config.data, config.seed))
+        described = dataset_inputs.describe(config, data.load(config.data, config.seed))
         return {context: dataset.digest for context, dataset in described.items()}
 
     base = digests()

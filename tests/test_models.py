@@ -188,7 +188,7 @@ def test_bad_blocks_are_refused_with_the_full_path(layers, message):
 
 
 def test_a_bad_block_fails_config_validation_before_anything_is_built():
-    from fmnist_exp.config import validate
+    from fmnist_exp.validation import validate
 
     config = typed_config(["model=resnet_small"])
     config.model.layers[4]["layers"][3]["kernel_size"] = [3, 3, 3]

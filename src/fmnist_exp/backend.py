@@ -3,7 +3,7 @@
 Keras reads its backend once, when it is first imported, so a process trains on one backend for
 its whole life. `activate()` sets it (and the settings each runtime reads only at start: JAX's
 thread pool, GPU memory and determinism flags), and refuses a second, different backend in the same
-process. `check()` holds what each backend cannot do, as plain Python, so that `config.validate`
+process. `check()` holds what each backend cannot do, as plain Python, so that `validation.validate`
 refuses it before anything is imported. Nothing here imports Keras or a backend at import time.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -26,8 +25,6 @@ BACKENDS = ("tensorflow", "jax", "torch")
 DISTRIBUTIONS = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "torch": ("torch",)}
 # The pyproject extra that installs each backend.
 EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
-# Hydra's sweep syntax in a command-line value: a,b  choice(a,b)  range(...)  glob(...)
-_SWEEP_VALUE = re.compile(r",|^\s*(choice|range|glob|interval|tag)\(")
 
 
 def installed() -> list[str]:
@@ -139,11 +136,13 @@ def refuse_backend_sweep(arguments: list[str]) -> None:
     Hydra's basic launcher runs every job in the one process, and joblib's and Ray's workers run
     several jobs each, so the second backend would fail in every job that lands in a used process.
     """
-    if not any(argument in ("-m", "--multirun") for argument in arguments):
+    from fmnist_exp import overrides
+
+    if not overrides.is_multirun(arguments):
         return
-    for argument in arguments:
-        key, _, value = argument.partition("=")
-        if key.lstrip("+~") == "trainer.backend" and _SWEEP_VALUE.search(value):
+    for argument in overrides.overrides_of(arguments):
+        value = overrides.value(argument)
+        if overrides.key(argument) == "trainer.backend" and overrides.is_sweep(argument):
             raise ConfigError(
                 f"trainer.backend: a sweep over backends ({value}) is refused: Keras picks its backend once per "
                 "process and a sweep's jobs share processes; run one sweep per backend, e.g. "

@@ -152,7 +152,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
+    from fmnist_exp.config import CONF_DIR, register_schemas
+    from fmnist_exp.validation import to_experiment_config
 
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
@@ -247,6 +248,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     noise.quiet()
     register_schemas()  # the resolvers the model files use
     return commands.run("bench", BenchConfig, bench, argv)
+
+
+def console() -> None:
+    """`fmnist-bench`: main without its return value, which a console script would pass to sys.exit."""
+    main()
 
 
 def trainer_overrides(config: BenchConfig) -> list[str]:

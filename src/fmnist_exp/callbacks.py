@@ -6,10 +6,8 @@ Each is checked once per epoch, never per batch, so the hot loop gains no host s
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from fmnist_exp import run_folder
 from fmnist_exp.config import EarlyStoppingConfig
 from fmnist_exp.data import NUM_CLASSES
 from fmnist_exp.store import Run
-from fmnist_exp.train import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ class BestEpoch:
     the metric that decides when to stop also decides which epoch is kept, as Keras's
     restore_best_weights does. Without it, the objective's metric: its best checkpoint is what a
     collapse or NaN stop falls back to. Either way the objective a run reports is the objective's
-    figure AT that epoch (summary.objective), and the test pass and logged model are that epoch's.
+    figure AT that epoch (ranking.objective), and the test pass and logged model are that epoch's.
     """
 
     monitor: str
@@ -194,9 +192,9 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     After a resume, `history` (the epochs done) gives the best so far."""
 
-    def __init__(self, folder: Path, rule: BestEpoch, history: dict[str, list[float]] | None = None):
+    def __init__(self, output_dir: Path, rule: BestEpoch, history: dict[str, list[float]] | None = None):
         super().__init__()
-        self.folder = folder
+        self.output_dir = output_dir
         self.rule = rule
         _, self.best = rule.scan(history or {})
 
@@ -205,10 +203,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value is None or not self.rule.improves(float(value), self.best):
             return
         self.best = float(value)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / ".best.partial.keras"
-        self.model.save(partial)
-        os.replace(partial, self.folder / "best.keras")
+        run_folder.save_best(self.model, self.output_dir)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -249,26 +244,13 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """After every epoch: the model with its optimizer state, then state.json naming it.
+    """After every epoch: the model with its optimizer state, and the state naming it (run_folder.save_epoch:
+    written so that a crash mid-write leaves the previous checkpoint intact)."""
 
-    Both are written to a temporary name and renamed, and state.json only ever names a complete
-    file, so a crash mid-write leaves the previous checkpoint intact.
-    """
-
-    def __init__(self, folder: Path, run_id: str):
+    def __init__(self, output_dir: Path, run_id: str):
         super().__init__()
-        self.folder = folder
+        self.output_dir = output_dir
         self.run_id = run_id
 
     def on_epoch_end(self, epoch, logs=None):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{epoch + 1:04d}.keras"
-        partial = self.folder / f".{name}.partial.keras"
-        self.model.save(partial)
-        os.replace(partial, self.folder / name)
-        atomic_write_text(
-            self.folder / "state.json", json.dumps({"epoch": epoch + 1, "model": name, "run_id": self.run_id})
-        )
-        for old in self.folder.glob("epoch-*.keras"):
-            if old.name != name:
-                old.unlink()
+        run_folder.save_epoch(self.model, self.output_dir, epoch + 1, self.run_id)

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from fmnist_exp import overrides
 from fmnist_exp.config import CONF_DIR, DataConfig, MlflowConfig, default_tracking_uri
 from fmnist_exp.errors import ConfigError, UserError, fail
 
@@ -61,7 +62,7 @@ def run(name: str, schema: type, task: Callable[[Any], Result], argv: list[str] 
     else is a bug and keeps its traceback.
     """
     arguments = sys.argv[1:] if argv is None else list(argv)
-    if "-m" in arguments or "--multirun" in arguments:
+    if overrides.is_multirun(arguments):
         fail(f"-m: {name} runs once; sweeps are for python -m fmnist_exp.run -m")
     configs = compose(name, schema, arguments)
     if not configs:

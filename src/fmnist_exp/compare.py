@@ -1,7 +1,7 @@
 """Comparing configs: each config's seed replicates as mean +- sd with a 95% interval, and whether
 the best config's lead over another is more than seed noise.
 
-Plain Python and SciPy on table rows (summary.row_of); the sweep's parent run and `report` print
+Plain Python and SciPy on table rows (ranking.row_of); the sweep's parent run and `report` print
 and log what this computes. The figure compared is the objective (validation accuracy, or training
 accuracy without a validation set), the one a sweep ranks by; test accuracy is shown beside it.
 

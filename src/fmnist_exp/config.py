@@ -1,8 +1,10 @@
 """The experiment's typed config: dataclass schemas registered with Hydra, and semantic validation.
 
-Hydra checks key names and types at compose time against these schemas; `validate()` then checks
-what types cannot say (positive sizes, allowed names, a layer stack whose shapes work out), before
-TensorFlow is imported or an MLflow run is started. Every message names the config key.
+Hydra checks key names and types at compose time against these schemas; `check_values()` then checks
+what types cannot say (positive sizes, allowed names, ranges), before TensorFlow is imported or an
+MLflow run is started. Every message names the config key. This is the bottom layer: it imports no
+other module of the package but `errors` and `overrides`; the checks that need the layer registry or
+the backends live in `validation.py`, above it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf import MISSING, OmegaConf
 
-from fmnist_exp.data import DEFAULT_MIRROR
+from fmnist_exp import overrides as overrides_grammar
 from fmnist_exp.errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -55,6 +56,9 @@ def default_tracking_uri() -> str:
 
 # The one table of optimizers: the Keras class each name builds, and the optional parameters it
 # accepts (setting another one is an error, not a no-op).
+# Where data.download fetches the IDX files from (Keras's own mirror); data.py reads it here.
+DEFAULT_MIRROR = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+
 OPTIMIZER_TABLE = {
     "adam": ("Adam", ("beta_1", "beta_2", "epsilon", "amsgrad")),
     "adamw": ("AdamW", ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay")),
@@ -252,8 +256,10 @@ def check_orphan_bound(minutes: float) -> None:
         )
 
 
-def validate(config: ExperimentConfig) -> None:
-    """Raise ConfigError naming the first bad key; returns quietly for a sound config."""
+def check_values(config: ExperimentConfig) -> None:
+    """Raise ConfigError naming the first bad key among the values this schema can judge alone.
+
+    What needs the layer registry or the backends (validation.validate) is checked above this module."""
     _check_positive("batch_size", config.batch_size)
     if config.batch_size > 65536:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
@@ -272,7 +278,7 @@ def validate(config: ExperimentConfig) -> None:
         _fail("pruning.warmup_epochs", f"{config.pruning.warmup_epochs} must be 1 or more")
     if config.pruning.min_jobs < 1:
         _fail("pruning.min_jobs", f"{config.pruning.min_jobs} must be 1 or more")
-    _validate_model(config.model)
+    _check_knobs(config.model)
 
 
 def _validate_data(data: DataConfig) -> None:
@@ -314,14 +320,11 @@ def _validate_optimizer(optimizer: OptimizerConfig, epochs: int) -> None:
 
 
 def _validate_trainer(trainer: TrainerConfig, data: DataConfig) -> None:
-    from fmnist_exp import backend  # plain Python: it imports no backend
-
     _check_choice("trainer.jit_compile", str(trainer.jit_compile).lower(), JIT_CHOICES)
     _check_choice("trainer.precision", trainer.precision, PRECISIONS)
     _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
     _check_positive("trainer.threads", trainer.threads, allow_none=True)
     _check_choice("trainer.distribute", trainer.distribute, ("none", "mirrored"))
-    backend.check(trainer)  # the backend's name, and what it cannot do (mirrored outside TensorFlow)
     stopping = trainer.early_stopping
     _check_positive("trainer.early_stopping.patience", stopping.patience, allow_none=True)
     _check_choice("trainer.early_stopping.monitor", stopping.monitor, MONITORS)
@@ -329,15 +332,12 @@ def _validate_trainer(trainer: TrainerConfig, data: DataConfig) -> None:
         _fail("trainer.early_stopping.monitor", f"{stopping.monitor} needs a validation set, but data.validation=none")
 
 
-def _validate_model(model: ModelConfig) -> None:
-    from fmnist_exp import models  # the registry's checks are plain Python too
-
+def _check_knobs(model: ModelConfig) -> None:
     if not isinstance(model, ModelConfig):
-        raise TypeError("validate() takes a config whose model went through model_config()")
+        raise TypeError("check_values() takes a config whose model went through model_config()")
     for knob, value in model.knobs.items():
         if not isinstance(value, (int, float, str, bool)) and value is not None:
             _fail(f"model.{knob}", f"a knob must be a single value, got {value!r}")
-    models.check_stack(model.layers, key="model.layers", augmentation=model.augmentation)
 
 
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -359,24 +359,6 @@ def model_config(node: Any) -> ModelConfig:
         _fail("model.augmentation", f"must be a list of augmentation layers, got {augmentation!r}")
     knobs = {key: value for key, value in node.items() if key not in MODEL_FIELDS}
     return ModelConfig(name=node["name"], layers=layers, augmentation=augmentation, knobs=knobs)
-
-
-def to_experiment_config(config: DictConfig) -> ExperimentConfig:
-    """Turn Hydra's composed DictConfig into the typed object and validate it."""
-    try:
-        typed = OmegaConf.to_object(config)
-    except InterpolationResolutionError as error:
-        raise ConfigError(f"{error.full_key or 'config'}: {str(error).splitlines()[0]}") from error
-    if not isinstance(typed, ExperimentConfig):
-        raise TypeError("the composed config does not extend experiment_schema")
-    typed.model = model_config(typed.model)
-    model_node = config.get("model")
-    written = OmegaConf.to_container(model_node, resolve=False) if isinstance(model_node, DictConfig) else {}
-    try:
-        validate(typed)
-    except ConfigError as error:
-        raise in_knob_terms(error, knob_references(written), typed.model.knobs) from error
-    return typed
 
 
 KNOB_REFERENCE = re.compile(r"\$\{model\.([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -476,14 +458,9 @@ def config_group(config: ExperimentConfig, run_name: str) -> str:
     return f"{name} [{config_hash(config, without=('seed',))[:8]}]"
 
 
-def override_key(override: str) -> str:
-    """The dotted key of a command-line override: `+model.x=1` -> `model.x`, `~seed` -> `seed`."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def trains_something(override: str) -> bool:
     """Whether a command-line override changes what is trained (not tracking, output or bookkeeping)."""
-    key = override_key(override)
+    key = overrides_grammar.key(override)
     return not any(key == untrained or key.startswith(untrained + ".") for untrained in UNTRAINED_KEYS)
 
 

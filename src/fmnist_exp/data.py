@@ -18,7 +18,6 @@ import logging
 import math
 import mmap
 import os
-import shutil
 import struct
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fmnist_exp.config import DEFAULT_MIRROR
 from fmnist_exp.errors import DataError
 
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ CANONICAL_SHA256 = {
 # decompressed checksums in this file, in `sha256sum` format.
 MANIFEST_NAME = "SHA256SUMS"
 
-DEFAULT_MIRROR = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 KERAS_CACHE = Path.home() / ".keras" / "datasets" / "fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -480,30 +479,3 @@ def load(config: DataConfig, seed: int) -> Splits:
         test=(test_images, test_labels),
         source=folder,
     )
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    """Write a uint8 array as a gzipped IDX file (used to cut the test subset)."""
-    header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}i", *array.shape)
-    with gzip.open(path, "wb") as stream:
-        stream.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def write_subset(source: Path, target: Path, train_count: int, test_count: int) -> None:
-    """Cut the first N training and test items of `source` into `target`, with a SHA256SUMS manifest."""
-    target.mkdir(parents=True, exist_ok=True)
-    counts = {"train": train_count, "test": test_count}
-    for split in ("train", "test"):
-        images, labels = read_pair(source, FILES[f"{split}_images"], FILES[f"{split}_labels"])
-        write_idx(target / FILES[f"{split}_images"], images[: counts[split], ..., 0], IMAGES_MAGIC)
-        write_idx(target / FILES[f"{split}_labels"], labels[: counts[split]], LABELS_MAGIC)
-    lines = [f"{_decompressed_sha256(target / name)}  {name}" for name in FILES.values()]
-    (target / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
-
-
-def copy_dataset(source: Path, target: Path) -> None:
-    """Copy the four files (and a manifest, if any); tests use it to corrupt a private copy."""
-    target.mkdir(parents=True, exist_ok=True)
-    for name in [*FILES.values(), MANIFEST_NAME]:
-        if (source / name).is_file():
-            shutil.copy2(source / name, target / name)

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> float | None:
     return commands.run("evaluate", EvaluateConfig, evaluate, argv)
 
 
+def console() -> None:
+    """`fmnist-evaluate`: main without its return value, which a console script would pass to sys.exit."""
+    main()
+
+
 def evaluate(config: EvaluateConfig) -> float:
     _check_positive("batch_size", config.batch_size, allow_none=True)
     _check_positive("data.max_test_samples", config.data.max_test_samples, allow_none=True)
@@ -61,9 +66,9 @@ def evaluate(config: EvaluateConfig) -> float:
         backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
         noise.import_tensorflow()
         model = logged_model.load_file(path, config.model_uri)
-    from fmnist_exp import evaluation, train
+    from fmnist_exp import per_class, streams
 
-    result = train.evaluate(model, images, labels, batch_size)
+    result = streams.test_pass(model, images, labels, batch_size)
     print(f"test_accuracy={result.accuracy:.4f} test_loss={result.loss:.4f} images={len(labels)}")
     if run is not None and "test_accuracy" in run.data.metrics:
         logged_accuracy = run.data.metrics["test_accuracy"]
@@ -71,7 +76,7 @@ def evaluate(config: EvaluateConfig) -> float:
         print(f"{verdict} the run's logged test_accuracy={logged_accuracy:.4f} (run {run.info.run_id})")
     if config.output_dir:
         folder = Path(config.output_dir)
-        evaluation.write_reports(images, labels, result.probabilities, folder)
+        per_class.write_reports(images, labels, result.probabilities, folder)
         print(f"reports written to {folder}")
     return result.accuracy
 

@@ -13,19 +13,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
 import math
-import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist_exp import config as config_module
-from fmnist_exp import data, summary
+from fmnist_exp import data, ranking, run_folder
 from fmnist_exp.config import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
 from fmnist_exp.interrupts import signals_as_interrupt
@@ -33,11 +29,10 @@ from fmnist_exp.store import Run, Store, ui_command
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.yaml"
-OVERRIDES_FILE = "overrides.yaml"
-RUN_FILE = "run.json"  # the MLflow run id, written as soon as the run exists
-LOCK_FILE = ".lock"
-CHECKPOINTS = "checkpoints"
+# Callbacks a caller adds to the fit stage, made from the job's run and its objective metric (a
+# sweep adds its pruner this way, so that one run's code knows nothing of sweeps). A callback with a
+# `pruned_at` epoch that is not None ended the job early.
+ExtraCallbacks = Callable[[Run, str], dict]
 
 
 class TrainingDiverged(RunStopped):
@@ -75,7 +70,7 @@ class Fitted:
 @dataclass
 class Outcome:
     run_id: str
-    objective: float  # see summary.objective
+    objective: float  # see ranking.objective
     test_accuracy: float
     test_loss: float
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -91,14 +86,15 @@ def prepare(
     config: ExperimentConfig, output_dir: Path, overrides: Sequence[str] = (), store: Store | None = None
 ) -> Prepared:
     """Everything that can be wrong with the input fails here, before Keras and before a run."""
-    config_module.validate(config)
+    from fmnist_exp.validation import validate
+
+    validate(config)
     store = store or Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     store.check()
     splits = data.load(config.data, config.seed)
     check_splits(splits, held_out=config.data.validation == "holdout")
-    output_dir = make_output_folder(Path(output_dir))
-    (output_dir / CONFIG_FILE).write_text(config_module.to_yaml(config))
-    (output_dir / OVERRIDES_FILE).write_text(json.dumps(list(overrides)) + "\n")
+    output_dir = run_folder.make(Path(output_dir))
+    run_folder.write_inputs(output_dir, config_module.to_yaml(config), list(overrides))
     return Prepared(config, output_dir, list(overrides), splits, store)
 
 
@@ -115,27 +111,27 @@ def start_keras(config: ExperimentConfig):
     backend.activate(config.trainer, config.deterministic)
     import keras
 
-    from fmnist_exp import train
+    from fmnist_exp import device
 
     # Jobs of a sweep share this process under Hydra's default launcher: start each from a clean slate.
     keras.backend.clear_session()
-    train.configure_gpus()
-    train.configure_threads(config.trainer.threads)
-    train.configure_determinism(config.deterministic)
+    device.configure_gpus()
+    device.configure_threads(config.trainer.threads)
+    device.configure_determinism(config.deterministic)
     keras.utils.set_random_seed(config.seed)
-    train.configure_precision(config.trainer.precision)
+    device.configure_precision(config.trainer.precision)
     return keras
 
 
 def build(prepared: Prepared):
     """A new, compiled model from the config."""
-    from fmnist_exp import models, optim, train
+    from fmnist_exp import device, models, optim
 
     config = prepared.config
-    with train.strategy_scope(config.trainer.distribute):
+    with device.strategy_scope(config.trainer.distribute):
         model = models.build(config.model.layers, name=config.model.name, augmentation=config.model.augmentation)
         optimizer = optim.build(config.optimizer, prepared.steps_per_epoch, config.epochs)
-        train.compile_model(model, optimizer, config.trainer)
+        device.compile_model(model, optimizer, config.trainer)
     return model
 
 
@@ -143,12 +139,12 @@ def restore(prepared: Prepared, state: dict):
     """The checkpointed model, compiled, with its optimizer state."""
     import zipfile
 
-    from fmnist_exp import train
+    from fmnist_exp import device
 
-    path = prepared.output_dir / CHECKPOINTS / state["model"]
-    with train.strategy_scope(prepared.config.trainer.distribute):
+    path = run_folder.checkpoint_file(prepared.output_dir, state)
+    with device.strategy_scope(prepared.config.trainer.distribute):
         try:
-            return train.load_checkpoint(prepared.output_dir / CHECKPOINTS, state)
+            return run_folder.load_checkpoint(prepared.output_dir, state)
         except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
             reason = " ".join(str(error).split())[:300]
             raise UserError(
@@ -163,35 +159,35 @@ def fit(
     run: Run,
     first_epoch: int = 0,
     last_epoch: int | None = None,
-    parent_run_id: str | None = None,
+    extra_callbacks: ExtraCallbacks | None = None,
     stream: str = "auto",
 ) -> Fitted:
     """Train epochs first_epoch+1 .. last_epoch (default: the config's) with the runner's callbacks.
 
-    `stream` picks the training stream (train.stream_kind): tf.data on TensorFlow, a NumPy PyDataset
+    `stream` picks the training stream (streams.stream_kind): tf.data on TensorFlow, a NumPy PyDataset
     elsewhere; bench compares the two."""
-    from fmnist_exp import train
+    from fmnist_exp import device, streams
 
     config = prepared.config
     last_epoch = config.epochs if last_epoch is None else last_epoch
     images, labels = prepared.splits.train
-    batches = train.training_pipeline(images, labels, config.batch_size, config.seed, first_epoch, last_epoch, stream)
+    batches = streams.training_pipeline(images, labels, config.batch_size, config.seed, first_epoch, last_epoch, stream)
     validation = prepared.splits.validation
-    callbacks = callbacks_for(prepared, run, first_epoch, parent_run_id)
+    callbacks = callbacks_for(prepared, run, first_epoch, extra_callbacks)
     started = time.perf_counter()
     model.fit(
         batches,
-        validation_data=train.pipeline(*validation, config.batch_size) if validation else None,
+        validation_data=streams.pipeline(*validation, config.batch_size) if validation else None,
         initial_epoch=first_epoch,
         epochs=last_epoch,
         steps_per_epoch=prepared.steps_per_epoch,
         callbacks=list(callbacks.values()),
-        verbose=0 if "progress" in callbacks else train.verbosity(config.trainer.verbose),
+        verbose=0 if "progress" in callbacks else device.verbosity(config.trainer.verbose),
         shuffle=False,  # the stream already orders each epoch by (seed, epoch)
     )
     seconds = time.perf_counter() - started
-    pruner = callbacks.get("pruner")
-    fitted = Fitted(history=run.histories(), seconds=seconds, pruned_at=pruner.pruned_at if pruner else None)
+    pruned_at = next((c.pruned_at for c in callbacks.values() if getattr(c, "pruned_at", None) is not None), None)
+    fitted = Fitted(history=run.histories(), seconds=seconds, pruned_at=pruned_at)
     broken = why_broken(config, callbacks)
     if broken is not None:
         keep_best_epoch(prepared, model, run, fitted, broken)
@@ -204,7 +200,7 @@ def best_epoch_rule(prepared: Prepared):
     """The run's callbacks.BestEpoch: the early-stopping monitor when early stopping is on, else the objective."""
     from fmnist_exp import callbacks
 
-    objective_metric = summary.objective_metric(prepared.splits.validation is not None)
+    objective_metric = ranking.objective_metric(prepared.splits.validation is not None)
     return callbacks.BestEpoch.of_run(prepared.config.trainer.early_stopping, objective_metric)
 
 
@@ -218,7 +214,7 @@ def restore_best_epoch(prepared: Prepared, model, history: dict[str, list[float]
     import numpy as np
 
     best_epoch, _ = best_epoch_rule(prepared).scan(history)
-    path = prepared.output_dir / CHECKPOINTS / "best.keras"
+    path = run_folder.best_model(prepared.output_dir)
     if best_epoch is None or not path.is_file():
         return None
     weights = keras.saving.load_model(path).get_weights()
@@ -228,15 +224,13 @@ def restore_best_epoch(prepared: Prepared, model, history: dict[str, list[float]
     return best_epoch
 
 
-def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id: str | None) -> dict:
+def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, extra: ExtraCallbacks | None = None) -> dict:
     """The runner's callbacks, by name, in the order Keras calls them."""
-    from fmnist_exp import callbacks, train
-    from fmnist_exp.pruning import SweepPruner
+    from fmnist_exp import callbacks, device
 
     config = prepared.config
-    folder = prepared.output_dir / CHECKPOINTS
     history = run.histories() if first_epoch else {}
-    objective_metric = summary.objective_metric(prepared.splits.validation is not None)
+    objective_metric = ranking.objective_metric(prepared.splits.validation is not None)
     rule = best_epoch_rule(prepared)
     chosen = {
         "timer": callbacks.EpochTimer(len(prepared.splits.train[0])),
@@ -247,12 +241,12 @@ def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, parent_run_id:
     if stopping.patience:
         chosen["early_stopping"] = callbacks.EarlyStopping(rule, stopping.patience, history)
     chosen["logger"] = callbacks.EpochLogger(run)
-    if config.trainer.verbose == "auto" and train.verbosity("auto") != 1:  # a log, not a terminal
+    if config.trainer.verbose == "auto" and device.verbosity("auto") != 1:  # a log, not a terminal
         chosen["progress"] = callbacks.ProgressLine(config.epochs)
-    if config.pruning.enabled and parent_run_id:
-        chosen["pruner"] = SweepPruner(prepared.store, run, parent_run_id, objective_metric, config.pruning)
-    chosen["best_checkpoint"] = callbacks.BestCheckpoint(folder, rule, history)
-    chosen["checkpoint"] = callbacks.Checkpointer(folder, run.run_id)
+    if extra is not None:
+        chosen.update(extra(run, objective_metric))
+    chosen["best_checkpoint"] = callbacks.BestCheckpoint(prepared.output_dir, rule, history)
+    chosen["checkpoint"] = callbacks.Checkpointer(prepared.output_dir, run.run_id)
     return chosen
 
 
@@ -298,7 +292,7 @@ def keep_best_epoch(prepared: Prepared, model, run: Run, fitted: Fitted, broken:
     fitted.best_epoch = restore_best_epoch(prepared, model, fitted.history)
     if fitted.best_epoch is None:
         raise broken.error
-    path = prepared.output_dir / CHECKPOINTS / "best.keras"
+    path = run_folder.best_model(prepared.output_dir)
     fitted.stopped = (
         f"{broken.error} (the run keeps epoch {fitted.best_epoch}'s model, from {path}, and is evaluated with it)"
     )
@@ -308,20 +302,20 @@ def keep_best_epoch(prepared: Prepared, model, run: Run, fitted: Fitted, broken:
 
 def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Outcome:
     """The test pass, reports, curves, the model and its registration, and the objective."""
-    from fmnist_exp import datasets, evaluation, logged_model, plots, train
+    from fmnist_exp import dataset_inputs, logged_model, per_class, plots, streams
 
     config, output_dir = prepared.config, prepared.output_dir
     run.log_metrics({"train_seconds": fitted.seconds})
     model_id = None  # the LoggedModel the test metrics belong to, logged first so they can name it
     if config.mlflow.log_model or config.register:
         model_id = logged_model.log(run, model, prepared.splits.test[0][:2], output_dir)
-    test = train.evaluate(model, *prepared.splits.test, config.batch_size)
-    test_set = datasets.describe(config, prepared.splits)["test"]
-    objective = summary.objective(fitted.history, fitted.best_epoch)
+    test = streams.test_pass(model, *prepared.splits.test, config.batch_size)
+    test_set = dataset_inputs.describe(config, prepared.splits)["test"]
+    objective = ranking.objective(fitted.history, fitted.best_epoch)
     final = {"objective": objective, **({"best_epoch": fitted.best_epoch} if fitted.best_epoch else {})}
     run.log_metrics(final, model_id=model_id)
     run.log_metrics({"test_loss": test.loss, "test_accuracy": test.accuracy}, model_id=model_id, dataset=test_set)
-    report = evaluation.write_reports(*prepared.splits.test, test.probabilities, output_dir / "evaluation")
+    report = per_class.write_reports(*prepared.splits.test, test.probabilities, output_dir / "evaluation")
     run.log_metrics(report, model_id=model_id, dataset=test_set)
     run.log_artifacts(output_dir / "evaluation", "evaluation")
     run.log_artifact(plots.learning_curves(fitted.history, output_dir / "learning_curves.png"), "plots")
@@ -348,13 +342,14 @@ def run(
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
     store: Store | None = None,
+    extra_callbacks: ExtraCallbacks | None = None,
     extra_tags: dict | None = None,
 ) -> Outcome:
     """Train and evaluate one config in a new MLflow run (a child of `parent_run_id` in a sweep,
     tagged with `extra_tags`, such as a sweep's replicate number)."""
     prepared = prepare(config, output_dir, overrides, store)
     name = config.mlflow.run_name or config_module.run_name(prepared.overrides)
-    with one_writer(prepared.output_dir), signals_as_interrupt():
+    with run_folder.one_writer(prepared.output_dir), signals_as_interrupt():
         start_keras(config)
         model = build(prepared)
         with (
@@ -366,10 +361,10 @@ def run(
             ) as active,
             active.system_metrics(config.mlflow.system_metrics),
         ):
-            (prepared.output_dir / RUN_FILE).write_text(json.dumps({"run_id": active.run_id}) + "\n")
+            run_folder.write_run_id(prepared.output_dir, active.run_id)
             log_inputs(prepared, active, model)
             announce(prepared, model, active)
-            fitted = fit(prepared, model, active, parent_run_id=parent_run_id)
+            fitted = fit(prepared, model, active, extra_callbacks=extra_callbacks)
             return evaluate_and_log(prepared, model, active, fitted)
 
 
@@ -382,19 +377,18 @@ def resume(target: str, store: Store) -> Outcome:
     """
     store.check()
     folder = output_folder_of(target, store)
-    with one_writer(folder):
-        config = config_module.from_yaml(folder / CONFIG_FILE)
-        overrides = json.loads((folder / OVERRIDES_FILE).read_text()) if (folder / OVERRIDES_FILE).is_file() else []
+    with run_folder.one_writer(folder):
+        config = config_module.from_yaml(folder / run_folder.CONFIG_FILE)
+        overrides = run_folder.read_overrides(folder)
         prepared = prepare(config, folder, overrides, store)
-        run_id = run_id_of(folder)
+        run_id = run_folder.run_id_of(folder)
         if store.get_run(run_id).info.status == "FINISHED":
             raise UserError(f"resume: run {run_id} already FINISHED; there is nothing to resume")
-        state = checkpoint_state(folder / CHECKPOINTS)
+        state = run_folder.checkpoint_state(folder)
         with signals_as_interrupt():
             start_keras(config)
             model = restore(prepared, state) if state else build(prepared)
             first_epoch = state["epoch"] if state else 0
-            parent = store.get_run(run_id).data.tags.get("mlflow.parentRunId")
             with (
                 store.run(config.mlflow.experiment_name, "", {}, run_id=run_id) as active,
                 active.system_metrics(config.mlflow.system_metrics, resume=True),
@@ -402,7 +396,7 @@ def resume(target: str, store: Store) -> Outcome:
                 active.set_tags({"resumed_from_epoch": first_epoch})
                 log.info(f"resuming run {run_id} after epoch {first_epoch} of {config.epochs}")
                 if first_epoch < config.epochs:
-                    fitted = fit(prepared, model, active, first_epoch, parent_run_id=parent)
+                    fitted = fit(prepared, model, active, first_epoch)
                 else:
                     fitted = finished_fit(prepared, model, active)
                 return evaluate_and_log(prepared, model, active, fitted)
@@ -442,70 +436,18 @@ def check_splits(splits: data.Splits, held_out: bool = False) -> None:
             )
 
 
-def run_id_of(folder: Path) -> str:
-    """The MLflow run id in a run's output folder (run.json)."""
-    try:
-        return str(json.loads((folder / RUN_FILE).read_text())["run_id"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"resume: {folder / RUN_FILE} is damaged ({type(error).__name__}: {error})") from error
-
-
-def checkpoint_state(folder: Path) -> dict | None:
-    """state.json of a checkpoint folder ({epoch, model, run_id}), or None before the first epoch ended."""
-    path = folder / "state.json"
-    if not path.is_file():
-        return None
-    try:
-        state = json.loads(path.read_text())
-        if not (folder / state["model"]).is_file():
-            raise FileNotFoundError(folder / state["model"])
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
-        raise UserError(f"resume: the checkpoint in {folder} is damaged ({type(error).__name__}: {error})") from error
-    return state
-
-
-def make_output_folder(output_dir: Path) -> Path:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"hydra.run.dir: cannot write to the output folder {output_dir} ({error})") from error
-    return output_dir
-
-
-@contextlib.contextmanager
-def one_writer(output_dir: Path) -> Iterator[None]:
-    """One process writes a run at a time: a second run or resume of the same folder is refused."""
-    lock_path = output_dir / LOCK_FILE
-    handle = open(lock_path, "a+")  # noqa: SIM115 (held for the block, closed below)
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(f"resume: {output_dir} is in use by {holder}; wait for it to end or stop it") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
-
-
 def output_folder_of(target: str, store: Store) -> Path:
     """`resume=` takes a run's output folder or its run id."""
     folder = Path(target).expanduser()
-    if not (folder / CONFIG_FILE).is_file():
+    if not (folder / run_folder.CONFIG_FILE).is_file():
         tags = store.get_run(target).data.tags if not folder.exists() else {}
         if "output_dir" not in tags:
             raise UserError(f"resume: {target!r} is neither a run's output folder nor a run id in {store.uri}")
         folder = Path(tags["output_dir"])
-    if not (folder / CONFIG_FILE).is_file() or not (folder / RUN_FILE).is_file():
-        raise UserError(f"resume: {folder} holds no {CONFIG_FILE} and {RUN_FILE}; is it a run's output folder?")
+    if not run_folder.is_run_folder(folder):
+        raise UserError(
+            f"resume: {folder} holds no {run_folder.CONFIG_FILE} and {run_folder.RUN_FILE}; is it a run's output folder?"
+        )
     return folder
 
 
@@ -526,7 +468,7 @@ def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
 
 def log_inputs(prepared: Prepared, run: Run, model) -> None:
     """The run's params (what a person compares, params.run_params), data sets and config files."""
-    from fmnist_exp import datasets, dry_run, params
+    from fmnist_exp import dataset_inputs, dry_run, params
 
     splits = prepared.splits
     counts = {
@@ -536,10 +478,10 @@ def log_inputs(prepared: Prepared, run: Run, model) -> None:
         "model.parameters": model.count_params(),
     }
     run.log_params(params.run_params(prepared.config, prepared.overrides, counts))
-    run.log_datasets(datasets.describe(prepared.config, splits))
-    run.log_artifact(prepared.output_dir / CONFIG_FILE)
-    run.log_artifact(prepared.output_dir / OVERRIDES_FILE)
-    layers = prepared.output_dir / "model_layers.txt"
+    run.log_datasets(dataset_inputs.describe(prepared.config, splits))
+    run.log_artifact(prepared.output_dir / run_folder.CONFIG_FILE)
+    run.log_artifact(prepared.output_dir / run_folder.OVERRIDES_FILE)
+    layers = prepared.output_dir / run_folder.LAYERS_FILE
     layers.write_text(dry_run.model_table(prepared.config) + "\n")
     run.log_artifact(layers)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fmnist_exp.config import OPTIMIZER_PARAMS, ExperimentConfig, as_dict, override_key, trains_something
+from fmnist_exp import overrides as grammar
+from fmnist_exp.config import OPTIMIZER_PARAMS, ExperimentConfig, as_dict, trains_something
 
 # The schedule fields each schedule reads (the others are ignored by it, so they are not logged).
 SCHEDULE_FIELDS = {"constant": (), "cosine": ("warmup_epochs", "alpha"), "exponential": ("decay_rate", "decay_epochs")}
@@ -95,7 +96,7 @@ def given_params(config: ExperimentConfig, overrides: list[str], chosen: dict[st
     tree = as_dict(config)
     given = {}
     for override in overrides:
-        key = override_key(override)
+        key = grammar.key(override)
         if not trains_something(override) or key in chosen or key in GROUP_KEYS or key in (*PATH_KEYS, "experiment"):
             continue
         value = lookup(tree, key)
@@ -116,8 +117,8 @@ def lookup(tree: dict, dotted: str) -> Any:
 def preset_of(overrides: Iterable[str]) -> str | None:
     """The preset (`experiment=fast`) given on the command line, if any."""
     for override in overrides:
-        if override_key(override) == "experiment":
-            return override.split("=", 1)[1]
+        if grammar.key(override) == "experiment":
+            return grammar.value(override)
     return None
 
 

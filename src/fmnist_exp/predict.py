@@ -86,6 +86,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, float]] | None:
     return commands.run("predict", PredictConfig, predict, argv)
 
 
+def console() -> None:
+    """`fmnist-predict`: main without its return value, which a console script would pass to sys.exit."""
+    main()
+
+
 def predict(config: PredictConfig) -> list[tuple[str, str, float]]:
     from fmnist_exp.store import Store
 

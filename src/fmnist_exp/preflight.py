@@ -1,4 +1,4 @@
-"""Checks on the command line before Hydra starts, and what a refused or stopped job leaves behind.
+"""Checks on the command line before Hydra starts, each refusing a mistake with one line.
 
 Hydra answers some mistakes with a traceback or a multi-line message (an output folder it cannot
 create, a knob the chosen model does not have); these are caught here first, with one line.
@@ -7,15 +7,12 @@ create, a knob the chosen model does not have); these are caught here first, wit
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
+from fmnist_exp import overrides as grammar
+from fmnist_exp import run_folder
 from fmnist_exp.config import CONF_DIR, MODEL_FIELDS, default_tracking_uri
 from fmnist_exp.errors import UserError
-
-KNOB_OVERRIDE = re.compile(r"^model\.([A-Za-z_][A-Za-z0-9_]*)=")
-# What Hydra and the prepare stage write into a job's folder before anything is trained.
-UNUSED_OUTPUT = {".hydra", "run.log", "config.yaml", "overrides.yaml", ".lock", ".write-test"}
 
 
 def check_arguments(arguments: list[str]) -> None:
@@ -41,7 +38,7 @@ def check_modes(arguments: list[str]) -> None:
     modes = sorted({MODES[argument] for argument in given if argument in MODES})
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} cannot be given together: use one at a time")
-    if modes == ["--multirun"] and any(argument.lstrip("+~").startswith("resume=") for argument in arguments):
+    if modes == ["--multirun"] and grammar.values_of(arguments, "resume"):
         raise UserError(
             "resume: continues one run and cannot be swept; drop -m (a search continues by running its "
             "own command again)"
@@ -55,12 +52,11 @@ def check_sweep_store(arguments: list[str]) -> None:
     The store is the command line's mlflow.tracking_uri, else MLFLOW_TRACKING_URI or the default; a
     single run checks its store itself, before Keras starts.
     """
-    if not any(argument in ("-m", "--multirun") for argument in arguments):
+    if not grammar.is_multirun(arguments):
         return
     uris = [default_tracking_uri()]
-    for argument in arguments:
-        key, _, value = argument.partition("=")
-        if key.lstrip("+~") == "mlflow.tracking_uri" and value:
+    for value in grammar.values_of(arguments, "mlflow.tracking_uri"):
+        if value:
             uris = [uri.strip().strip("'\"") for uri in value.split(",")]
     from fmnist_exp.store import Store
 
@@ -141,17 +137,16 @@ def check_callbacks(arguments: list[str]) -> None:
     This refuses it on the command line in one line; from a YAML file, Hydra's execution whitelist
     (set in run.main) refuses any other target.
     """
-    for argument in arguments:
-        key = argument.split("=", 1)[0].lstrip("+~")
+    for key in map(grammar.key, grammar.overrides_of(arguments)):
         if key == "hydra.callbacks" or key.startswith("hydra.callbacks."):
             raise UserError(f"{key}: hydra.callbacks cannot be changed; it holds the runner's own sweep callback")
 
 
 def check_output_folders(arguments: list[str]) -> None:
     """Refuse an output folder that cannot be created, before Hydra tries and fails with a traceback."""
-    for argument in arguments:
-        key, _, value = argument.partition("=")
-        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value:
+    for argument in grammar.overrides_of(arguments):
+        key, value = grammar.key(argument), grammar.value(argument)
+        if key not in OUTPUT_KEYS or not value:
             continue
         folder = Path(value.split("${", 1)[0]).expanduser().absolute()  # the part before any interpolation
         existing = next(path for path in (folder, *folder.parents) if path.exists())
@@ -168,17 +163,23 @@ def _writable(folder: Path) -> bool:
 
 
 def _choices(arguments: list[str], key: str) -> list[str | None]:
-    """The options a `group=a,b` override names (a sweep's several), or [None] for the default."""
-    for argument in arguments:
-        name, _, value = argument.partition("=")
-        if name == key and value and not value.startswith(("choice(", "glob(", "range(")):
-            return [option.strip() for option in value.split(",")]
+    """The options a `group=a,b` override names (a sweep's several), or [None] for the default.
+
+    A group swept by a function (choice(...), glob(...)) is left to Hydra: [None]."""
+    for argument in grammar.overrides_of(arguments):
+        value = grammar.value(argument)
+        if grammar.key(argument) != key or not value:
+            continue
+        if grammar.is_sweep(argument) and grammar.swept_by_function(value):
+            return [None]
+        return [option.strip() for option in value.split(",")]
     return [None]
 
 
 def check_model_knobs(arguments: list[str]) -> None:
     """`model.<knob>=...` for a knob the chosen model does not declare: one line listing its knobs."""
-    knobs = [match.group(1) for argument in arguments if (match := KNOB_OVERRIDE.match(argument))]
+    keys = [grammar.key(argument) for argument in grammar.overrides_of(arguments) if "=" in argument]
+    knobs = [key.split(".", 1)[1] for key in keys if key.startswith("model.") and key.count(".") == 1]
     knobs = [knob for knob in knobs if knob not in MODEL_FIELDS]
     if not knobs:
         return
@@ -203,39 +204,17 @@ def check_model_knobs(arguments: list[str]) -> None:
                     )
 
 
-# The folders a job's output folder would be made in that existed before the command started (its
-# nearest existing ancestors): a refused job removes the folders it made, up to these and no further.
-EXISTING_BEFORE: set[Path] = set()
+OUTPUT_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 
 
 def note_existing_folders(arguments: list[str]) -> None:
-    """Before Hydra makes the output folder: where the folders it will make begin (see discard_unused)."""
+    """Before Hydra makes the output folder: where the folders it will make begin (run_folder.discard_unused)."""
     cwd = Path.cwd()
-    candidates = [cwd / "outputs", cwd / "multirun"]
-    for argument in arguments:
-        key, _, value = argument.partition("=")
-        if key.lstrip("+~") in ("hydra.run.dir", "hydra.sweep.dir") and value:
-            candidates.append(Path(value.split("${", 1)[0]).expanduser().absolute())
-    for candidate in candidates:
-        EXISTING_BEFORE.add(next(folder for folder in (candidate, *candidate.parents) if folder.exists()))
-
-
-def discard_unused(output_dir: Path) -> None:
-    """Remove a job's output folder that holds only what was written before training began, and the
-    empty folders above it that this command made (Hydra's outputs/<date>/), none that existed before."""
-    if not output_dir.is_dir() or any(entry.name not in UNUSED_OUTPUT for entry in output_dir.iterdir()):
-        return
-    shutil.rmtree(output_dir, ignore_errors=True)
-    folder = output_dir.absolute().parent
-    if not EXISTING_BEFORE:  # called without note_existing_folders: the date folder Hydra made, at most
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-        return
-    while folder not in EXISTING_BEFORE and any(folder.is_relative_to(root) for root in EXISTING_BEFORE):
-        if not folder.is_dir() or any(folder.iterdir()):
-            return
-        folder.rmdir()
-        folder = folder.parent
+    roots = [cwd / "outputs", cwd / "multirun"]
+    for argument in grammar.overrides_of(arguments):
+        if grammar.key(argument) in OUTPUT_KEYS and grammar.value(argument):
+            roots.append(Path(grammar.value(argument).split("${", 1)[0]).expanduser().absolute())
+    run_folder.note_existing_folders(roots)
 
 
 def resume_in_place(arguments: list[str]) -> list[str]:
@@ -245,12 +224,12 @@ def resume_in_place(arguments: list[str]) -> list[str]:
     None when the command gives hydra.run.dir itself, sweeps, or names a run that cannot be found
     here without creating a store (the job then refuses it with its own message).
     """
-    keys = {argument.partition("=")[0].lstrip("+~"): argument.partition("=")[2] for argument in arguments}
+    keys = grammar.by_key(arguments)
     target = keys.get("resume")
-    if not target or "hydra.run.dir" in keys or any(argument in ("-m", "--multirun") for argument in arguments):
+    if not target or "hydra.run.dir" in keys or grammar.is_multirun(arguments):
         return []
     folder = Path(target).expanduser()
-    if not (folder / "config.yaml").is_file():
+    if not run_folder.is_run_folder(folder):
         from fmnist_exp.store import Store, sqlite_path
 
         uri = keys.get("mlflow.tracking_uri") or default_tracking_uri()
@@ -258,25 +237,15 @@ def resume_in_place(arguments: list[str]) -> list[str]:
         if database is not None and not database.is_file():
             return []
         try:
-            folder = Path(Store(uri).client.get_run(target).data.tags.get("output_dir", ""))
+            folder = Path(Store(uri).get_run(target).data.tags.get("output_dir", ""))
         except Exception:  # noqa: BLE001 (not a run here, or no store: the job says which)
             return []
-    if not (folder / "config.yaml").is_file() or not (folder / "run.json").is_file():
+    if not run_folder.is_run_folder(folder):
         return []
     return [f"hydra.run.dir={folder.absolute()}", "hydra.output_subdir=null"]
 
 
 def resume_hint(config, output_dir: Path) -> str:
     """The command that continues an interrupted run, with its real run id and store."""
-    import json
-
-    run_file = (Path(config.resume) if config.resume and Path(config.resume).is_dir() else output_dir) / "run.json"
-    target = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else config.resume
-    if not target:
-        return "it had not started a run, so there is nothing to resume"
-    store = (
-        ""
-        if config.mlflow.tracking_uri == default_tracking_uri()
-        else f" mlflow.tracking_uri={config.mlflow.tracking_uri}"
-    )
-    return f"continue with: python -m fmnist_exp.run resume={target}{store}"
+    uri = config.mlflow.tracking_uri
+    return run_folder.resume_hint(config.resume, uri, default_tracking_uri(), output_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fmnist_exp import commands, compare, noise, summary
+from fmnist_exp import commands, compare, noise, ranking
 from fmnist_exp import config as config_module
 from fmnist_exp.errors import UserError
 
@@ -37,7 +37,7 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, 
         raise UserError(f"mlflow.experiment_name: no experiment named {experiment_name!r} in {store.uri}")
     if sweep == "all":
         runs = store.search(experiment_name, "tags.sweep_key IS NULL")
-        rows = summary.best_first([summary.row_of(run) for run in runs])
+        rows = ranking.best_first([ranking.row_of(run) for run in runs])
         return rows, f"all {len(rows)} runs of experiment {experiment_name}", [], ui_link(store.uri, experiment_id)
     if sweep == "latest":
         parents = store.search(experiment_name, "tags.sweep_key != ''", max_results=1, order_by=["start_time DESC"])
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     return commands.run("report", ReportConfig, report, argv)
 
 
+def console() -> None:
+    """`fmnist-report`: main without its return value, which a console script would pass to sys.exit."""
+    main()
+
+
 def report(config: ReportConfig) -> list[dict]:
     from fmnist_exp.store import Store
 
@@ -63,7 +68,7 @@ def report(config: ReportConfig) -> list[dict]:
     store.check()
     rows, title, keys, link = rows_for(store, config.mlflow.experiment_name, config.sweep)
     print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")
-    print(summary.markdown_table(rows, keys))
+    print(ranking.markdown_table(rows, keys))
     configs = compare.by_config(rows)
     if configs:
         print("Per config over its seeds (95% t-interval; best against each other by Welch's t-test, 5% level):\n")

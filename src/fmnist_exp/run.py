@@ -17,9 +17,11 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
-from fmnist_exp import noise, preflight, ray_cluster
-from fmnist_exp.config import CONF_DIR, register_schemas, to_experiment_config
+from fmnist_exp import noise, preflight, ray_cluster, run_folder
+from fmnist_exp import overrides as grammar
+from fmnist_exp.config import CONF_DIR, register_schemas
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
+from fmnist_exp.validation import to_experiment_config
 
 log = logging.getLogger("fmnist_exp.run")
 CALLBACKS = ["fmnist_exp.sweep.SweepCallback"]
@@ -39,10 +41,10 @@ def job(composed: DictConfig) -> float | dict:
 
             log.error(f"job failed: {error}")
             return dataclasses.asdict(JobResult(objective=math.nan))
-        preflight.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir)
         fail(str(error))
     if config.dry_run:
-        preflight.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir)
         from fmnist_exp import dry_run
 
         try:
@@ -51,7 +53,7 @@ def job(composed: DictConfig) -> float | dict:
             fail(str(error))
 
     if config.replicates > 1 and not sweeping:
-        preflight.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir)
         fail(
             f"replicates: {config.replicates} trains the config {config.replicates} times as a sweep; "
             "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
@@ -76,7 +78,7 @@ def job(composed: DictConfig) -> float | dict:
         else:
             outcome = experiment.run(config, output_dir, runtime.overrides.task, store=store)
     except UserError as error:
-        preflight.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir)
         fail(str(error))
     except RunStopped as error:
         fail(str(error), EXIT_RUN_STOPPED)
@@ -93,7 +95,7 @@ RESUME_KEYS = ("resume", "mlflow.tracking_uri")
 
 def refuse_overrides_with_resume(overrides: list[str]) -> None:
     """A resumed run keeps its config.yaml; an override would be silently ignored, so it is refused."""
-    ignored = [item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in RESUME_KEYS]
+    ignored = [item for item in overrides if grammar.key(item) not in RESUME_KEYS]
     if ignored:
         raise UserError(
             f"resume: {' '.join(ignored)} would be ignored: a resumed run keeps its own config "

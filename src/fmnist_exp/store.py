@@ -713,9 +713,6 @@ class Run:
     def log_artifacts(self, path: Path, folder: str | None = None) -> None:
         self.store.client.log_artifacts(self.run_id, str(path), folder)
 
-    def log_dict(self, data: Any, file_name: str) -> None:
-        self.store.client.log_text(self.run_id, json.dumps(data, indent=2), file_name)
-
     def histories(self) -> dict[str, list[float]]:
         return self.store.histories(self.run_id)
 

@@ -24,8 +24,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp import summary
-from fmnist_exp.config import ExperimentConfig, config_hash, override_key, trains_something
+from fmnist_exp import overrides as grammar
+from fmnist_exp import ranking
+from fmnist_exp.config import ExperimentConfig, config_hash, trains_something
 from fmnist_exp.errors import RunStopped, UserError
 from fmnist_exp.store import Store, owner_tags, ui_link
 
@@ -76,7 +77,7 @@ def sweep_params(config: DictConfig) -> dict[str, str]:
     fixed ones with their value), the search space of a sweeper, the sweeper, launcher and replicates."""
     params: dict[str, str] = {}
     for override in config.hydra.overrides.task:
-        key = override_key(override)
+        key = grammar.key(override)
         if trains_something(override) and key not in ("data.dir", "data.mirror"):
             params[key] = override.partition("=")[2]
     for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items():
@@ -171,7 +172,7 @@ def sweep_rows(store: Store, parent_run_id: str) -> list[dict]:
             run_id = tag[len(REUSED_TAG_PREFIX) :]
             runs.setdefault(run_id, store.client.get_run(run_id))
     keys = swept_keys(dict(parent.data.params))
-    return summary.best_first([summary.row_of(run, keys) for run in runs.values()])
+    return ranking.best_first([ranking.row_of(run, keys) for run in runs.values()])
 
 
 def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
@@ -192,8 +193,8 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
     configs = compare.by_config(rows)
     folder = sweep_dir / "summary"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep_summary.md").write_text(summary.markdown_table(rows, keys))
-    (folder / "sweep_summary.csv").write_text(summary.csv_table(rows, keys))
+    (folder / "sweep_summary.md").write_text(ranking.markdown_table(rows, keys))
+    (folder / "sweep_summary.csv").write_text(ranking.csv_table(rows, keys))
     (folder / "configs.md").write_text(compare.noise_table(configs))
     plots.sweep_comparison(rows, folder / "sweep_comparison.png")
     plots.sweep_curves(rows, curves, folder / "objective_by_epoch.png")
@@ -201,9 +202,9 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
         plots.params_against_objective(rows, keys, folder / "params_vs_objective.png")
     store.log_artifacts(parent_run_id, folder, "summary")
     # The UI's table view reads a dotted column name as a path into nested objects (empty cells).
-    columns = {name.replace(".", "/"): values for name, values in summary.table_columns(rows, keys).items()}
+    columns = {name.replace(".", "/"): values for name, values in ranking.table_columns(rows, keys).items()}
     store.log_table(parent_run_id, columns, "summary/jobs.json")
-    counts = summary.job_counts(rows)
+    counts = ranking.job_counts(rows)
     metrics = {f"jobs_{kind}": count for kind, count in counts.items()}
     tags: dict[str, Any] = {"sweep_jobs": len(rows), "sweep_pruned": counts["pruned"]}
     if configs:
@@ -240,7 +241,7 @@ def sweep_note(parent_params: dict[str, str], rows: list[dict], configs: list, c
 
 def rerun_command(overrides: str, replicates: int) -> str:
     """The command that trains the winning config again (a search preset left out: it only searches)."""
-    kept = [item for item in overrides.split() if override_key(item) not in ("hparams_search", "replicates")]
+    kept = [item for item in overrides.split() if grammar.key(item) not in ("hparams_search", "replicates")]
     if replicates > 1:
         return "python -m fmnist_exp.run -m " + " ".join([*kept, f"replicates={replicates}"])
     return "python -m fmnist_exp.run " + " ".join(kept)
@@ -276,6 +277,19 @@ def threads_per_job(launcher: DictConfig) -> int | None:
     if "RayLauncher" in target:
         return int(OmegaConf.select(launcher, "ray.remote.num_cpus", default=None) or 1)
     return None
+
+
+def pruner_for(config: ExperimentConfig, store: Store, parent_run_id: str | None):
+    """The fit stage's extra callback that prunes this job against its sweep's others, or None."""
+    if not (config.pruning.enabled and parent_run_id):
+        return None
+
+    def make(run, objective_metric: str) -> dict:
+        from fmnist_exp.pruning import SweepPruner
+
+        return {"pruner": SweepPruner(store, run, parent_run_id, objective_metric, config.pruning)}
+
+    return make
 
 
 def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sweep_dir: str) -> dict:
@@ -338,13 +352,19 @@ def run_replicate(
                 objective=float(done.data.metrics.get("objective", math.nan)),
                 run_id=done.info.run_id,
                 pruned=done.data.tags.get("pruned") == "true",
-                curve=summary.objective_curve(store.histories(done.info.run_id)),
+                curve=ranking.objective_curve(store.histories(done.info.run_id)),
             )
     parent_run_id = parent.info.run_id if parent else None
     extra_tags = {"replicate": str(replicate)} if replicate is not None else {}
     try:
         outcome = experiment.run(
-            config, output_dir, overrides, parent_run_id=parent_run_id, store=store, extra_tags=extra_tags
+            config,
+            output_dir,
+            overrides,
+            parent_run_id=parent_run_id,
+            store=store,
+            extra_callbacks=pruner_for(config, store, parent_run_id),
+            extra_tags=extra_tags,
         )
     except (UserError, RunStopped) as error:
         log.error(f"job failed: {error}")
@@ -354,5 +374,5 @@ def run_replicate(
         objective=outcome.objective,
         run_id=outcome.run_id,
         pruned=outcome.pruned_at is not None,
-        curve=summary.objective_curve(outcome.history),
+        curve=ranking.objective_curve(outcome.history),
     )

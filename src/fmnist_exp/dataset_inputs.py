@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 NAME = "fashion-mnist"
 DIGEST_LENGTH = 36  # MLflow's limit for a dataset digest
-CONTEXTS = ("training", "validation", "test")
 
 
 def origin(folder: Path, configured: str | None) -> str:

@@ -13,22 +13,22 @@ import pytest
 from PIL import Image
 
 from conftest import SMALL_RUN, typed_config
-from fmnist_exp import data, evaluation, logged_model
+from fmnist_exp import data, logged_model, per_class
 from fmnist_exp.store import Store
 
 
 def test_per_class_report_by_hand():
     labels = np.array([0, 0, 1, 1, 2])
     predictions = np.array([0, 1, 1, 1, 0])
-    counts = evaluation.confusion_matrix(labels, predictions)
+    counts = per_class.confusion_matrix(labels, predictions)
     assert counts[0, 0] == 1 and counts[0, 1] == 1 and counts[1, 1] == 2 and counts[2, 0] == 1
-    report = evaluation.per_class_report(counts)
+    report = per_class.per_class_report(counts)
     tshirt, trouser = report["classes"]["T-shirt/top"], report["classes"]["Trouser"]
     assert (tshirt["precision"], tshirt["recall"], tshirt["support"]) == (0.5, 0.5, 2)
     assert trouser["precision"] == pytest.approx(2 / 3) and trouser["recall"] == 1.0
     assert trouser["f1"] == pytest.approx(0.8)
     assert report["accuracy"] == pytest.approx(0.6)
-    assert evaluation.metric_name("T-shirt/top") == "t_shirt_top"
+    assert per_class.metric_name("T-shirt/top") == "t_shirt_top"
 
 
 def test_run_logs_the_four_evaluation_artifacts(finished_run):

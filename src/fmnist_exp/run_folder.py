@@ -1,0 +1,211 @@
+"""A run's output folder: its layout and file names, atomic writes, the one-writer lock, what a
+refused run leaves behind, and the command that resumes an interrupted run. Everything else asks here.
+
+    <output folder>/            Hydra's outputs/<date>/<time>/, or hydra.run.dir
+      config.yaml               the composed, validated config; resume reads it back
+      overrides.yaml            the command line's overrides (a JSON list)
+      run.json                  {"run_id": ...}, written as soon as the MLflow run exists
+      .lock                     held by the one process writing this run
+      model_layers.txt          the layer table (logged as an artifact)
+      checkpoints/state.json    {"epoch", "model", "run_id"}: the last completed epoch
+      checkpoints/epoch-NNNN.keras   that epoch's model with its optimizer state (older ones removed)
+      checkpoints/best.keras    the best epoch's model (callbacks.BestEpoch's rule)
+      plots/, reports/          what evaluate_and_log writes and logs
+
+Nothing here imports Keras at import time: the model-file functions take a model or import it late.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from fmnist_exp.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+OVERRIDES_FILE = "overrides.yaml"
+RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
+LAYERS_FILE = "model_layers.txt"
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+BEST_MODEL = "best.keras"
+_WRITE_PROBE = ".write-test"
+# What Hydra and the prepare stage write into a job's folder before anything is trained.
+UNUSED_OUTPUT = {".hydra", "run.log", CONFIG_FILE, OVERRIDES_FILE, LOCK_FILE, _WRITE_PROBE}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader sees the old file or the new one, never half."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def atomic_save_model(model, path: Path) -> None:
+    """`model.save` to a temporary name, then rename (Keras wants the .keras suffix on the temporary too)."""
+    partial = path.with_name(f".{path.stem}.partial.keras")
+    model.save(partial)
+    os.replace(partial, path)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a run's output folder, one that `resume=` can continue."""
+    return (folder / CONFIG_FILE).is_file() and (folder / RUN_FILE).is_file()
+
+
+def make(output_dir: Path) -> Path:
+    """The output folder, created and proven writable, or one line naming it."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / _WRITE_PROBE
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"hydra.run.dir: cannot write to the output folder {output_dir} ({error})") from error
+    return output_dir
+
+
+def write_inputs(output_dir: Path, config_yaml: str, overrides: list[str]) -> None:
+    """The config and overrides that `resume=` reads back."""
+    (output_dir / CONFIG_FILE).write_text(config_yaml)
+    (output_dir / OVERRIDES_FILE).write_text(json.dumps(list(overrides)) + "\n")
+
+
+def read_overrides(folder: Path) -> list[str]:
+    path = folder / OVERRIDES_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def write_run_id(output_dir: Path, run_id: str) -> None:
+    (output_dir / RUN_FILE).write_text(json.dumps({"run_id": run_id}) + "\n")
+
+
+def run_id_of(folder: Path) -> str:
+    """The MLflow run id in a run's output folder."""
+    try:
+        return str(json.loads((folder / RUN_FILE).read_text())["run_id"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"resume: {folder / RUN_FILE} is damaged ({type(error).__name__}: {error})") from error
+
+
+@contextlib.contextmanager
+def one_writer(output_dir: Path) -> Iterator[None]:
+    """One process writes a run at a time: a second run or resume of the same folder is refused."""
+    handle = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the block, closed below)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"resume: {output_dir} is in use by {holder}; wait for it to end or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+
+def checkpoints(output_dir: Path) -> Path:
+    return output_dir / CHECKPOINTS
+
+
+def best_model(output_dir: Path) -> Path:
+    return checkpoints(output_dir) / BEST_MODEL
+
+
+def save_epoch(model, output_dir: Path, epoch: int, run_id: str) -> None:
+    """After epoch `epoch` (1-based): its model, then state.json naming it, then the older epochs go.
+
+    state.json only ever names a complete file, so a crash mid-write leaves the previous checkpoint."""
+    folder = checkpoints(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:04d}.keras"
+    atomic_save_model(model, folder / name)
+    atomic_write_text(folder / STATE_FILE, json.dumps({"epoch": epoch, "model": name, "run_id": run_id}))
+    for old in folder.glob("epoch-*.keras"):
+        if old.name != name:
+            old.unlink()
+
+
+def save_best(model, output_dir: Path) -> None:
+    checkpoints(output_dir).mkdir(parents=True, exist_ok=True)
+    atomic_save_model(model, best_model(output_dir))
+
+
+def checkpoint_state(output_dir: Path) -> dict | None:
+    """The last completed epoch's {epoch, model, run_id}, or None before the first epoch ended."""
+    folder = checkpoints(output_dir)
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        if not (folder / state["model"]).is_file():
+            raise FileNotFoundError(folder / state["model"])
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as error:
+        raise UserError(f"resume: the checkpoint in {folder} is damaged ({type(error).__name__}: {error})") from error
+    return state
+
+
+def checkpoint_file(output_dir: Path, state: dict) -> Path:
+    return checkpoints(output_dir) / state["model"]
+
+
+def load_checkpoint(output_dir: Path, state: dict):
+    """The checkpointed model, compiled, with its optimizer state; safe_mode runs no code from the file."""
+    import keras
+
+    return keras.saving.load_model(checkpoint_file(output_dir, state), safe_mode=True)
+
+
+# -- what a refused or interrupted run leaves -------------------------------------------------------
+
+# The folders a job's output folder would be made in that existed before the command started (its
+# nearest existing ancestors): a refused job removes the folders it made, up to these and no further.
+EXISTING_BEFORE: set[Path] = set()
+
+
+def note_existing_folders(output_roots: list[Path]) -> None:
+    """Before Hydra makes the output folder: where the folders it will make begin (see discard_unused)."""
+    for candidate in output_roots:
+        EXISTING_BEFORE.add(next(folder for folder in (candidate, *candidate.parents) if folder.exists()))
+
+
+def discard_unused(output_dir: Path) -> None:
+    """Remove a job's output folder that holds only what was written before training began, and the
+    empty folders above it that this command made (Hydra's outputs/<date>/), none that existed before."""
+    if not output_dir.is_dir() or any(entry.name not in UNUSED_OUTPUT for entry in output_dir.iterdir()):
+        return
+    shutil.rmtree(output_dir, ignore_errors=True)
+    folder = output_dir.absolute().parent
+    if not EXISTING_BEFORE:  # called without note_existing_folders: the date folder Hydra made, at most
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        return
+    while folder not in EXISTING_BEFORE and any(folder.is_relative_to(root) for root in EXISTING_BEFORE):
+        if not folder.is_dir() or any(folder.iterdir()):
+            return
+        folder.rmdir()
+        folder = folder.parent
+
+
+def resume_hint(resume: str | None, tracking_uri: str, default_uri: str, output_dir: Path) -> str:
+    """The command that continues an interrupted run, with its real run id and store."""
+    run_file = (Path(resume) if resume and Path(resume).is_dir() else output_dir) / RUN_FILE
+    target = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else resume
+    if not target:
+        return "it had not started a run, so there is nothing to resume"
+    store = "" if tracking_uri == default_uri else f" mlflow.tracking_uri={tracking_uri}"
+    return f"continue with: python -m fmnist_exp.run resume={target}{store}"
