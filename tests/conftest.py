@@ -1,7 +1,6 @@
 """Shared fixtures: a private MLflow store, a finished run, a real MLflow server.
 
-Shared helpers and constants live in helpers.py; the names below are re-exported for test modules
-that still import them from here.
+Helpers and constants live in helpers.py, their one home; test modules import them from there.
 """
 
 from __future__ import annotations
@@ -12,17 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (  # noqa: F401 (re-exported)
-    CONF_DIR,
-    FULL_DATA_DIR,
-    SMALL_RUN,
-    SUBSET_DIR,
-    compose_config,
-    free_port,
-    stop_process_group,
-    typed_config,
-    wait_for_http,
-)
+from helpers import FULL_DATA_DIR, SMALL_RUN, free_port, stop_process_group, typed_config, wait_for_http
 
 # MLflow 3 sends usage telemetry unless told not to; tests send traffic to loopback only.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SUBSET_DIR, typed_config
+from helpers import SUBSET_DIR, typed_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "article_plain.py"
 

@@ -21,10 +21,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import SUBSET_DIR, typed_config
 from fmnist_exp import backend
 from fmnist_exp.config import TrainerConfig
 from fmnist_exp.errors import ConfigError
+from helpers import SUBSET_DIR, all_runs, typed_config
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -62,6 +62,7 @@ def environment(tmp_path: Path, tracking_uri: str, **extra: str) -> dict[str, st
 
 
 def start(module: str, arguments: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """helpers.start_command with the PROBE around the module: these tests also ask whether TensorFlow was imported."""
     return subprocess.Popen(
         [sys.executable, "-c", PROBE, module, *arguments],
         stdout=subprocess.PIPE,
@@ -79,11 +80,6 @@ def finish(process: subprocess.Popen, timeout: float = 400) -> subprocess.Comple
 
 def run_module(module: str, arguments: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return finish(start(module, arguments, env, cwd))
-
-
-def all_runs(tracking_uri: str) -> list:
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
 
 
 # Choosing the backend ------------------------------------------------------------------------------

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SUBSET_DIR
 from fmnist_exp import bench
+from helpers import SUBSET_DIR
 
 
 def test_bench_reports_ratio_flops_and_memory(monkeypatch):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUBSET_DIR, free_port, stop_process_group, wait_for_http
 from fmnist_exp import bench, evaluate, noise, predict, report, ui
 from fmnist_exp.config import CHECKOUT, CONF_DIR
 from fmnist_exp.store import Store
+from helpers import SUBSET_DIR, free_port, stop_process_group, wait_for_http
 
 COMMANDS = {"evaluate": evaluate.main, "predict": predict.main, "report": report.main, "bench": bench.main}
 

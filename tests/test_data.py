@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SUBSET_DIR
 from fmnist_exp import data
 from fmnist_exp.config import DataConfig
 from helpers import (
     FULL_DATA_DIR,
     PROCESS_TIMEOUT,
     SMALL_RUN,
+    SUBSET_DIR,
     assert_refused,
     copy_dataset,
     free_port,

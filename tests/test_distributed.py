@@ -10,10 +10,11 @@ import time
 import mlflow
 import pytest
 
-from conftest import SUBSET_DIR, free_port, stop_process_group
 from fmnist_exp.store import Store
+from helpers import SUBSET_DIR, free_port, stop_process_group
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
+pytestmark = pytest.mark.slow  # a real Ray cluster and tracking server: minutes (CI's second step)
 
 
 def cluster_is_up(address: str) -> bool:

@@ -6,8 +6,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN, typed_config
 from fmnist_exp import data, experiment
+from helpers import SMALL_RUN, typed_config
 
 
 def test_run_finishes_with_params_tags_and_test_metrics(finished_run):

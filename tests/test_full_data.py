@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from conftest import typed_config
 from fmnist_exp import experiment
+from helpers import typed_config
 
 
 @pytest.mark.slow

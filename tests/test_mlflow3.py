@@ -16,10 +16,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import SMALL_RUN, SUBSET_DIR, free_port, stop_process_group, typed_config, wait_for_http
 from fmnist_exp import data, dataset_inputs, logged_model
 from fmnist_exp import experiment as experiment_module
 from fmnist_exp.store import EXPERIMENT_KIND, Store, ui_command
+from helpers import SMALL_RUN, SUBSET_DIR, free_port, stop_process_group, typed_config, wait_for_http
 
 
 def use_globally(monkeypatch, uri: str) -> None:
@@ -230,8 +230,8 @@ def test_system_metrics_of_a_short_block_and_the_key_that_turns_them_off(trackin
         pass  # shorter than MLflow's 10 s interval: one sample is reported at the end
     with store.run("short", "off", {}) as off, off.system_metrics(False):
         pass
-    assert "system/cpu_utilization_percentage" in store.get_run(on.run_id).data.metrics
-    assert not any(key.startswith("system/") for key in store.get_run(off.run_id).data.metrics)
+    assert "system/cpu_utilization_percentage" in store.get_run(on.run_id).metrics
+    assert not any(key.startswith("system/") for key in store.get_run(off.run_id).metrics)
     assert typed_config().mlflow.system_metrics is True
     assert typed_config(["mlflow.system_metrics=false"]).mlflow.system_metrics is False
 
@@ -322,7 +322,7 @@ def test_a_run_through_a_tracking_server_records_the_same(mlflow_server, tmp_pat
     ]  # fmt: skip
     outcome = experiment_module.run(typed_config(overrides), tmp_path / "output")
     store = Store(mlflow_server)
-    run = store.get_run(outcome.run_id)
+    run = store.client.get_run(outcome.run_id)  # the MLflow object: its dataset inputs
     model = store.logged_model_of(outcome.run_id)
     assert model.status.name == "READY" and model.artifact_location.startswith("mlflow-artifacts:")
     assert {item.dataset.name for item in run.inputs.dataset_inputs} == {

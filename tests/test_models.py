@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import SUBSET_DIR, typed_config
 from fmnist_exp import models
 from fmnist_exp.errors import ConfigError
+from helpers import SUBSET_DIR, typed_config
 
 # The article's model: 320 + 25,632 + 18,496 + 102,464 (convolutions) + 524,800 + 5,130 (dense).
 SEED_CNN_PARAMETERS = 676_842

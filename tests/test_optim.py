@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import typed_config
 from fmnist_exp import optim
+from helpers import typed_config
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SMALL_RUN, typed_config
 from fmnist_exp import data, logged_model, per_class
 from fmnist_exp.store import Store
+from helpers import SMALL_RUN, typed_config
 
 
 def test_per_class_report_by_hand():

@@ -31,9 +31,10 @@ from helpers import (
 
 psycopg2 = pytest.importorskip("psycopg2", reason="psycopg2-binary is not installed (the postgres extra)")
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
-pytestmark = pytest.mark.skipif(
-    not (POSTGRES_BIN / "initdb").is_file(), reason="Debian's postgresql 15 is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,  # a real PostgreSQL and mlflow server, and a Ray cluster: minutes (CI's second step)
+    pytest.mark.skipif(not (POSTGRES_BIN / "initdb").is_file(), reason="Debian's postgresql 15 is not installed"),
+]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from fmnist_exp import callbacks, data, experiment, logged_model
+from fmnist_exp import callbacks, data, errors, experiment, logged_model
 from fmnist_exp.config import PruningConfig
 from fmnist_exp.pruning import should_prune
 from fmnist_exp.store import Store
@@ -182,7 +182,7 @@ def test_a_collapse_or_a_nan_stop_keeps_the_best_epoch(tmp_path, tracking_uri, m
 
 def test_a_nan_in_the_first_epoch_leaves_nothing_to_keep_and_fails(tmp_path, tracking_uri):
     overrides = [*SMALL_RUN, "optimizer.learning_rate=1e6", f"mlflow.tracking_uri={tracking_uri}"]
-    with pytest.raises(experiment.TrainingDiverged, match="NaN or infinite in epoch 1"):
+    with pytest.raises(errors.TrainingDiverged, match="NaN or infinite in epoch 1"):
         experiment.run(typed_config(overrides), tmp_path / "run")
     (run,) = mlflow.MlflowClient(tracking_uri).search_runs(
         [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("fmnist_exp").experiment_id]

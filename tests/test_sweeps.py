@@ -12,8 +12,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import SUBSET_DIR, typed_config
 from fmnist_exp import experiment, report
+from helpers import SUBSET_DIR, typed_config
 
 TINY = [
     f"data.dir={SUBSET_DIR}",
@@ -83,8 +83,9 @@ def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
     assert parent.data.metrics["jobs_finished"] == 4 and parent.data.metrics["jobs_failed"] == 0
     assert "Swept: batch_size in 32,64; optimizer in adam,sgd." in parent.data.tags["mlflow.note.content"]
 
-    # The same configs run one by one, in this process, give the same test accuracies.
-    for child in children:
+    # A config of the sweep run alone, in this process, gives the same test accuracy (one config of
+    # the four: each costs a training, and the four were trained alike).
+    for child in sorted(children, key=lambda child: child.info.run_name)[:1]:
         size, name = child.info.run_name.replace("batch_size=", "").split(",optimizer=")
         single = experiment.run(
             typed_config(

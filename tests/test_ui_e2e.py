@@ -19,13 +19,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import SUBSET_DIR, free_port, stop_process_group, wait_for_http
 from fmnist_exp.store import ui_link
+from helpers import SUBSET_DIR, free_port, stop_process_group, wait_for_http
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.slow,  # 8 trainings, a server and a browser: minutes (CI's second step)
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"),
 ]
 

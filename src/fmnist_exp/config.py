@@ -239,7 +239,7 @@ def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
 
 
-def _check_positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
+def check_positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if value is None or not (value > 0) or not math.isfinite(value):
@@ -260,10 +260,10 @@ def check_values(config: ExperimentConfig) -> None:
     """Raise ConfigError naming the first bad key among the values this schema can judge alone.
 
     What needs the layer registry or the backends (validation.validate) is checked above this module."""
-    _check_positive("batch_size", config.batch_size)
+    check_positive("batch_size", config.batch_size)
     if config.batch_size > 65536:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
-    _check_positive("epochs", config.epochs)
+    check_positive("epochs", config.epochs)
     if not 1 <= config.replicates <= 100:
         _fail("replicates", f"{config.replicates} must lie in [1, 100] (each replicate trains the config once more)")
     if not 0 <= config.seed <= 2**32 - 1:
@@ -282,8 +282,8 @@ def check_values(config: ExperimentConfig) -> None:
 
 
 def _validate_data(data: DataConfig) -> None:
-    _check_positive("data.max_train_samples", data.max_train_samples, allow_none=True)
-    _check_positive("data.max_test_samples", data.max_test_samples, allow_none=True)
+    check_positive("data.max_train_samples", data.max_train_samples, allow_none=True)
+    check_positive("data.max_test_samples", data.max_test_samples, allow_none=True)
     _check_choice("data.validation", data.validation, VALIDATION_SCHEMES)
     if not 0.0 < data.validation_fraction < 1.0:
         _fail("data.validation_fraction", f"{data.validation_fraction} must lie strictly between 0 and 1")
@@ -291,8 +291,8 @@ def _validate_data(data: DataConfig) -> None:
 
 def _validate_optimizer(optimizer: OptimizerConfig, epochs: int) -> None:
     _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
-    _check_positive("optimizer.learning_rate", optimizer.learning_rate)
-    _check_positive("optimizer.clipnorm", optimizer.clipnorm, allow_none=True)
+    check_positive("optimizer.learning_rate", optimizer.learning_rate)
+    check_positive("optimizer.clipnorm", optimizer.clipnorm, allow_none=True)
     allowed = OPTIMIZER_PARAMS[optimizer.name]
     for key in ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay", "momentum", "nesterov", "rho", "centered"):
         value = getattr(optimizer, key)
@@ -316,17 +316,17 @@ def _validate_optimizer(optimizer: OptimizerConfig, epochs: int) -> None:
         _fail("optimizer.schedule.alpha", f"{schedule.alpha} must lie in [0, 1]")
     if not 0.0 < schedule.decay_rate <= 1.0:
         _fail("optimizer.schedule.decay_rate", f"{schedule.decay_rate} must lie in (0, 1]")
-    _check_positive("optimizer.schedule.decay_epochs", schedule.decay_epochs)
+    check_positive("optimizer.schedule.decay_epochs", schedule.decay_epochs)
 
 
 def _validate_trainer(trainer: TrainerConfig, data: DataConfig) -> None:
     _check_choice("trainer.jit_compile", str(trainer.jit_compile).lower(), JIT_CHOICES)
     _check_choice("trainer.precision", trainer.precision, PRECISIONS)
     _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
-    _check_positive("trainer.threads", trainer.threads, allow_none=True)
+    check_positive("trainer.threads", trainer.threads, allow_none=True)
     _check_choice("trainer.distribute", trainer.distribute, ("none", "mirrored"))
     stopping = trainer.early_stopping
-    _check_positive("trainer.early_stopping.patience", stopping.patience, allow_none=True)
+    check_positive("trainer.early_stopping.patience", stopping.patience, allow_none=True)
     _check_choice("trainer.early_stopping.monitor", stopping.monitor, MONITORS)
     if stopping.patience and stopping.monitor.startswith("val_") and data.validation == "none":
         _fail("trainer.early_stopping.monitor", f"{stopping.monitor} needs a validation set, but data.validation=none")

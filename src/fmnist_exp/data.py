@@ -1,7 +1,7 @@
 """Fashion-MNIST loading: find the IDX files offline first, verify them, split them.
 
 Nothing here imports TensorFlow: the arrays stay uint8 (the float32 copy of the training set alone
-would be 188 MB) and are scaled inside the model. train.py turns them into training and test streams.
+would be 188 MB) and are scaled inside the model. streams.py turns them into training and test streams.
 
 A verified load keeps a decoded copy of each file in a cache folder (`cache_dir()`: the environment
 variable FMNIST_CACHE_DIR, else $XDG_CACHE_HOME/fmnist_exp, else ~/.cache/fmnist_exp) and later
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fmnist_exp.config import DEFAULT_MIRROR
-from fmnist_exp.errors import DataError
+from fmnist_exp.errors import DataError, DownloadError
 
 if TYPE_CHECKING:
     from fmnist_exp.config import DataConfig
@@ -134,10 +134,6 @@ def locate(configured: str | None, download: bool = True, mirror: str = DEFAULT_
         raise DataError(
             f"data.mirror: {looked}, and the download failed: {error}. Fix: {fixes}, or name a reachable data.mirror="
         ) from None
-
-
-class DownloadError(Exception):
-    """A file could not be fetched from the mirror (no network, refused, HTTP error)."""
 
 
 def fetch(target: Path, mirror: str = DEFAULT_MIRROR) -> Path:

@@ -23,24 +23,9 @@ def data_source(config: DataConfig) -> str:
         return f"not on this machine yet; a run downloads it from {config.mirror} into {data.KERAS_CACHE}"
 
 
-def model_table(config: ExperimentConfig) -> str:
-    """The model's layer table: each layer's output shape and parameters, the totals (a run logs it
-    as model_layers.txt)."""
-    rows = models.layer_table(config.model.layers, augmentation=config.model.augmentation)
-    width = max(len(row[0]) for row in rows)
-    lines = [f"model {config.model.name}" + "".join(f", {k}={v}" for k, v in config.model.knobs.items())]
-    lines.append(f"  {'layer':<{width}}  {'output shape':>14}  {'parameters':>11}")
-    for name, shape, parameters in rows:
-        lines.append(f"  {name:<{width}}  {'x'.join(map(str, shape)):>14}  {parameters:>11,}")
-    total = models.count_parameters(config.model.layers)
-    multiply_adds = models.count_multiply_adds(config.model.layers)
-    lines.append(f"  total {total:,} parameters; {multiply_adds:,} multiply-adds per image (forward)")
-    return "\n".join(lines)
-
-
 def describe(config: ExperimentConfig) -> int:
     """Log the layer table and the data that would be used; returns the parameter count."""
-    lines = [model_table(config)]
+    lines = [models.stack_table(config.model)]
     total = models.count_parameters(config.model.layers)
     folder = data_source(config.data)
     train_count = min(config.data.max_train_samples or 60000, 60000)

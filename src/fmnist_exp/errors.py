@@ -40,6 +40,19 @@ EXIT_RUN_STOPPED = 3
 EXIT_INTERRUPTED = 130
 
 
+class TrainingDiverged(RunStopped):
+    """The loss became NaN or infinite before any epoch left a sound best checkpoint; the run ends FAILED."""
+
+
+class TrainingCollapsed(RunStopped):
+    """The accuracy fell back to chance and no best checkpoint is left; the run ends FAILED."""
+
+
+class DownloadError(Exception):
+    """A file could not be fetched from the mirror (no network, refused, HTTP error); data.locate turns
+    it into a DataError that names the fixes."""
+
+
 def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """The one way every command reports a user error: one line on stderr, then exit."""
     print(f"fmnist_exp: error: {message}", file=sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from fmnist_exp import backend, commands, noise
-from fmnist_exp.config import DataConfig, _check_positive
+from fmnist_exp.config import DataConfig, check_positive
 
 
 @dataclass
@@ -40,8 +40,8 @@ def console() -> None:
 
 
 def evaluate(config: EvaluateConfig) -> float:
-    _check_positive("batch_size", config.batch_size, allow_none=True)
-    _check_positive("data.max_test_samples", config.data.max_test_samples, allow_none=True)
+    check_positive("batch_size", config.batch_size, allow_none=True)
+    check_positive("data.max_test_samples", config.data.max_test_samples, allow_none=True)
     from fmnist_exp import data
     from fmnist_exp.store import Store
 
@@ -49,7 +49,7 @@ def evaluate(config: EvaluateConfig) -> float:
     store.check()
     store.reap_orphans()
     run = store.source_run(config.model_uri)
-    logged = run.data.params if run else {}
+    logged = run.params if run else {}
     data_config = DataConfig(
         dir=config.data.dir or logged_data_dir(run) or os.environ.get("FMNIST_DATA_DIR"),
         download=config.data.download,
@@ -70,10 +70,10 @@ def evaluate(config: EvaluateConfig) -> float:
 
     result = streams.test_pass(model, images, labels, batch_size)
     print(f"test_accuracy={result.accuracy:.4f} test_loss={result.loss:.4f} images={len(labels)}")
-    if run is not None and "test_accuracy" in run.data.metrics:
-        logged_accuracy = run.data.metrics["test_accuracy"]
+    if run is not None and "test_accuracy" in run.metrics:
+        logged_accuracy = run.metrics["test_accuracy"]
         verdict = "matches" if abs(logged_accuracy - result.accuracy) < 1e-9 else "DIFFERS from"
-        print(f"{verdict} the run's logged test_accuracy={logged_accuracy:.4f} (run {run.info.run_id})")
+        print(f"{verdict} the run's logged test_accuracy={logged_accuracy:.4f} (run {run.run_id})")
     if config.output_dir:
         folder = Path(config.output_dir)
         per_class.write_reports(images, labels, result.probabilities, folder)
@@ -86,7 +86,7 @@ def logged_data_dir(run) -> str | None:
     param of a run logged before paths became tags."""
     if run is None:
         return None
-    return _logged(run.data.tags, "data.dir") or _logged(run.data.params, "data.dir")
+    return _logged(run.tags, "data.dir") or _logged(run.params, "data.dir")
 
 
 def _logged(params: dict[str, str], key: str) -> str | None:

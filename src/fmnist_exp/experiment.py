@@ -23,7 +23,7 @@ from pathlib import Path
 from fmnist_exp import config as config_module
 from fmnist_exp import data, ranking, run_folder
 from fmnist_exp.config import ExperimentConfig
-from fmnist_exp.errors import RunStopped, UserError
+from fmnist_exp.errors import RunStopped, TrainingCollapsed, TrainingDiverged, UserError
 from fmnist_exp.interrupts import signals_as_interrupt
 from fmnist_exp.store import Run, Store, ui_command
 
@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 # sweep adds its pruner this way, so that one run's code knows nothing of sweeps). A callback with a
 # `pruned_at` epoch that is not None ended the job early.
 ExtraCallbacks = Callable[[Run, str], dict]
-
-
-class TrainingDiverged(RunStopped):
-    """The loss became NaN or infinite before any epoch left a sound best checkpoint; the run ends FAILED."""
-
-
-class TrainingCollapsed(RunStopped):
-    """The accuracy fell back to chance and no best checkpoint is left; the run ends FAILED."""
 
 
 @dataclass
@@ -382,7 +374,7 @@ def resume(target: str, store: Store) -> Outcome:
         overrides = run_folder.read_overrides(folder)
         prepared = prepare(config, folder, overrides, store)
         run_id = run_folder.run_id_of(folder)
-        if store.get_run(run_id).info.status == "FINISHED":
+        if store.get_run(run_id).status == "FINISHED":
             raise UserError(f"resume: run {run_id} already FINISHED; there is nothing to resume")
         state = run_folder.checkpoint_state(folder)
         with signals_as_interrupt():
@@ -440,7 +432,7 @@ def output_folder_of(target: str, store: Store) -> Path:
     """`resume=` takes a run's output folder or its run id."""
     folder = Path(target).expanduser()
     if not (folder / run_folder.CONFIG_FILE).is_file():
-        tags = store.get_run(target).data.tags if not folder.exists() else {}
+        tags = store.get_run(target).tags if not folder.exists() else {}
         if "output_dir" not in tags:
             raise UserError(f"resume: {target!r} is neither a run's output folder nor a run id in {store.uri}")
         folder = Path(tags["output_dir"])
@@ -468,7 +460,7 @@ def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
 
 def log_inputs(prepared: Prepared, run: Run, model) -> None:
     """The run's params (what a person compares, params.run_params), data sets and config files."""
-    from fmnist_exp import dataset_inputs, dry_run, params
+    from fmnist_exp import dataset_inputs, models, params
 
     splits = prepared.splits
     counts = {
@@ -482,7 +474,7 @@ def log_inputs(prepared: Prepared, run: Run, model) -> None:
     run.log_artifact(prepared.output_dir / run_folder.CONFIG_FILE)
     run.log_artifact(prepared.output_dir / run_folder.OVERRIDES_FILE)
     layers = prepared.output_dir / run_folder.LAYERS_FILE
-    layers.write_text(dry_run.model_table(prepared.config) + "\n")
+    layers.write_text(models.stack_table(prepared.config.model) + "\n")
     run.log_artifact(layers)
 
 
@@ -501,7 +493,7 @@ def announce(prepared: Prepared, model, run: Run) -> None:
         f"device     {backend.describe()}, {config.trainer.precision}",
         f"run        {run.run_id} in experiment {config.mlflow.experiment_name}",
         f"output     {prepared.output_dir.resolve()}",
-        f"watch      {ui_command(prepared.store.uri, run.info.experiment_id)}",
+        f"watch      {ui_command(prepared.store.uri, run.experiment_id)}",
     ]
     log.info("\n".join(lines))
     warning = backend.slow_precision_warning(config.trainer.precision, backend.cpu_flags(), backend.has_accelerator())

@@ -36,18 +36,22 @@ The API:
 - `check_augmentation(items, key="model.augmentation") -> None`: validate an augmentation list.
 - `count_parameters(layers) -> int`, `count_multiply_adds(layers) -> int`: without building.
 - `build(layers, augmentation=(), name="model") -> keras.Model`: checks both lists, then builds with
-  the Keras functional API from `keras.layers` only, no backend-specific calls, so that it can run on
-  every Keras 3 backend (tested on TensorFlow; jax and torch are not installed on this machine).
+  the Keras functional API from `keras.layers` only, no backend-specific calls, so that the same
+  model runs on TensorFlow, JAX and PyTorch (tests/test_backends.py trains it on each).
+- `stack_table(model) -> str`: the layer table `dry_run=true` prints and a run logs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fmnist_exp.data import IMAGE_SHAPE, NUM_CLASSES
 from fmnist_exp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fmnist_exp.config import ModelConfig
 
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "swish", "sigmoid", "tanh", "softmax", "leaky_relu", "linear")
 PADDINGS = ("valid", "same")
@@ -582,3 +586,18 @@ def build(layers: Sequence[Mapping[str, Any]], augmentation: Sequence[Mapping[st
     # The softmax stays float32 under mixed precision so that probabilities are well formed.
     outputs = _apply(traced[-1], outputs, dtype="float32")
     return keras.Model(inputs, outputs, name=name)
+
+
+def stack_table(model: ModelConfig) -> str:
+    """The model's layer table: each layer's output shape and parameters, the totals (`dry_run=true`
+    prints it; a run logs it as model_layers.txt)."""
+    rows = layer_table(model.layers, augmentation=model.augmentation)
+    width = max(len(row[0]) for row in rows)
+    lines = [f"model {model.name}" + "".join(f", {k}={v}" for k, v in model.knobs.items())]
+    lines.append(f"  {'layer':<{width}}  {'output shape':>14}  {'parameters':>11}")
+    for name, shape, parameters in rows:
+        lines.append(f"  {name:<{width}}  {'x'.join(map(str, shape)):>14}  {parameters:>11,}")
+    total = count_parameters(model.layers)
+    multiply_adds = count_multiply_adds(model.layers)
+    lines.append(f"  total {total:,} parameters; {multiply_adds:,} multiply-adds per image (forward)")
+    return "\n".join(lines)

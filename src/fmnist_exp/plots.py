@@ -76,7 +76,8 @@ def misclassified_grid(images, labels, probabilities, path: Path, count: int = 2
     if not len(wrong):
         axes.flat[0].set_title("no misclassified images")
     figure.suptitle("Misclassified test images (true / predicted, probability)")
-    figure.tight_layout()
+    # Fixed margins: tight_layout over 25 small axes took about 1.5 s of every run's evaluation.
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.85 / (2.5 * rows), hspace=0.55, wspace=0.15)
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path

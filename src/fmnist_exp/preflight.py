@@ -237,7 +237,7 @@ def resume_in_place(arguments: list[str]) -> list[str]:
         if database is not None and not database.is_file():
             return []
         try:
-            folder = Path(Store(uri).get_run(target).data.tags.get("output_dir", ""))
+            folder = Path(Store(uri).get_run(target).tags.get("output_dir", ""))
         except Exception:  # noqa: BLE001 (not a run here, or no store: the job says which)
             return []
     if not run_folder.is_run_folder(folder):

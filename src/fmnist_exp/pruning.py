@@ -65,9 +65,9 @@ class SweepPruner(keras.callbacks.Callback):
         """The other jobs' figures at `epoch`, for jobs that reached it (pruned and failed ones included)."""
         values = []
         for sibling in self.store.children(self.parent_run_id):
-            if sibling.info.run_id == self.run.run_id:
+            if sibling.run_id == self.run.run_id:
                 continue
-            value = self.store.metric_at(sibling.info.run_id, self.metric, epoch)
+            value = self.store.metric_at(sibling.run_id, self.metric, epoch)
             if value is not None:
                 values.append(value)
         return values

@@ -46,11 +46,11 @@ def row_of(run, swept_keys: list[str] = ()) -> dict[str, Any]:
 
     `swept_keys` are the params a sweep varied: each is a column of its own.
     """
-    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    metrics, params, tags = run.metrics, run.params, run.tags
     return {
-        "run_id": run.info.run_id,
-        "run_name": run.info.run_name,
-        "status": run.info.status,
+        "run_id": run.run_id,
+        "run_name": run.run_name,
+        "status": run.status,
         "pruned_at": int(tags["pruned_at_epoch"]) if "pruned_at_epoch" in tags else "",
         "overrides": tags.get("overrides", ""),
         "objective": float(metrics.get("objective", math.nan)),

@@ -43,9 +43,9 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, 
         parents = store.search(experiment_name, "tags.sweep_key != ''", max_results=1, order_by=["start_time DESC"])
         if not parents:
             raise UserError(f"sweep: experiment {experiment_name!r} has no sweep; try sweep=all")
-        sweep = parents[0].info.run_id
+        sweep = parents[0].run_id
     rows = sweeps.sweep_rows(store, sweep)
-    keys = sweeps.swept_keys(dict(store.get_run(sweep).data.params))
+    keys = sweeps.swept_keys(dict(store.get_run(sweep).params))
     return rows, f"sweep {sweep} ({len(rows)} jobs)", keys, ui_link(store.uri, experiment_id, sweep)
 
 

@@ -2,8 +2,11 @@
 
 It owns the client, the experiments, the run lifecycle (a run ends FINISHED, KILLED or FAILED, never
 RUNNING), params, metrics, tags, artifacts, searches, models and the registry. Nothing else in the
-project calls `mlflow.set_tracking_uri` or the fluent `mlflow.*` run API, so a sweep, a report and
-a test can each hold a store of their own in one process.
+project holds an MLflow client or reads an MLflow run object: searches answer with `RunRecord`s,
+plain values. Nothing calls `mlflow.set_tracking_uri` or the fluent `mlflow.*` run API, so a sweep,
+a report and a test can each hold a store of their own in one process. (logged_model.py and
+dataset_inputs.py build the model and dataset objects this module logs; private_api.py holds the
+MLflow internals.)
 """
 
 from __future__ import annotations
@@ -51,6 +54,34 @@ log = logging.getLogger(__name__)
 # on from its GenAI / Model training toggle instead (`?workflowType=machine_learning`, remembered
 # in the browser); earlier UIs and searches read this tag. Set on an experiment of ours without one.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the package reads of a run: plain values, no MLflow object."""
+
+    run_id: str
+    run_name: str
+    experiment_id: str
+    status: str  # RUNNING, FINISHED, FAILED, KILLED
+    start_time: int | None  # milliseconds since the epoch, as MLflow keeps it
+    params: dict[str, str]
+    metrics: dict[str, float]  # each metric's latest value
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run) -> RunRecord:
+        info, data = run.info, run.data
+        return cls(
+            run_id=info.run_id,
+            run_name=info.run_name or "",
+            experiment_id=info.experiment_id,
+            status=info.status,
+            start_time=info.start_time,
+            params=dict(data.params),
+            metrics=dict(data.metrics),
+            tags=dict(data.tags),
+        )
 
 
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` and `python -m fmnist_exp.ui` serve by default
@@ -459,38 +490,46 @@ class Store:
                     break
         return runs
 
-    def get_run(self, run_id: str):
+    def get_run(self, run_id: str) -> RunRecord:
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_run(run_id)
+            return RunRecord.of(self.client.get_run(run_id))
         except MlflowException as error:
             raise UserError(f"run {run_id!r} is not a run in {self.uri}") from error
 
-    def search(self, experiment_name: str, filter_string: str = "", max_results: int = 10000, order_by=None) -> list:
+    def search(
+        self, experiment_name: str, filter_string: str = "", max_results: int = 10000, order_by=None
+    ) -> list[RunRecord]:
         """Runs of an experiment (none if it does not exist)."""
         experiment_id = self.experiment_id(experiment_name, create=False)
         if experiment_id is None:
             return []
-        return list(
-            self.client.search_runs(
-                [experiment_id], filter_string=filter_string, max_results=max_results, order_by=order_by
-            )
+        found = self.client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=max_results, order_by=order_by
         )
+        return [RunRecord.of(run) for run in found]
 
-    def first(self, experiment_name: str, filter_string: str):
+    def first(self, experiment_name: str, filter_string: str) -> RunRecord | None:
         found = self.search(experiment_name, filter_string, max_results=1)
         return found[0] if found else None
 
-    def children(self, parent_run_id: str) -> list:
+    def children(self, parent_run_id: str) -> list[RunRecord]:
         parent = self.client.get_run(parent_run_id)
-        return list(
-            self.client.search_runs(
-                [parent.info.experiment_id],
-                filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                max_results=10000,
-            )
+        found = self.client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=10000,
         )
+        return [RunRecord.of(run) for run in found]
+
+    def create_run(self, experiment_id: str, name: str) -> str:
+        """A new RUNNING run that the caller ends (set_terminated); its id. Runs of a job use `run()`."""
+        return self.client.create_run(experiment_id, run_name=name[:250]).info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        """A finished run RUNNING again (a sweep re-run continues its parent)."""
+        self.client.update_run(run_id, status="RUNNING")
 
     def histories(self, run_id: str, skip_prefix: str = "test_") -> dict[str, list[float]]:
         """Every per-epoch metric of a run, ordered by epoch: {'loss': [...], 'val_accuracy': [...]}."""
@@ -590,19 +629,20 @@ class Store:
             self.client.set_registered_model_alias(name, alias, version)
         return str(version)
 
-    def source_run(self, model_uri: str):
+    def source_run(self, model_uri: str) -> RunRecord | None:
         """The run a runs:/ or models:/ URI comes from, or None for a plain path."""
         from mlflow.exceptions import MlflowException
 
         try:
+            run_id = None
             if model_uri.startswith("runs:/"):
-                return self.client.get_run(model_uri[len("runs:/") :].split("/", 1)[0])
-            if model_id := logged_model_id(model_uri):
+                run_id = model_uri[len("runs:/") :].split("/", 1)[0]
+            elif model_id := logged_model_id(model_uri):
                 run_id = self.client.get_logged_model(model_id).source_run_id
-                return self.client.get_run(run_id) if run_id else None
-            if model_uri.startswith("models:/"):
-                version = self._model_version(model_uri)
-                return self.client.get_run(version.run_id) if version.run_id else None
+            elif model_uri.startswith("models:/"):
+                run_id = self._model_version(model_uri).run_id
+            if run_id:
+                return RunRecord.of(self.client.get_run(run_id))
         except MlflowException as error:
             raise ModelUriError(f"model_uri: {model_uri} cannot be resolved in {self.uri} ({error.message})") from error
         return None
@@ -775,5 +815,5 @@ class Run:
                 logging.getLogger(__name__).warning(f"the last system metrics sample was not logged: {error}")
 
     @property
-    def info(self):
-        return self.store.client.get_run(self.run_id).info
+    def experiment_id(self) -> str:
+        return self.store.get_run(self.run_id).experiment_id

@@ -132,13 +132,13 @@ class SweepCallback(Callback):
             **owner_tags(),
         }
         if previous:
-            self.parent_run_id = previous[0].info.run_id
-            self.store.client.update_run(self.parent_run_id, status="RUNNING")
+            self.parent_run_id = previous[0].run_id
+            self.store.reopen(self.parent_run_id)
             tags["sweep_resumed"] = "true"
         else:
             swept = [item for item in overrides if is_swept(item) or item.startswith("hparams_search")]
             name = "sweep: " + " ".join(swept or overrides)
-            self.parent_run_id = self.store.client.create_run(experiment_id, run_name=name[:250]).info.run_id
+            self.parent_run_id = self.store.create_run(experiment_id, name)
         from fmnist_exp.store import git_tags
 
         self.store.set_tags(self.parent_run_id, {**git_tags(), **tags})
@@ -152,26 +152,26 @@ class SweepCallback(Callback):
             return
         note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
         parent = self.store.get_run(self.parent_run_id)
-        link = ui_link(self.store.uri, parent.info.experiment_id, self.parent_run_id)
+        link = ui_link(self.store.uri, parent.experiment_id, self.parent_run_id)
         log.info(f"{note}\nThe comparison (table, figures): {link}")
         self._end("FINISHED")
 
     def _end(self, status: str) -> None:
         if self.parent_run_id is None or self.store is None:
             return
-        if self.store.client.get_run(self.parent_run_id).info.status == "RUNNING":
+        if self.store.get_run(self.parent_run_id).status == "RUNNING":
             self.store.set_terminated(self.parent_run_id, status)
 
 
 def sweep_rows(store: Store, parent_run_id: str) -> list[dict]:
     """Every child of the parent and every earlier run it reused, best first."""
     parent = store.get_run(parent_run_id)
-    runs = {run.info.run_id: run for run in store.children(parent_run_id)}
-    for tag in parent.data.tags:
+    runs = {run.run_id: run for run in store.children(parent_run_id)}
+    for tag in parent.tags:
         if tag.startswith(REUSED_TAG_PREFIX):
             run_id = tag[len(REUSED_TAG_PREFIX) :]
-            runs.setdefault(run_id, store.client.get_run(run_id))
-    keys = swept_keys(dict(parent.data.params))
+            runs.setdefault(run_id, store.get_run(run_id))
+    keys = swept_keys(dict(parent.params))
     return ranking.best_first([ranking.row_of(run, keys) for run in runs.values()])
 
 
@@ -187,7 +187,7 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
     from fmnist_exp import compare, plots
 
     parent = store.get_run(parent_run_id)
-    keys = swept_keys(dict(parent.data.params))
+    keys = swept_keys(dict(parent.params))
     rows = sweep_rows(store, parent_run_id)
     curves = {row["run_id"]: store.metric_history(row["run_id"], row["objective_metric"]) for row in rows}
     configs = compare.by_config(rows)
@@ -216,7 +216,7 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
             metrics["best_val_accuracy"] = statistics.fmean(
                 row["val_accuracy"] for row in rows if row["run_id"] in best.run_ids
             )
-    note = sweep_note(parent.data.params, rows, configs, counts)
+    note = sweep_note(parent.params, rows, configs, counts)
     store.log_metrics(parent_run_id, metrics)
     store.set_tags(parent_run_id, {**tags, "mlflow.note.content": note})
     return note
@@ -302,7 +302,7 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     """
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     parent = store.first(config.mlflow.experiment_name, f"tags.sweep_dir = '{sweep_dir}'")
-    name = config.mlflow.run_name or child_name(overrides, parent.data.tags if parent else {})
+    name = config.mlflow.run_name or child_name(overrides, parent.tags if parent else {})
     results = []
     for index in range(config.replicates):
         replica = dataclasses.replace(config, seed=config.seed + index, mlflow=dataclasses.replace(config.mlflow))
@@ -345,16 +345,16 @@ def run_replicate(
     if not config.force:
         done = store.first(name, f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'")
         if done is not None:
-            if parent is not None and done.data.tags.get("mlflow.parentRunId") != parent.info.run_id:
-                store.set_tags(parent.info.run_id, {REUSED_TAG_PREFIX + done.info.run_id: digest})
-            log.info(f"skipped: this config already FINISHED as run {done.info.run_id} (force=true reruns it)")
+            if parent is not None and done.tags.get("mlflow.parentRunId") != parent.run_id:
+                store.set_tags(parent.run_id, {REUSED_TAG_PREFIX + done.run_id: digest})
+            log.info(f"skipped: this config already FINISHED as run {done.run_id} (force=true reruns it)")
             return JobResult(
-                objective=float(done.data.metrics.get("objective", math.nan)),
-                run_id=done.info.run_id,
-                pruned=done.data.tags.get("pruned") == "true",
-                curve=ranking.objective_curve(store.histories(done.info.run_id)),
+                objective=float(done.metrics.get("objective", math.nan)),
+                run_id=done.run_id,
+                pruned=done.tags.get("pruned") == "true",
+                curve=ranking.objective_curve(store.histories(done.run_id)),
             )
-    parent_run_id = parent.info.run_id if parent else None
+    parent_run_id = parent.run_id if parent else None
     extra_tags = {"replicate": str(replicate)} if replicate is not None else {}
     try:
         outcome = experiment.run(
