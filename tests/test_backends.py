@@ -222,11 +222,11 @@ def test_tf_data_and_the_numpy_stream_yield_the_same_batches():
         pytest.skip("tf.data serves the tensorflow backend only")
     images = np.random.default_rng(0).integers(0, 256, (70, 28, 28, 1), dtype=np.uint8)
     labels = np.arange(70, dtype=np.uint8) % 10
-    streams = [
+    pipelines = [
         streams.training_pipeline(images, labels, 32, seed=3, first_epoch=1, epochs=3, stream=kind)
         for kind in ("tf_data", "pydataset")
     ]
-    for (tf_images, tf_labels), (np_images, np_labels) in zip(*(stream_batches(s, 6) for s in streams), strict=True):
+    for (tf_images, tf_labels), (np_images, np_labels) in zip(*(stream_batches(s, 6) for s in pipelines), strict=True):
         np.testing.assert_array_equal(tf_images, np_images)
         np.testing.assert_array_equal(tf_labels, np_labels)
         assert np_images.dtype == np.uint8
@@ -265,7 +265,9 @@ def test_jax_trains_resumes_like_an_uninterrupted_run_and_its_model_loads_on_ten
     assert "tensorflow imported: False" in resumed.stderr
     (run,) = all_runs(tracking_uri)
     assert run.info.status == "FINISHED" and run.data.tags["resumed_from_epoch"] == "1"
-    steps = [point.step for point in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")]
+    steps = [
+        point.step for point in mlflow.MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "val_accuracy")
+    ]
     assert steps == [1, 2]
     requirements = (output / "model" / "requirements.txt").read_text()
     assert "jax==" in requirements and "tensorflow" not in requirements

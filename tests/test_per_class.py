@@ -133,10 +133,12 @@ def test_the_data_folder_is_read_from_new_and_older_runs():
     from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
 
     from fmnist_exp.evaluate import logged_data_dir
+    from fmnist_exp.store import RunRecord
 
     def run_with(params=(), tags=()):
         info = RunInfo("r", "0", "u", "FINISHED", 0, 0, "active")
-        return Run(info, RunData(params=[Param(*item) for item in params], tags=[RunTag(*item) for item in tags]))
+        data = RunData(params=[Param(*item) for item in params], tags=[RunTag(*item) for item in tags])
+        return RunRecord.of(Run(info, data))  # what Store.source_run answers
 
     assert logged_data_dir(run_with(tags=[("data.dir", "/now/a/tag")])) == "/now/a/tag"
     assert logged_data_dir(run_with(params=[("data.dir", "/was/a/param")])) == "/was/a/param"  # logged before

@@ -31,6 +31,7 @@ from helpers import (
     all_runs,
     assert_refused,
     checkpoint_epoch,
+    copy_dataset,
     finish,
     hostile_saved_model,
     metric_steps,
@@ -504,7 +505,7 @@ def test_experiment_names_never_send_artifacts_outside_the_store(tmp_path, monke
     artifact.write_text("x")
     with store.run(name, "named", {}) as run:
         run.log_artifact(artifact)
-        location = Path(urlsplit(run.info.artifact_uri).path)
+        location = Path(urlsplit(store.client.get_run(run.run_id).info.artifact_uri).path)
     assert location.resolve().is_relative_to((tmp_path / "store" / "artifacts").resolve())
     assert (location / "artifact.txt").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["artifact.txt", "cwd", "store"]
@@ -605,7 +606,7 @@ def test_a_gzip_that_expands_far_beyond_its_header_is_refused_before_it_fills_me
     """A labels file whose header says 4,000 labels, followed by 1 GiB of zeros (a few
     hundred KB compressed), is refused after reading one byte past the header's size."""
     copy = tmp_path / "data"
-    data.copy_dataset(SUBSET_DIR, copy)
+    copy_dataset(SUBSET_DIR, copy)
     (copy / data.MANIFEST_NAME).unlink()
     path = copy / data.FILES["train_labels"]
     with gzip.open(path, "rb") as stream:
