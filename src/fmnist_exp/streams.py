@@ -16,10 +16,11 @@ import numpy as np
 from fmnist_exp.errors import UserError
 
 # Which stream feeds model.fit: tf_data (TensorFlow only), pydataset (NumPy batches, any backend),
-# device (arrays resident on JAX's or PyTorch's device), or auto: tf_data on TensorFlow, AUTO_ELSEWHERE
-# on JAX and PyTorch.
+# device (arrays resident on JAX's or PyTorch's device), or auto: AUTO's choice for the backend.
 STREAMS = ("auto", "tf_data", "pydataset", "device")
-AUTO_ELSEWHERE = "pydataset"
+# device on JAX: as fast as pydataset on a 2-core CPU (docs/performance.md), and no per-step copy on a
+# GPU. PyTorch keeps pydataset until the device stream is measured there.
+AUTO = {"tensorflow": "tf_data", "jax": "device", "torch": "pydataset"}
 
 
 def _on_tensorflow() -> bool:
@@ -31,7 +32,7 @@ def stream_kind(stream: str) -> str:
     if stream not in STREAMS:
         raise UserError(f"stream: {stream!r} is not one of {', '.join(STREAMS)}")
     if stream == "auto":
-        return "tf_data" if _on_tensorflow() else AUTO_ELSEWHERE
+        return AUTO[keras.backend.backend()]
     if stream == "tf_data" and not _on_tensorflow():
         raise UserError(f"stream: tf_data needs the tensorflow backend, not {keras.backend.backend()}")
     if stream == "device" and _on_tensorflow():
