@@ -41,7 +41,7 @@ SIZES = {
         "runner": ["epochs=2", "data.max_train_samples=120", "data.max_test_samples=60", "batch_size=40"],
         "best": ["epochs=2", "data.max_train_samples=120", "data.max_test_samples=60"],
         "plain": ["--epochs", "2", "--max-train", "120", "--max-test", "60"],
-        "bench_images": {32: 64, 256: 256}, "repeats": 1, "limit": 240,
+        "bench_images": {32: 64, 256: 256}, "repeats": 1, "limit": 480,
     },
 }  # fmt: skip
 RUNNER_KEYS = ["trainer.verbose=2", "mlflow.system_metrics=false", "mlflow.log_model=false"]

@@ -32,7 +32,7 @@ def start(out: Path, **extra: str) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
 
-# One command of each kind (a runner sweep of three seeds, the plain script, a bench): all twelve
+# One command of each kind (a runner sweep of three seeds, the plain script, a bench): all ten
 # together take minutes on two cores (SETTLE_PARTS picks these; the commands and summary are the same).
 PARTS = "article,plain_seed1,bench_b32"
 

@@ -74,6 +74,7 @@ class GpuPackJoblibLauncher(JoblibLauncher or object):
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         memory = self.gpu_memory_mb if self.gpu_memory_mb is not None else gpu_memory_mb()
         jobs = int(self.joblib.get("n_jobs") or jobs_to_pack(memory, cpu_cores(), self.job_memory_mb))
+        jobs = cpu_cores() if jobs < 0 else jobs  # joblib's -1: one per core
         self.joblib["n_jobs"] = jobs
         # Each job's config is composed again from the sweep's Hydra overrides: they carry the choices.
         chosen = [f"hydra.launcher.n_jobs={jobs}"]
