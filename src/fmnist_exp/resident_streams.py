@@ -4,13 +4,15 @@ The uint8 images and labels are copied to the backend's default device once. Eac
 `streams.epoch_order(count, seed, epoch)` is copied there (one small array per epoch) and every batch
 is gathered from the resident arrays by that order on the device: no NumPy gather and no copy from
 host to device per step. Batch `i` holds exactly what streams.EpochStream's batch `i` holds (tested),
-so a resumed run reads the same batches on either stream. Import after `backend.activate()`.
+so a resumed run reads the same batches on either stream. Import after `backend.activate()`;
+streams.py builds these streams (training_pipeline, pipeline).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -79,9 +81,18 @@ class ResidentEpochStream(keras.utils.PyDataset):
     """Epochs first_epoch..epochs-1 of training batches, gathered on the device; see streams.EpochStream."""
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        first_epoch: int,
+        epochs: int,
+        epoch_order: Callable[[int, int, int], np.ndarray],
     ):
+        # epoch_order is streams.epoch_order, passed in: streams imports this module, not the other way.
         super().__init__()  # one worker: batches in index order, in the training thread
+        self.epoch_order = epoch_order
         self.ops = _ops()
         self.count, self.batch_size = len(images), batch_size
         self.seed, self.first_epoch, self.epochs = seed, first_epoch, epochs
@@ -95,10 +106,8 @@ class ResidentEpochStream(keras.utils.PyDataset):
 
     def order(self, epoch: int):
         """The epoch's permutation on the device: one copy per epoch, kept until the next epoch."""
-        from fmnist_exp.streams import epoch_order
-
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, self.ops.put(epoch_order(self.count, self.seed, epoch)))
+            self._order = (epoch, self.ops.put(self.epoch_order(self.count, self.seed, epoch)))
         return self._order[1]
 
     def __getitem__(self, index: int):
@@ -113,5 +122,5 @@ class ResidentBatches(ResidentEpochStream):
     """Batches in file order, for validation, test and prediction; the same every time it is read."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int):
-        super().__init__(images, labels, batch_size, seed=0, first_epoch=0, epochs=1)
-        self._order = (0, self.ops.put(np.arange(self.count, dtype=np.int32)))  # file order, on the device
+        in_file_order = lambda count, *_: np.arange(count, dtype=np.int32)  # noqa: E731 (one use)
+        super().__init__(images, labels, batch_size, 0, 0, 1, epoch_order=in_file_order)

@@ -137,7 +137,7 @@ def training_pipeline(
     if kind == "device":
         from fmnist_exp.resident_streams import ResidentEpochStream
 
-        return ResidentEpochStream(images, labels, batch_size, seed, first_epoch, epochs)
+        return ResidentEpochStream(images, labels, batch_size, seed, first_epoch, epochs, epoch_order)
     import tensorflow as tf
 
     orders = np.stack([epoch_order(len(images), seed, epoch) for epoch in range(first_epoch, epochs)])
