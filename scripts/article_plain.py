@@ -42,10 +42,12 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dimensions).reshape(shape)
 
 
-def load(folder: Path, max_train: int | None) -> dict[str, np.ndarray]:
+def load(folder: Path, max_train: int | None, max_test: int | None = None) -> dict[str, np.ndarray]:
     arrays = {name: read_idx(folder / file) for name, file in FILES.items()}
     if max_train:
         arrays["x_train"], arrays["y_train"] = arrays["x_train"][:max_train], arrays["y_train"][:max_train]
+    if max_test:
+        arrays["x_test"], arrays["y_test"] = arrays["x_test"][:max_test], arrays["y_test"][:max_test]
     return arrays
 
 
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--precision", default="float32", help="a Keras dtype policy, e.g. mixed_bfloat16")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("FMNIST_DATA_DIR", ".")))
     parser.add_argument("--max-train", type=int, default=None, help="the first N training images only")
+    parser.add_argument("--max-test", type=int, default=None, help="the first N test images only")
     parser.add_argument("--out", type=Path, default=Path("article_plain.csv"))
     arguments = parser.parse_args(argv)
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     keras.utils.set_random_seed(arguments.seed)
     keras.mixed_precision.set_global_policy(arguments.precision)
-    arrays = load(arguments.data, arguments.max_train)
+    arrays = load(arguments.data, arguments.max_train, arguments.max_test)
     x_train = arrays["x_train"].reshape(-1, 28, 28, 1).astype("float32") / 255
     x_test = arrays["x_test"].reshape(-1, 28, 28, 1).astype("float32") / 255
     y_train = keras.utils.to_categorical(arrays["y_train"], 10)

@@ -45,11 +45,12 @@ def pace(epoch_seconds: list[float]) -> dict:
     return {"steady_epoch_seconds": steady, "seconds_for_100_epochs_at_steady_pace": 100 * steady if steady else None}
 
 
-def run_rows() -> list[dict]:
+def run_rows(experiment_name: str = "gpu_check") -> list[dict]:
+    """Every run of the MLflow experiment, with its per-epoch curves (the store: MLFLOW_TRACKING_URI)."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(os.environ.get("GPU_CHECK_EXPERIMENT", "gpu_check"))
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         return []
     rows = []
@@ -72,6 +73,8 @@ def run_rows() -> list[dict]:
                 "loss": history("loss"),
                 **pace(epoch_seconds),
                 "backend": run.data.params.get("trainer.backend"),
+                "seed": run.data.params.get("seed"),
+                "child": "mlflow.parentRunId" in run.data.tags,
             }
         )
     return rows
@@ -111,9 +114,6 @@ def figure(value, digits: int = 1) -> str:
 
 
 def markdown(benches: list[dict], runs: list[dict], seconds: str) -> str:
-    experiment = os.environ.get("GPU_CHECK_EXPERIMENT", "gpu_check")
-    if experiment != "gpu_check":  # gpu_best.sh: candidates, no bench
-        return candidates_markdown(experiment, runs, seconds)
     lines = [f"# GPU check ({seconds} s in all)", ""]
     lines += ["## bench: the runner against bare Keras, same process, alternating", ""]
     if benches:
@@ -150,28 +150,6 @@ def markdown(benches: list[dict], runs: list[dict], seconds: str) -> str:
                 f"| {rates} |"
             )
     else:
-        lines.append("missing: no run reached the store (see log.txt)")
-    return "\n".join(lines) + "\n"
-
-
-def candidates_markdown(experiment: str, runs: list[dict], seconds: str) -> str:
-    lines = [f"# {experiment} ({seconds} s in all)", ""]
-    lines.append("| run | status | epochs | best val accuracy (epoch) | last val accuracy | test accuracy "
-                 "| worst val accuracy after epoch 10 (epoch) | train seconds | seconds per epoch after the first |")  # fmt: skip
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for row in runs:
-        history = row["val_accuracy"]
-        best = f"{100 * max(history):.2f}% ({history.index(max(history)) + 1})" if history else "missing"
-        last = f"{100 * history[-1]:.2f}%" if history else "missing"
-        accuracy = f"{100 * row['test_accuracy']:.2f}%" if row["test_accuracy"] is not None else "missing"
-        # A collapse shows as a fall long after training settled (the article recipe's fell to 10%).
-        late = history[10:]
-        worst = f"{100 * min(late):.2f}% ({history.index(min(late), 10) + 1})" if late else "-"
-        lines.append(
-            f"| {row['run']} | {row['status']} | {row['epochs']} | {best} | {last} | {accuracy} | {worst} "
-            f"| {figure(row['train_seconds'])} | {figure(row['steady_epoch_seconds'], 2)} |"
-        )
-    if not runs:
         lines.append("missing: no run reached the store (see log.txt)")
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,4 @@
-# Sourced by the scripts that run on the GPU machine (gpu_check.sh, gpu_best.sh, gpu_article.sh): the wheels
+# Sourced by the scripts that run on the GPU machine (gpu_check.sh, gpu_settle.sh): the wheels
 # carried in .gpu/wheels beside the machine's Python, the runner on JAX, the data carried in
 # .gpu/fashion-mnist, and an MLflow store in the scratch folder $scratch.
 wheels="${GPU_WHEELS:-.gpu/wheels}"

@@ -23,6 +23,8 @@ packages=(
     hydra-core==1.4.0rc3 omegaconf==2.4.1rc1
     # The study sweeper's base, which Hydra loads on every command (a core dependency); tqdm is there.
     hydra-optuna-sweeper==1.4.0rc3 optuna==5.0.0 colorlog==6.12.0
+    # hydra/launcher=gpu_pack packs jobs on the GPU through the joblib launcher (joblib and cloudpickle are there).
+    hydra-joblib-launcher==1.4.0rc3
     # MLflow without its server and UI (mlflow-skinny), plus the SQLite store (SQLAlchemy, Alembic, Mako)
     # and what mlflow-skinny imports that the machine lacks.
     mlflow-skinny==3.17.2 sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3

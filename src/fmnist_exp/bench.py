@@ -50,6 +50,9 @@ class BenchConfig:
     # The runner's training stream: auto = tf.data on TensorFlow, a NumPy PyDataset elsewhere;
     # tf_data or pydataset to compare the two on TensorFlow.
     stream: str = "auto"
+    # A second runner stream measured in the same rounds (e.g. stream=pydataset compare_stream=device):
+    # its images/s and its ratio to bare Keras, under the same drift of a shared machine.
+    compare_stream: str | None = None
     # A preset of conf/experiment/: measure the wall seconds until its test accuracy reaches `target`.
     time_to_accuracy: str | None = None
     target: float = ARTICLE_ACCURACY
@@ -162,31 +165,56 @@ def compose(overrides: list[str]):
 
 def throughput(arguments: dict) -> dict:
     """Images/s of the runner's fit stage (`experiment.fit`: its stream, every callback the runner
-    adds, MLflow logging, checkpoints) against a bare `model.fit` on NumPy arrays, interleaved."""
-    from fmnist_exp import backend, experiment, models
+    adds, MLflow logging, checkpoints) against a bare `model.fit` on NumPy arrays, interleaved; with
+    `compare_stream`, a second runner side on that stream in the same rounds."""
+    from fmnist_exp import experiment
 
     rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
     loading = load_seconds()
     load_memory = peak_memory_mb()
-    runner_rounds, bare_rounds = [], []
+    streams = [arguments["stream"]] + ([arguments["compare_stream"]] if arguments.get("compare_stream") else [])
     with tempfile.TemporaryDirectory() as scratch:
         config = compose([*arguments["overrides"], "data.validation=none", f"data.max_train_samples={arguments['images']}",
                           f"epochs={rounds}", "trainer.verbose=0", f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db"])  # fmt: skip
         prepared = experiment.prepare(config, Path(scratch) / "output")
-        keras = experiment.start_keras(config)
-        runner_model, bare_model = experiment.build(prepared), experiment.build(prepared)
+        experiment.start_keras(config)
+        runner_models = [experiment.build(prepared) for _ in streams]
+        bare_model = experiment.build(prepared)
         images, labels = prepared.splits.train
+        timed: dict[str, list[Timed]] = {stream: [] for stream in [*streams, "bare"]}
         with prepared.store.run("bench", "runner", {}) as run:
             for epoch in range(rounds):
-                with Timed() as runner_round:
-                    experiment.fit(prepared, runner_model, run, epoch, epoch + 1, stream=arguments["stream"])
+                for stream, model in zip(streams, runner_models, strict=True):
+                    with Timed() as runner_round:
+                        experiment.fit(prepared, model, run, epoch, epoch + 1, stream=stream)
+                    timed[stream].append(runner_round)
                 with Timed() as bare_round:
                     bare_model.fit(images, labels, batch_size=config.batch_size, epochs=1, verbose=0)
-                runner_rounds.append(runner_round)
-                bare_rounds.append(bare_round)
-    runner_rounds, bare_rounds = runner_rounds[1:], bare_rounds[1:]  # drop the tracing round
-    runner_rates = [len(images) / measured.seconds for measured in runner_rounds]
-    bare_rates = [len(images) / measured.seconds for measured in bare_rounds]
+                timed["bare"].append(bare_round)
+    rates = {side: [len(images) / measured.seconds for measured in rounds_[1:]] for side, rounds_ in timed.items()}
+    result = figures(config, runner_models[0], len(images), rates[streams[0]], rates["bare"], timed)
+    if len(streams) == 2:
+        compared = rates[streams[1]]
+        result["compare_stream"] = streams[1]
+        result["compare_stream_images_per_second"] = compared
+        result["compare_stream_ratio_per_repeat"] = [
+            one / bare for one, bare in zip(compared, rates["bare"], strict=True)
+        ]
+        result["compare_stream_ratio_median"] = statistics.median(result["compare_stream_ratio_per_repeat"])
+    return {
+        **result,
+        **loading,
+        "peak_memory_mb_after_data_load": load_memory,
+        "peak_memory_mb_total": peak_memory_mb(),
+    }
+
+
+def figures(config, runner_model, images: int, runner_rates: list, bare_rates: list, timed: dict) -> dict:
+    """The throughput figures of the first runner side against bare Keras, and the work against the matmul peak."""
+    import keras
+
+    from fmnist_exp import backend, models
+
     ratios = [runner / bare for runner, bare in zip(runner_rates, bare_rates, strict=True)]
     multiply_adds = models.count_multiply_adds(config.model.layers)
     peak = matmul_peak_flops()
@@ -200,13 +228,13 @@ def throughput(arguments: dict) -> dict:
         "batch_size": config.batch_size,
         "precision": config.trainer.precision,
         "jit_compile": str(runner_model.jit_compile),  # what Keras resolved `auto` to
-        "stream": arguments["stream"],
-        "images_per_repeat": len(images),
+        "stream": next(iter(timed)),
+        "images_per_repeat": images,
         "runner_images_per_second": runner_rates,
         "bare_images_per_second": bare_rates,
         "ratio_per_repeat": ratios,
-        "runner_cpu_busy_per_repeat": [measured.busy for measured in runner_rounds],
-        "bare_cpu_busy_per_repeat": [measured.busy for measured in bare_rounds],
+        "runner_cpu_busy_per_repeat": [measured.busy for measured in next(iter(timed.values()))[1:]],
+        "bare_cpu_busy_per_repeat": [measured.busy for measured in timed["bare"][1:]],
         "ratio_median": statistics.median(ratios),
         "training_gflops_per_image": 6 * multiply_adds / 1e9,
         "achieved_gflops": achieved / 1e9,
@@ -216,9 +244,6 @@ def throughput(arguments: dict) -> dict:
         "compute_dtype": compute_dtype,
         "compute_dtype_matmul_peak_gflops": compute_peak / 1e9,
         "fraction_of_compute_dtype_peak": achieved / compute_peak,
-        **loading,
-        "peak_memory_mb_after_data_load": load_memory,
-        "peak_memory_mb_total": peak_memory_mb(),
     }
 
 
@@ -265,6 +290,8 @@ def trainer_overrides(config: BenchConfig) -> list[str]:
 def bench(config: BenchConfig) -> dict:
     if config.repeats < 1 or config.images < config.batch_size:
         raise ConfigError("repeats must be at least 1 and images at least one batch")
+    if config.compare_stream == config.stream:
+        raise ConfigError(f"compare_stream: {config.compare_stream} is already the stream measured")
     model = config.model
     knobs = [f"model.{knob}={value}" for knob, value in model.items() if knob not in MODEL_FIELDS]
     arguments = {
@@ -272,6 +299,7 @@ def bench(config: BenchConfig) -> dict:
         "images": config.images,
         "repeats": config.repeats,
         "stream": config.stream,
+        "compare_stream": config.compare_stream,
     }
     from hydra.errors import HydraException
 

@@ -7,6 +7,7 @@ Nothing here imports TensorFlow unless Keras runs on it. Import this module afte
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 import keras
@@ -22,8 +23,11 @@ def configure_gpus() -> None:
     """Let TensorFlow take GPU memory as it needs it instead of all of it at start.
 
     JAX gets the same through XLA_PYTHON_CLIENT_PREALLOCATE=false, set by `backend.activate()`;
-    PyTorch's allocator grows on demand by itself.
+    PyTorch's allocator grows on demand by itself, and is capped at FMNIST_GPU_MEMORY_FRACTION of
+    the GPU when set (hydra/launcher=gpu_pack sets it, and XLA_PYTHON_CLIENT_MEM_FRACTION for JAX).
     """
+    if keras.backend.backend() == "torch":
+        _cap_torch_memory(os.environ.get("FMNIST_GPU_MEMORY_FRACTION"))
     if not _on_tensorflow():
         return
     import tensorflow as tf
@@ -33,6 +37,13 @@ def configure_gpus() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already initialised by an earlier job in this process
+
+
+def _cap_torch_memory(fraction: str | None) -> None:
+    import torch
+
+    if fraction and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(float(fraction))
 
 
 def strategy_scope(distribute: str):

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
-from fmnist_exp import noise, preflight, ray_cluster, run_folder
+from fmnist_exp import gpu_pack, noise, preflight, ray_cluster, run_folder
 from fmnist_exp import overrides as grammar
 from fmnist_exp.config import CONF_DIR, register_schemas
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
@@ -112,6 +112,7 @@ def main() -> None:
         fail(str(error))
     preflight.note_existing_folders(sys.argv[1:])
     ray_cluster.register()  # hydra/launcher=ray_cluster names it
+    gpu_pack.register()  # hydra/launcher=gpu_pack names it
     sys.argv += preflight.resume_in_place(sys.argv[1:])
     # Hydra raises what it would otherwise print (a traceback for a refused target, several lines
     # for a bad override), so that a config error is one line and exit 2 like every other one.

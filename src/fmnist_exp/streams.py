@@ -1,7 +1,8 @@
 """What feeds Keras: training, validation and test streams on any backend, and the test pass over them.
 
-NumPy PyDatasets serve every backend and tf.data serves the TensorFlow backend; the arrays stay
-uint8 (the model's first layer scales them). Import this module after `backend.activate()`.
+NumPy PyDatasets serve every backend, tf.data serves the TensorFlow backend, and the device stream
+(resident_streams.py) keeps the arrays on JAX's or PyTorch's device; the arrays stay uint8 (the
+model's first layer scales them). Import this module after `backend.activate()`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import numpy as np
 
 from fmnist_exp.errors import UserError
 
-# Which stream feeds model.fit: tf_data (TensorFlow only), pydataset (NumPy batches, any backend), or
-# auto: tf_data on TensorFlow, pydataset elsewhere.
-STREAMS = ("auto", "tf_data", "pydataset")
+# Which stream feeds model.fit: tf_data (TensorFlow only), pydataset (NumPy batches, any backend),
+# device (arrays resident on JAX's or PyTorch's device), or auto: AUTO's choice for the backend.
+STREAMS = ("auto", "tf_data", "pydataset", "device")
+# device on JAX: as fast as pydataset on a 2-core CPU (docs/performance.md), and no per-step copy on a
+# GPU. PyTorch keeps pydataset until the device stream is measured there.
+AUTO = {"tensorflow": "tf_data", "jax": "device", "torch": "pydataset"}
 
 
 def _on_tensorflow() -> bool:
@@ -24,13 +28,15 @@ def _on_tensorflow() -> bool:
 
 
 def stream_kind(stream: str) -> str:
-    """tf_data or pydataset: what `stream` means on the running backend."""
+    """tf_data, pydataset or device: what `stream` means on the running backend."""
     if stream not in STREAMS:
         raise UserError(f"stream: {stream!r} is not one of {', '.join(STREAMS)}")
     if stream == "auto":
-        return "tf_data" if _on_tensorflow() else "pydataset"
+        return AUTO[keras.backend.backend()]
     if stream == "tf_data" and not _on_tensorflow():
         raise UserError(f"stream: tf_data needs the tensorflow backend, not {keras.backend.backend()}")
+    if stream == "device" and _on_tensorflow():
+        raise UserError("stream: device serves the jax and torch backends; on tensorflow use tf_data")
     return stream
 
 
@@ -89,8 +95,13 @@ class EpochStream(keras.utils.PyDataset):
 
 def pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, stream: str = "auto"):
     """uint8 batches in file order, for validation, test and prediction (tf.data with prefetch on TensorFlow)."""
-    if stream_kind(stream) == "pydataset":
+    kind = stream_kind(stream)
+    if kind == "pydataset":
         return Batches(images, labels, batch_size)
+    if kind == "device":
+        from fmnist_exp.resident_streams import ResidentBatches
+
+        return ResidentBatches(images, labels, batch_size)
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((images, labels))
@@ -118,10 +129,15 @@ def training_pipeline(
     """All remaining epochs as one stream of uint8 batches; each epoch a fresh permutation.
 
     Use with model.fit(steps_per_epoch=ceil(N / batch_size)): batches never straddle two epochs.
-    Both kinds of stream yield the same batches in the same order (tested).
+    Every kind of stream yields the same batches in the same order (tested).
     """
-    if stream_kind(stream) == "pydataset":
+    kind = stream_kind(stream)
+    if kind == "pydataset":
         return EpochStream(images, labels, batch_size, seed, first_epoch, epochs)
+    if kind == "device":
+        from fmnist_exp.resident_streams import ResidentEpochStream
+
+        return ResidentEpochStream(images, labels, batch_size, seed, first_epoch, epochs, epoch_order)
     import tensorflow as tf
 
     orders = np.stack([epoch_order(len(images), seed, epoch) for epoch in range(first_epoch, epochs)])
