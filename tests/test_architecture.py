@@ -74,8 +74,8 @@ LAYERS = {
     "base": {"errors", "overrides", "noise", "interrupts", "compare", "private_api"},
     "schema": {"config", "data", "models", "optim", "backend", "validation", "run_folder"},
     "tracking": {"store", "logged_model", "dataset_inputs", "params"},
-    "training": {"streams", "device", "callbacks", "per_class", "plots", "ranking", "experiment"},
-    "sweep": {"sweep", "pruning", "study", "ray_cluster"},
+    "training": {"streams", "resident_streams", "device", "callbacks", "per_class", "plots", "ranking", "experiment"},
+    "sweep": {"sweep", "pruning", "study", "ray_cluster", "gpu_pack"},
     "commands": {"run", "preflight", "dry_run", "commands", "evaluate", "predict", "report", "bench", "ui"},
 }
 LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}

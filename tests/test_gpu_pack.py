@@ -56,6 +56,7 @@ def sweep(arguments: list[str], folder: Path) -> dict[str, mlflow.entities.Run]:
 
 
 @needs_jax_and_joblib
+@pytest.mark.slow  # two real sweeps on JAX: minutes (CI's second step)
 def test_packed_jobs_run_side_by_side_and_give_the_figures_of_one_at_a_time(tmp_path):
     # A stand-in GPU of 8 GiB at 4 GiB a job: two jobs at a time (on a machine of two cores or more).
     packed_folder, alone_folder = tmp_path / "packed", tmp_path / "alone"

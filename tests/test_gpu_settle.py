@@ -37,6 +37,7 @@ def start(out: Path, **extra: str) -> subprocess.Popen:
 PARTS = "article,plain_seed1,bench_b32"
 
 
+@pytest.mark.slow  # three packed sweeps and the bench: minutes (CI's second step)
 def test_the_settle_run_packs_its_commands_and_summarises_them(tmp_path):
     process = start(tmp_path, SETTLE_PARTS=PARTS)
     assert process.wait(timeout=600) == 0
