@@ -14,8 +14,8 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import SUBSET_DIR
 from fmnist_exp import gpu_pack
+from helpers import SUBSET_DIR
 
 needs_jax_and_joblib = pytest.mark.skipif(
     importlib.util.find_spec("jax") is None or gpu_pack.JoblibLauncher is None,

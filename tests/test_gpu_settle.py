@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SUBSET_DIR
 from fmnist_exp import gpu_pack
+from helpers import SUBSET_DIR
 
 ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.skipif(
