@@ -191,15 +191,14 @@ def throughput(arguments: dict) -> dict:
                 with Timed() as bare_round:
                     bare_model.fit(images, labels, batch_size=config.batch_size, epochs=1, verbose=0)
                 timed["bare"].append(bare_round)
-    rates = {side: [len(images) / measured.seconds for measured in rounds_[1:]] for side, rounds_ in timed.items()}
-    result = figures(config, runner_models[0], len(images), rates[streams[0]], rates["bare"], timed)
+    counted = {side: measured[1:] for side, measured in timed.items()}  # the tracing round dropped
+    bare_rates = rates_of(counted["bare"], len(images))
+    result = figures(config, runner_models[0], streams[0], len(images), counted[streams[0]], counted["bare"])
     if len(streams) == 2:
-        compared = rates[streams[1]]
+        compared = rates_of(counted[streams[1]], len(images))
         result["compare_stream"] = streams[1]
         result["compare_stream_images_per_second"] = compared
-        result["compare_stream_ratio_per_repeat"] = [
-            one / bare for one, bare in zip(compared, rates["bare"], strict=True)
-        ]
+        result["compare_stream_ratio_per_repeat"] = [one / bare for one, bare in zip(compared, bare_rates, strict=True)]
         result["compare_stream_ratio_median"] = statistics.median(result["compare_stream_ratio_per_repeat"])
     return {
         **result,
@@ -209,12 +208,17 @@ def throughput(arguments: dict) -> dict:
     }
 
 
-def figures(config, runner_model, images: int, runner_rates: list, bare_rates: list, timed: dict) -> dict:
-    """The throughput figures of the first runner side against bare Keras, and the work against the matmul peak."""
+def rates_of(rounds: list[Timed], images: int) -> list[float]:
+    return [images / measured.seconds for measured in rounds]
+
+
+def figures(config, runner_model, stream: str, images: int, runner: list[Timed], bare: list[Timed]) -> dict:
+    """The throughput figures of a runner side against bare Keras, and the work against the matmul peak."""
     import keras
 
     from fmnist_exp import backend, models
 
+    runner_rates, bare_rates = rates_of(runner, images), rates_of(bare, images)
     ratios = [runner / bare for runner, bare in zip(runner_rates, bare_rates, strict=True)]
     multiply_adds = models.count_multiply_adds(config.model.layers)
     peak = matmul_peak_flops()
@@ -228,13 +232,13 @@ def figures(config, runner_model, images: int, runner_rates: list, bare_rates: l
         "batch_size": config.batch_size,
         "precision": config.trainer.precision,
         "jit_compile": str(runner_model.jit_compile),  # what Keras resolved `auto` to
-        "stream": next(iter(timed)),
+        "stream": stream,
         "images_per_repeat": images,
         "runner_images_per_second": runner_rates,
         "bare_images_per_second": bare_rates,
         "ratio_per_repeat": ratios,
-        "runner_cpu_busy_per_repeat": [measured.busy for measured in next(iter(timed.values()))[1:]],
-        "bare_cpu_busy_per_repeat": [measured.busy for measured in timed["bare"][1:]],
+        "runner_cpu_busy_per_repeat": [measured.busy for measured in runner],
+        "bare_cpu_busy_per_repeat": [measured.busy for measured in bare],
         "ratio_median": statistics.median(ratios),
         "training_gflops_per_image": 6 * multiply_adds / 1e9,
         "achieved_gflops": achieved / 1e9,

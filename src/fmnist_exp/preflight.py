@@ -170,7 +170,7 @@ def _choices(arguments: list[str], key: str) -> list[str | None]:
         value = grammar.value(argument)
         if grammar.key(argument) != key or not value:
             continue
-        if grammar.is_sweep(argument) and grammar.swept_by_function(value):
+        if grammar.swept_by_function(value):
             return [None]
         return [option.strip() for option in value.split(",")]
     return [None]
@@ -178,8 +178,9 @@ def _choices(arguments: list[str], key: str) -> list[str | None]:
 
 def check_model_knobs(arguments: list[str]) -> None:
     """`model.<knob>=...` for a knob the chosen model does not declare: one line listing its knobs."""
-    keys = [grammar.key(argument) for argument in grammar.overrides_of(arguments) if "=" in argument]
-    knobs = [key.split(".", 1)[1] for key in keys if key.startswith("model.") and key.count(".") == 1]
+    # A plain `model.<name>=` sets a knob; `+model.<name>=` adds a key on purpose and is Hydra's to judge.
+    keys = [grammar.key(argument) for argument in grammar.overrides_of(arguments) if argument.startswith("model.")]
+    knobs = [key.split(".", 1)[1] for key in keys if key.count(".") == 1]
     knobs = [knob for knob in knobs if knob not in MODEL_FIELDS]
     if not knobs:
         return
@@ -229,7 +230,7 @@ def resume_in_place(arguments: list[str]) -> list[str]:
     if not target or "hydra.run.dir" in keys or grammar.is_multirun(arguments):
         return []
     folder = Path(target).expanduser()
-    if not run_folder.is_run_folder(folder):
+    if not (folder / run_folder.CONFIG_FILE).is_file():  # not a folder: a run id, looked up in the store
         from fmnist_exp.store import Store, sqlite_path
 
         uri = keys.get("mlflow.tracking_uri") or default_tracking_uri()
