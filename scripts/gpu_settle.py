@@ -81,7 +81,7 @@ def plan(size: dict, scratch: Path) -> list[Job]:
 
 def pack(jobs: list[Job]) -> list[Job]:
     """Every sweep's jobs side by side (n_jobs = its seeds on a GPU, 1 on a CPU), capped at a share of all."""
-    from fmnist_exp import gpu_pack
+    from fmnist_exp.sweeps import gpu_pack
 
     total, on_gpu = sum(job.jobs for job in jobs), gpu_pack.gpu_memory_mb() is not None
     for job in jobs:

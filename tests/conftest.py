@@ -40,7 +40,7 @@ def finished_run(tmp_path_factory):
     """
     import mlflow
 
-    from fmnist_exp import experiment
+    from fmnist_exp.training import experiment
 
     root = tmp_path_factory.mktemp("run")
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"

@@ -19,9 +19,9 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from fmnist_exp import data
-from fmnist_exp.config import CONF_DIR, ExperimentConfig, register_schemas
-from fmnist_exp.validation import to_experiment_config
+from fmnist_exp.config.schema import CONF_DIR, ExperimentConfig, register_schemas
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.model.validation import to_experiment_config
 
 SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
 

@@ -11,7 +11,7 @@ import sys
 import keras
 import numpy as np
 
-from fmnist_exp import resident_streams, streams
+from fmnist_exp.training import resident_streams, streams
 
 
 def as_numpy(batch):
@@ -50,7 +50,7 @@ def trained_weights(images, labels, kind: str) -> list[np.ndarray]:
 
 
 def main() -> None:
-    from fmnist_exp import private_api
+    from fmnist_exp.runtime import private_api
 
     private_api.keep_keras_off_tensorflow()  # as the runner does: seconds of TensorFlow start-up saved
     rng = np.random.default_rng(0)

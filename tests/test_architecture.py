@@ -12,20 +12,46 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fmnist_exp import config as config_module
+from fmnist_exp.config import schema as config_module
 
-PACKAGE = Path(config_module.__file__).parent
-MODULES = {path.stem: path for path in PACKAGE.glob("*.py") if path.stem != "__init__"}
-# The tracking layer: the only modules that import MLflow or hold its objects.
-TRACKING = {"store", "logged_model", "dataset_inputs", "private_api"}
+PACKAGE = Path(config_module.__file__).parents[1]
+# The layers are the package's folders, from the bottom up: a module imports from its own folder or
+# the folders below it. errors.py (at the top of the package) is below them all; the top's other
+# modules are the `python -m fmnist_exp.<command>` doors, above them all.
+LAYERS = ["runtime", "config", "data", "model", "analysis", "tracking", "training", "sweeps", "commands"]
+BASE = {"errors"}
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+MODULES = {
+    module_name(path): path
+    for path in sorted(PACKAGE.rglob("*.py"))
+    if path.stem != "__init__" and "conf" not in path.relative_to(PACKAGE).parts
+}
+DOORS = {name for name in MODULES if "." not in name} - BASE
+
+
+def level(name: str) -> int:
+    if name in BASE:
+        return -1
+    if name in DOORS:
+        return len(LAYERS)
+    return LAYERS.index(name.split(".")[0])
+
+
+# The tracking layer and the one home of library internals: the only modules that import MLflow.
+TRACKING = {name for name in MODULES if name.startswith("tracking.")} | {"runtime.private_api"}
 # Where each library's private modules may be imported (docs/design.md, "Private APIs we touch").
 PRIVATE_HOMES = {
-    "mlflow": {"private_api"},
-    "keras": {"private_api"},
-    "optuna": {"private_api"},
-    "hydra_plugins.hydra_optuna_sweeper": {"study"},
-    "hydra_plugins.hydra_ray_launcher": {"ray_cluster"},
-    "hydra": {"private_api"},
+    "mlflow": {"runtime.private_api"},
+    "keras": {"runtime.private_api"},
+    "optuna": {"runtime.private_api"},
+    "hydra_plugins.hydra_optuna_sweeper": {"sweeps.study"},
+    "hydra_plugins.hydra_ray_launcher": {"sweeps.ray_cluster"},
+    "hydra": {"runtime.private_api"},
 }
 
 
@@ -42,8 +68,8 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def package_imports(path: Path) -> set[str]:
-    found = {name.split(".")[1] for name in imported_modules(path) if name.startswith("fmnist_exp.")}
-    return {name for name in found if name in MODULES} - {path.stem}
+    found = {name.removeprefix("fmnist_exp.") for name in imported_modules(path) if name.startswith("fmnist_exp.")}
+    return {name for name in found if name in MODULES} - {module_name(path)}
 
 
 GRAPH = {name: package_imports(path) for name, path in MODULES.items()}
@@ -61,7 +87,7 @@ def reachable(start: str) -> set[str]:
 
 def test_the_graph_sees_imports_inside_functions():
     # experiment.py imports its stages' modules inside functions; a scan that missed those would pass anything.
-    assert {"device", "streams", "callbacks", "validation"} <= GRAPH["experiment"]
+    assert {"training.device", "training.streams", "training.callbacks"} <= GRAPH["training.experiment"]
 
 
 def test_no_import_cycle():
@@ -69,34 +95,32 @@ def test_no_import_cycle():
     assert cycles == [], f"modules on an import cycle: {cycles}"
 
 
-# docs/design.md's module map: a module imports from its own layer or the layers below.
-LAYERS = {
-    "base": {"errors", "overrides", "noise", "interrupts", "compare", "private_api"},
-    "schema": {"config", "data", "models", "optim", "backend", "validation", "run_folder"},
-    "tracking": {"store", "logged_model", "dataset_inputs", "params"},
-    "training": {"streams", "resident_streams", "device", "callbacks", "per_class", "plots", "ranking", "experiment"},
-    "sweep": {"sweep", "pruning", "study", "ray_cluster", "gpu_pack"},
-    "commands": {"run", "preflight", "dry_run", "commands", "evaluate", "predict", "report", "bench", "ui"},
-}
-LEVEL = {module: level for level, modules in enumerate(LAYERS.values()) for module in modules}
-
-
-def test_every_module_is_on_the_map():
-    assert set(MODULES) == set(LEVEL), "docs/design.md's module map and LAYERS above list every module"
+def test_every_module_lives_in_a_layer_folder():
+    folders = {path.name for path in PACKAGE.iterdir() if path.is_dir() and (path / "__init__.py").exists()}
+    assert folders - {"conf"} == set(LAYERS), "a new folder is a new layer: place it in LAYERS above"
+    assert DOORS == {"run", "evaluate", "predict", "report", "bench", "ui"}, "the top holds errors.py and the doors"
 
 
 def test_no_module_imports_upwards():
-    upwards = [f"{name} -> {other}" for name in GRAPH for other in GRAPH[name] if LEVEL[other] > LEVEL[name]]
+    upwards = [f"{name} -> {other}" for name in GRAPH for other in GRAPH[name] if level(other) > level(name)]
     assert upwards == []
 
 
+def test_each_door_opens_on_its_command_only():
+    for door in DOORS:
+        assert GRAPH[door] == {f"commands.{door}"}, door
+        assert len(MODULES[door].read_text().splitlines()) <= 8, f"{door}.py is a door: the command lives in commands/"
+
+
 def test_config_is_the_bottom_layer():
-    assert GRAPH["config"] <= {"errors", "overrides"}
-    assert GRAPH["overrides"] == set() and GRAPH["errors"] == set()
+    for name in MODULES:
+        if name.startswith("config."):
+            assert all(other == "errors" or other.startswith("config.") for other in GRAPH[name]), name
+    assert GRAPH["errors"] == set()
 
 
 def test_a_run_knows_nothing_of_sweeps():
-    assert not reachable("experiment") & {"sweep", "study", "pruning", "ray_cluster", "report"}
+    assert not {name for name in reachable("training.experiment") if name.startswith(("sweeps.", "commands."))}
 
 
 def test_mlflow_stays_in_the_tracking_layer():
@@ -106,7 +130,7 @@ def test_mlflow_stays_in_the_tracking_layer():
         text = path.read_text()
         assert not any(module.split(".")[0] == "mlflow" for module in imported_modules(path)), name
         assert not re.search(r"\.client\.|\.info\.(run_id|status|experiment_id)|\.data\.(tags|params|metrics)", text), (
-            f"{name} reads an MLflow client or run object; ask store.Store (RunRecord) instead"
+            f"{name} reads an MLflow client or run object; ask tracking.store.Store (RunRecord) instead"
         )
 
 
@@ -141,7 +165,7 @@ def test_output_folder_names_live_in_run_folder():
         "epoch-",
     )  # (store.py's ".lock" guards its SQLite file)
     for name, path in MODULES.items():
-        if name == "run_folder":
+        if name == "training.run_folder":
             continue
         named = [literal for literal in code_strings(path) if any(file in literal for file in names)]
         assert named == [], f"{name} names files of a run's output folder: {named}; ask run_folder"
@@ -200,3 +224,14 @@ def test_every_schema_key_has_a_commented_default_in_conf():
     assert missing == [], f"conf/config.yaml does not show {missing}"
     uncommented = [key for key in leaves if "." not in key and not re.search(rf"^{key}: .*#", text, re.MULTILINE)]
     assert uncommented == [], f"conf/config.yaml: no comment beside {uncommented}"
+
+
+def print_graph() -> None:
+    """`python tests/test_architecture.py`: the package's import graph, layer by layer, top first."""
+    for name in sorted(MODULES, key=lambda name: (-level(name), name)):
+        lines = len(MODULES[name].read_text().splitlines())
+        print(f"{name:32} {lines:4} lines  -> {', '.join(sorted(GRAPH[name])) or '-'}")
+
+
+if __name__ == "__main__":
+    print_graph()

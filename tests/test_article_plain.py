@@ -26,7 +26,7 @@ def load_script():
 def test_the_plain_network_is_seed_cnn_layer_for_layer():
     import keras
 
-    from fmnist_exp import models
+    from fmnist_exp.model import layers as models
 
     plain = load_script().build_model(keras)
     config = typed_config([]).model

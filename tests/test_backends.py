@@ -21,9 +21,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from fmnist_exp import backend
-from fmnist_exp.config import TrainerConfig
+from fmnist_exp.config.schema import TrainerConfig
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.model import backend
 from helpers import SUBSET_DIR, all_runs, typed_config
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -190,7 +190,7 @@ def stream_batches(stream, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def test_the_numpy_stream_orders_each_epoch_by_seed_and_epoch_only():
-    from fmnist_exp import streams
+    from fmnist_exp.training import streams
 
     images = np.arange(10 * 28 * 28, dtype=np.uint8).reshape(10, 28, 28, 1)
     labels = np.arange(10, dtype=np.uint8)
@@ -216,7 +216,7 @@ def test_the_numpy_stream_orders_each_epoch_by_seed_and_epoch_only():
 def test_tf_data_and_the_numpy_stream_yield_the_same_batches():
     import keras
 
-    from fmnist_exp import streams
+    from fmnist_exp.training import streams
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.data serves the tensorflow backend only")
@@ -356,7 +356,7 @@ def test_a_reduced_precision_the_cpu_would_emulate_is_named(precision, flags, ac
 
 def test_a_mixed_bfloat16_run_warns_exactly_when_this_cpu_lacks_bfloat16(tmp_path, tracking_uri, caplog):
     """A real run in mixed_bfloat16 on this machine: the warning follows the CPU's own flags."""
-    from fmnist_exp import experiment
+    from fmnist_exp.training import experiment
 
     flags = backend.cpu_flags()
     expected = backend.slow_precision_warning("mixed_bfloat16", flags, accelerator=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmnist_exp import bench
+from fmnist_exp.commands import bench
 from helpers import SUBSET_DIR
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_exp import data
+from fmnist_exp.data import fashion_mnist as data
 from helpers import (
     SMALL_RUN,
     SUBSET_DIR,

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_exp import bench, evaluate, noise, predict, report, ui
-from fmnist_exp.config import CHECKOUT, CONF_DIR
-from fmnist_exp.store import Store
+from fmnist_exp.commands import bench, evaluate, predict, report, ui
+from fmnist_exp.config.schema import CHECKOUT, CONF_DIR
+from fmnist_exp.runtime import noise
+from fmnist_exp.tracking.store import Store
 from helpers import SUBSET_DIR, free_port, stop_process_group, wait_for_http
 
 COMMANDS = {"evaluate": evaluate.main, "predict": predict.main, "report": report.main, "bench": bench.main}
@@ -176,7 +177,7 @@ def test_the_wheel_carries_conf_and_runs_from_any_folder(tmp_path):
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     environment["PYTHONPATH"] = str(target)
     where = subprocess.run(
-        [sys.executable, "-c", "import fmnist_exp.config as c; print(c.__file__); print(c.default_tracking_uri())"],
+        [sys.executable, "-c", "import fmnist_exp.config.schema as c; print(c.__file__); print(c.default_tracking_uri())"],
         capture_output=True, text=True, timeout=60, cwd=elsewhere, env=environment,
     )  # fmt: skip
     module, store = where.stdout.split()
@@ -246,7 +247,7 @@ def test_ui_passes_mlflow_options_through_and_refuses_what_it_cannot_open(tmp_pa
 def test_tensorflow_starts_without_its_cpu_machine_lines():
     """No "Could not find cuda drivers" (twice) nor "failed call to cuInit" on a machine without a GPU."""
     result = subprocess.run(
-        [sys.executable, "-c", "from fmnist_exp import noise; noise.quiet(); noise.import_tensorflow(); import keras"],
+        [sys.executable, "-c", "from fmnist_exp.runtime import noise; noise.quiet(); noise.import_tensorflow(); import keras"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

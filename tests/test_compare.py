@@ -7,7 +7,7 @@ import math
 import pytest
 from scipy import stats
 
-from fmnist_exp import compare
+from fmnist_exp.analysis import seed_noise as compare
 
 
 def row(group: str, objective: float, seed: int, status: str = "FINISHED", pruned_at="", test=None) -> dict:

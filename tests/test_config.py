@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmnist_exp.config import ExperimentConfig
+from fmnist_exp.config.schema import ExperimentConfig
 from helpers import CONF_DIR, typed_config
 
 

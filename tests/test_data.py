@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_exp import data
-from fmnist_exp.config import DataConfig
+from fmnist_exp.config.schema import DataConfig
+from fmnist_exp.data import fashion_mnist as data
 from helpers import (
     FULL_DATA_DIR,
     PROCESS_TIMEOUT,

@@ -10,7 +10,7 @@ import time
 import mlflow
 import pytest
 
-from fmnist_exp.store import Store
+from fmnist_exp.tracking.store import Store
 from helpers import SUBSET_DIR, free_port, stop_process_group
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")

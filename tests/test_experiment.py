@@ -6,7 +6,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from fmnist_exp import data, experiment
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.training import experiment
 from helpers import SMALL_RUN, typed_config
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from fmnist_exp import experiment
+from fmnist_exp.training import experiment
 from helpers import typed_config
 
 

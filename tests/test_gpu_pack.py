@@ -14,7 +14,7 @@ import mlflow
 import pytest
 import yaml
 
-from fmnist_exp import gpu_pack
+from fmnist_exp.sweeps import gpu_pack
 from helpers import SUBSET_DIR
 
 needs_jax_and_joblib = pytest.mark.skipif(

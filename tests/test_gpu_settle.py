@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fmnist_exp import gpu_pack
+from fmnist_exp.sweeps import gpu_pack
 from helpers import SUBSET_DIR
 
 ROOT = Path(__file__).parent.parent

@@ -16,9 +16,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from fmnist_exp import data, dataset_inputs, logged_model
-from fmnist_exp import experiment as experiment_module
-from fmnist_exp.store import EXPERIMENT_KIND, Store, ui_command
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.tracking import dataset_inputs, logged_model
+from fmnist_exp.tracking.store import EXPERIMENT_KIND, Store, ui_command
+from fmnist_exp.training import experiment as experiment_module
 from helpers import SMALL_RUN, SUBSET_DIR, free_port, stop_process_group, typed_config, wait_for_http
 
 
@@ -258,7 +259,7 @@ def test_experiments_are_machine_learning_experiments(subset_run, tracking_uri, 
         "then open http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
     )
     # The default store needs no key; another store is named.
-    from fmnist_exp.config import default_tracking_uri
+    from fmnist_exp.config.schema import default_tracking_uri
 
     assert ui_command(default_tracking_uri(), "1").startswith(
         "python -m fmnist_exp.ui, then open http://127.0.0.1:5000/"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmnist_exp import models
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.model import layers as models
 from helpers import SUBSET_DIR, typed_config
 
 # The article's model: 320 + 25,632 + 18,496 + 102,464 (convolutions) + 524,800 + 5,130 (dense).
@@ -188,7 +188,7 @@ def test_bad_blocks_are_refused_with_the_full_path(layers, message):
 
 
 def test_a_bad_block_fails_config_validation_before_anything_is_built():
-    from fmnist_exp.validation import validate
+    from fmnist_exp.model.validation import validate
 
     config = typed_config(["model=resnet_small"])
     config.model.layers[4]["layers"][3]["kernel_size"] = [3, 3, 3]
@@ -272,8 +272,8 @@ def test_random_crop_shifts_by_whole_pixels_up_to_its_padding():
 def test_resnet_small_trains_one_epoch_on_real_images(tmp_path, monkeypatch):
     import keras
 
-    from fmnist_exp import data
-    from fmnist_exp.config import DataConfig
+    from fmnist_exp.config.schema import DataConfig
+    from fmnist_exp.data import fashion_mnist as data
 
     monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))
     keras.utils.set_random_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fmnist_exp import optim
+from fmnist_exp.model import optim
 from helpers import typed_config
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fmnist_exp.params import run_params, run_tags_of_config
+from fmnist_exp.tracking.params import run_params, run_tags_of_config
 from helpers import SUBSET_DIR, typed_config
 
 COUNTS = {"data.train_images": 899, "data.validation_images": 101, "data.test_images": 300, "model.parameters": 1}

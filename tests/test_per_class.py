@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_exp import data, logged_model, per_class
-from fmnist_exp.store import Store
+from fmnist_exp.analysis import per_class
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.tracking import logged_model
+from fmnist_exp.tracking.store import Store
 from helpers import SMALL_RUN, typed_config
 
 
@@ -132,8 +134,8 @@ def test_registry_champion_alias_loads(finished_run):
 def test_the_data_folder_is_read_from_new_and_older_runs():
     from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
 
-    from fmnist_exp.evaluate import logged_data_dir
-    from fmnist_exp.store import RunRecord
+    from fmnist_exp.commands.evaluate import logged_data_dir
+    from fmnist_exp.tracking.store import RunRecord
 
     def run_with(params=(), tags=()):
         info = RunInfo("r", "0", "u", "FINISHED", 0, 0, "active")

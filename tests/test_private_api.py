@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_exp import private_api
+from fmnist_exp.runtime import private_api
 
 SRC = Path(private_api.__file__).parent
 
@@ -136,7 +136,7 @@ def test_abandoned_trials_end_through_optunas_public_storage_api(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    from fmnist_exp.study import INTERRUPTED_ATTR, counted_trials, end_abandoned_trials
+    from fmnist_exp.sweeps.study import INTERRUPTED_ATTR, counted_trials, end_abandoned_trials
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
     study = optuna.create_study(study_name="probe", storage=storage)

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from fmnist_exp import data, experiment
-from fmnist_exp.store import HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG, Store
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG, Store
+from fmnist_exp.training import experiment
 from helpers import (
     SMALL_RUN,
     SUBSET_DIR,
@@ -188,7 +189,7 @@ def test_sighup_ends_killed_and_of_two_resumes_at_once_one_writes(tmp_path, trac
 
 ORPHAN = """
 import os, signal, sys
-from fmnist_exp.store import Store
+from fmnist_exp.tracking.store import Store
 with Store(sys.argv[1]).run("fmnist_exp", "orphan", {}) as run:
     print(run.run_id, flush=True)
     if sys.argv[2] == "die":
@@ -216,8 +217,8 @@ def start_owner(tracking_uri: str, fate: str) -> tuple[subprocess.Popen, str]:
 # Runs whose writes a real SIGTERM cuts through at a random moment, one after the other in one process.
 INTERRUPTED_WRITES = """
 import os, random, signal, sys, threading
-from fmnist_exp.interrupts import signals_as_interrupt
-from fmnist_exp.store import Store
+from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.tracking.store import Store
 store = Store(sys.argv[1])
 random.seed(0)
 with signals_as_interrupt():
@@ -253,8 +254,8 @@ def test_a_sigterm_inside_a_store_write_still_ends_the_run_killed(tmp_path, trac
 # ignored in ..."): the run's next write must raise it again, and the run must end KILLED, not go on.
 SWALLOWED_SIGNAL = """
 import os, signal, sys
-from fmnist_exp.interrupts import signals_as_interrupt
-from fmnist_exp.store import Store
+from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.tracking.store import Store
 
 class Finalized:
     def __del__(self):
@@ -291,7 +292,7 @@ def status(tracking_uri: str, run_id: str):
 def test_the_hint_after_an_interrupted_resume_names_the_run_and_its_store(tmp_path, monkeypatch):
     """Interrupted during resume=<folder>, the hint names the run id from the folder
     and the store the run lives in, not the default one."""
-    from fmnist_exp import preflight
+    from fmnist_exp.commands import preflight
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'default' / 'mlflow.db'}")
     folder = tmp_path / "run"
@@ -575,7 +576,7 @@ def test_resume_writes_into_the_runs_own_folder_and_leaves_nothing_in_the_workin
 
 
 def test_resume_by_run_id_finds_the_runs_folder_without_making_a_store(tmp_path, tracking_uri):
-    from fmnist_exp import preflight
+    from fmnist_exp.commands import preflight
 
     folder = tmp_path / "run"
     folder.mkdir()
@@ -634,7 +635,7 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     """A 16-bit PNG predicts like its 8-bit original (Pillow's convert("L") clips it white)."""
     from PIL import Image
 
-    from fmnist_exp import predict
+    from fmnist_exp.commands import predict
 
     images, _ = data.read_pair(SUBSET_DIR, data.FILES["test_images"], data.FILES["test_labels"])
     pixels = images[0, ..., 0]
@@ -652,8 +653,8 @@ def test_the_hostile_model_folder_runs_code_when_mlflow_loads_it(tmp_path, track
     and called, it writes a file. This project's loader refuses it and nothing runs."""
     import mlflow.keras
 
-    from fmnist_exp import logged_model
     from fmnist_exp.errors import ModelUriError
+    from fmnist_exp.tracking import logged_model
 
     folder = hostile_saved_model(tmp_path / "model", marker=tmp_path / "pwned")
     with pytest.raises(ModelUriError, match="is an exported SavedModel"):

@@ -9,10 +9,13 @@ import mlflow
 import numpy as np
 import pytest
 
-from fmnist_exp import callbacks, data, errors, experiment, logged_model
-from fmnist_exp.config import PruningConfig
-from fmnist_exp.pruning import should_prune
-from fmnist_exp.store import Store
+from fmnist_exp import errors
+from fmnist_exp.config.schema import PruningConfig
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.sweeps.pruning import should_prune
+from fmnist_exp.tracking import logged_model
+from fmnist_exp.tracking.store import Store
+from fmnist_exp.training import callbacks, experiment
 from helpers import SMALL_RUN, TINY_RUN, typed_config
 
 RULE = PruningConfig(enabled=True, warmup_epochs=2, min_jobs=3)

@@ -12,7 +12,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from fmnist_exp import experiment, report
+from fmnist_exp.commands import report
+from fmnist_exp.training import experiment
 from helpers import SUBSET_DIR, typed_config
 
 TINY = [
@@ -298,7 +299,7 @@ def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, t
 
     search = [*TINY, "epochs=2", "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=3",
               f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
-    from fmnist_exp.store import Store
+    from fmnist_exp.tracking.store import Store
 
     Store(tracking_uri).client  # noqa: B018 (makes the store's schema before this test polls it)
     process = subprocess.Popen(
@@ -338,8 +339,8 @@ def test_the_study_counts_a_pruned_job_as_pruned():
     import optuna
     from hydra.core.utils import JobReturn, JobStatus
 
-    from fmnist_exp import study
-    from fmnist_exp.sweep import JobResult
+    from fmnist_exp.sweeps import study
+    from fmnist_exp.sweeps.sweep import JobResult
 
     trials = optuna.create_study(direction="maximize")
     outcomes = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist_exp.data import CLASS_NAMES, NUM_CLASSES
+from fmnist_exp.data.fashion_mnist import CLASS_NAMES, NUM_CLASSES
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ def report_text(report: dict) -> str:
 
 def write_reports(images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, folder: Path) -> dict:
     """Write the four evaluation artifacts into `folder`; return the per-class metrics for MLflow."""
-    from fmnist_exp import plots
+    from fmnist_exp.analysis import plots
 
     folder.mkdir(parents=True, exist_ok=True)
     predictions = probabilities.argmax(axis=1)

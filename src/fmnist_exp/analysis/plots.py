@@ -31,7 +31,7 @@ def learning_curves(history: dict[str, list[float]], path: Path) -> Path:
 
 def confusion_matrix(counts, path: Path) -> Path:
     """The 10x10 counts with class names; the diagonal is what the model gets right."""
-    from fmnist_exp.data import CLASS_NAMES
+    from fmnist_exp.data.fashion_mnist import CLASS_NAMES
 
     figure, axis = pyplot.subplots(figsize=(8, 7))
     image = axis.imshow(counts, cmap="Blues")
@@ -56,7 +56,7 @@ def misclassified_grid(images, labels, probabilities, path: Path, count: int = 2
     """Up to `count` wrongly classified test images, most confident mistakes first."""
     import numpy as np
 
-    from fmnist_exp.data import CLASS_NAMES
+    from fmnist_exp.data.fashion_mnist import CLASS_NAMES
 
     predictions = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predictions != labels)

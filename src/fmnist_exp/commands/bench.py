@@ -23,9 +23,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from fmnist_exp import commands, noise
-from fmnist_exp.config import MODEL_FIELDS
+from fmnist_exp.commands import hydra_app as commands
+from fmnist_exp.config.schema import MODEL_FIELDS
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.runtime import noise
 
 ARTICLE_ACCURACY = 0.9052
 
@@ -109,7 +110,7 @@ def matmul_peak_flops(dtype: str = "float32", size: int | None = None, trials: i
     """
     import keras
 
-    from fmnist_exp import backend
+    from fmnist_exp.model import backend
 
     size = size or (8192 if backend.has_accelerator() else 2048)
     left = keras.random.normal((size, size), dtype=dtype, seed=1)
@@ -131,7 +132,7 @@ def matmul_peak_flops(dtype: str = "float32", size: int | None = None, trials: i
 
 def load_seconds() -> dict:
     """Loading all 70,000 images, verified: once into an empty decoded-data cache, then from it."""
-    from fmnist_exp import data
+    from fmnist_exp.data import fashion_mnist as data
 
     data_config = compose([]).data
     previous = os.environ.get(data.CACHE_ENV)
@@ -155,8 +156,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from fmnist_exp.config import CONF_DIR, register_schemas
-    from fmnist_exp.validation import to_experiment_config
+    from fmnist_exp.config.schema import CONF_DIR, register_schemas
+    from fmnist_exp.model.validation import to_experiment_config
 
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR)):
@@ -167,7 +168,7 @@ def throughput(arguments: dict) -> dict:
     """Images/s of the runner's fit stage (`experiment.fit`: its stream, every callback the runner
     adds, MLflow logging, checkpoints) against a bare `model.fit` on NumPy arrays, interleaved; with
     `compare_stream`, a second runner side on that stream in the same rounds."""
-    from fmnist_exp import experiment
+    from fmnist_exp.training import experiment
 
     rounds = arguments["repeats"] + 1  # the first round traces the functions and is not counted
     loading = load_seconds()
@@ -216,7 +217,8 @@ def figures(config, runner_model, stream: str, images: int, runner: list[Timed],
     """The throughput figures of a runner side against bare Keras, and the work against the matmul peak."""
     import keras
 
-    from fmnist_exp import backend, models
+    from fmnist_exp.model import backend
+    from fmnist_exp.model import layers as models
 
     runner_rates, bare_rates = rates_of(runner, images), rates_of(bare, images)
     ratios = [runner / bare for runner, bare in zip(runner_rates, bare_rates, strict=True)]
@@ -253,7 +255,7 @@ def figures(config, runner_model, stream: str, images: int, runner: list[Timed],
 
 def time_to_accuracy(preset: str, target: float, overrides: list[str]) -> dict:
     """Train a preset with the test set as validation (the article's way) and find when it first reaches `target`."""
-    from fmnist_exp import experiment
+    from fmnist_exp.training import experiment
 
     with tempfile.TemporaryDirectory() as scratch:
         config = compose([f"experiment={preset}", "data.validation=test", "mlflow.log_model=false",
@@ -272,7 +274,7 @@ def time_to_accuracy(preset: str, target: float, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict | None:
     """The command line (`argv`, else sys.argv): prints and returns the figures."""
-    from fmnist_exp.config import register_schemas
+    from fmnist_exp.config.schema import register_schemas
 
     noise.quiet()
     register_schemas()  # the resolvers the model files use

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 
-from fmnist_exp import data, models
-from fmnist_exp.config import DataConfig, ExperimentConfig
+from fmnist_exp.config.schema import DataConfig, ExperimentConfig
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.model import layers as models
 
 log = logging.getLogger("fmnist_exp.dry_run")
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from fmnist_exp import backend, commands, noise
-from fmnist_exp.config import DataConfig, check_positive
+from fmnist_exp.commands import hydra_app as commands
+from fmnist_exp.config.schema import DataConfig, check_positive
+from fmnist_exp.model import backend
+from fmnist_exp.runtime import noise
 
 
 @dataclass
@@ -42,8 +44,8 @@ def console() -> None:
 def evaluate(config: EvaluateConfig) -> float:
     check_positive("batch_size", config.batch_size, allow_none=True)
     check_positive("data.max_test_samples", config.data.max_test_samples, allow_none=True)
-    from fmnist_exp import data
-    from fmnist_exp.store import Store
+    from fmnist_exp.data import fashion_mnist as data
+    from fmnist_exp.tracking.store import Store
 
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     store.check()
@@ -60,13 +62,14 @@ def evaluate(config: EvaluateConfig) -> float:
     )
     batch_size = config.batch_size or int(logged.get("batch_size", 256))
     images, labels = data.load(data_config, seed=0).test
-    from fmnist_exp import logged_model
+    from fmnist_exp.tracking import logged_model
 
     with logged_model.fetched(config.model_uri, store) as path:  # the folder is checked first
         backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed
         noise.import_tensorflow()
         model = logged_model.load_file(path, config.model_uri)
-    from fmnist_exp import per_class, streams
+    from fmnist_exp.analysis import per_class
+    from fmnist_exp.training import streams
 
     result = streams.test_pass(model, images, labels, batch_size)
     print(f"test_accuracy={result.accuracy:.4f} test_loss={result.loss:.4f} images={len(labels)}")

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fmnist_exp import overrides
-from fmnist_exp.config import CONF_DIR, DataConfig, MlflowConfig, default_tracking_uri
+from fmnist_exp.config import overrides
+from fmnist_exp.config.schema import CONF_DIR, DataConfig, MlflowConfig, default_tracking_uri
 from fmnist_exp.errors import ConfigError, UserError, fail
 
 Result = TypeVar("Result")

@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 from omegaconf import MISSING
 
-from fmnist_exp import backend, commands, noise
-from fmnist_exp.data import CLASS_NAMES
+from fmnist_exp.commands import hydra_app as commands
+from fmnist_exp.data.fashion_mnist import CLASS_NAMES
 from fmnist_exp.errors import UserError
+from fmnist_exp.model import backend
+from fmnist_exp.runtime import noise
 
 
 @dataclass
@@ -92,13 +94,13 @@ def console() -> None:
 
 
 def predict(config: PredictConfig) -> list[tuple[str, str, float]]:
-    from fmnist_exp.store import Store
+    from fmnist_exp.tracking.store import Store
 
     paths = image_paths(config.images)
     loaded = [load_image(path) for path in paths]
     store = Store(config.mlflow.tracking_uri)
     store.check()
-    from fmnist_exp import logged_model
+    from fmnist_exp.tracking import logged_model
 
     with logged_model.fetched(config.model_uri, store) as path:  # the folder is checked first
         backend.activate_for_loading()  # KERAS_BACKEND, else whichever backend is installed

@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fmnist_exp import overrides as grammar
-from fmnist_exp import run_folder
-from fmnist_exp.config import CONF_DIR, MODEL_FIELDS, default_tracking_uri
+from fmnist_exp.config import overrides as grammar
+from fmnist_exp.config.schema import CONF_DIR, MODEL_FIELDS, default_tracking_uri
 from fmnist_exp.errors import UserError
+from fmnist_exp.training import run_folder
 
 
 def check_arguments(arguments: list[str]) -> None:
-    from fmnist_exp import backend
+    from fmnist_exp.model import backend
 
     check_modes(arguments)
     backend.refuse_backend_sweep(arguments)  # a process keeps one Keras backend
@@ -58,7 +58,7 @@ def check_sweep_store(arguments: list[str]) -> None:
     for value in grammar.values_of(arguments, "mlflow.tracking_uri"):
         if value:
             uris = [uri.strip().strip("'\"") for uri in value.split(",")]
-    from fmnist_exp.store import Store
+    from fmnist_exp.tracking.store import Store
 
     for uri in uris:
         Store(uri).check()
@@ -231,7 +231,7 @@ def resume_in_place(arguments: list[str]) -> list[str]:
         return []
     folder = Path(target).expanduser()
     if not (folder / run_folder.CONFIG_FILE).is_file():  # not a folder: a run id, looked up in the store
-        from fmnist_exp.store import Store, sqlite_path
+        from fmnist_exp.tracking.store import Store, sqlite_path
 
         uri = keys.get("mlflow.tracking_uri") or default_tracking_uri()
         database = sqlite_path(uri)

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fmnist_exp import commands, compare, noise, ranking
-from fmnist_exp import config as config_module
+from fmnist_exp.analysis import ranking
+from fmnist_exp.analysis import seed_noise as compare
+from fmnist_exp.commands import hydra_app as commands
+from fmnist_exp.config import schema as config_module
 from fmnist_exp.errors import UserError
+from fmnist_exp.runtime import noise
 
 
 @dataclass
@@ -28,8 +31,8 @@ class ReportConfig:
 
 def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, list[str], str]:
     """The rows, a title, the swept keys (columns of their own) and the UI link to look at them."""
-    from fmnist_exp import sweep as sweeps
-    from fmnist_exp.store import ui_link
+    from fmnist_exp.sweeps import sweep as sweeps
+    from fmnist_exp.tracking.store import ui_link
 
     store.reap_orphans()  # in every experiment of the store, not only the one reported
     experiment_id = store.experiment_id(experiment_name, create=False)
@@ -61,7 +64,7 @@ def console() -> None:
 
 
 def report(config: ReportConfig) -> list[dict]:
-    from fmnist_exp.store import Store
+    from fmnist_exp.tracking.store import Store
 
     config_module.check_orphan_bound(config.mlflow.orphan_after_minutes)
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)

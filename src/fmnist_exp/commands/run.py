@@ -17,14 +17,17 @@ from hydra.types import RunMode
 from hydra.utils import execution_whitelist
 from omegaconf import DictConfig
 
-from fmnist_exp import gpu_pack, noise, preflight, ray_cluster, run_folder
-from fmnist_exp import overrides as grammar
-from fmnist_exp.config import CONF_DIR, register_schemas
+from fmnist_exp.commands import preflight
+from fmnist_exp.config import overrides as grammar
+from fmnist_exp.config.schema import CONF_DIR, register_schemas
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
-from fmnist_exp.validation import to_experiment_config
+from fmnist_exp.model.validation import to_experiment_config
+from fmnist_exp.runtime import noise
+from fmnist_exp.sweeps import gpu_pack, ray_cluster
+from fmnist_exp.training import run_folder
 
 log = logging.getLogger("fmnist_exp.run")
-CALLBACKS = ["fmnist_exp.sweep.SweepCallback"]
+CALLBACKS = ["fmnist_exp.sweeps.sweep.SweepCallback"]
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
@@ -37,7 +40,7 @@ def job(composed: DictConfig) -> float | dict:
         config = to_experiment_config(composed)
     except UserError as error:
         if sweeping:  # one bad combination must not stop the sweep; its log file says why
-            from fmnist_exp.sweep import JobResult
+            from fmnist_exp.sweeps.sweep import JobResult
 
             log.error(f"job failed: {error}")
             return dataclasses.asdict(JobResult(objective=math.nan))
@@ -45,7 +48,7 @@ def job(composed: DictConfig) -> float | dict:
         fail(str(error))
     if config.dry_run:
         run_folder.discard_unused(output_dir)
-        from fmnist_exp import dry_run
+        from fmnist_exp.commands import dry_run
 
         try:
             return dry_run.describe(config)
@@ -59,8 +62,9 @@ def job(composed: DictConfig) -> float | dict:
             "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
         )
     noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
-    from fmnist_exp import experiment, sweep
-    from fmnist_exp.store import Store, ui_command
+    from fmnist_exp.sweeps import sweep
+    from fmnist_exp.tracking.store import Store, ui_command
+    from fmnist_exp.training import experiment
 
     if sweeping:
         try:

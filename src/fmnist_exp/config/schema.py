@@ -19,10 +19,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from fmnist_exp import overrides as overrides_grammar
+from fmnist_exp.config import overrides as overrides_grammar
 from fmnist_exp.errors import ConfigError
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # src/fmnist_exp, above this config/ folder
 
 
 def _source_checkout() -> Path | None:

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fmnist_exp.config import DEFAULT_MIRROR
+from fmnist_exp.config.schema import DEFAULT_MIRROR
 from fmnist_exp.errors import DataError, DownloadError
 
 if TYPE_CHECKING:
-    from fmnist_exp.config import DataConfig
+    from fmnist_exp.config.schema import DataConfig
 
 CLASS_NAMES = (
     "T-shirt/top",

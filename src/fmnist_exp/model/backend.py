@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from fmnist_exp.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fmnist_exp.config import TrainerConfig
+    from fmnist_exp.config.schema import TrainerConfig
 
 BACKENDS = ("tensorflow", "jax", "torch")
 # What the model's pip requirements pin for each backend (the distributions, not the import names).
@@ -94,7 +94,7 @@ def _keep_keras_off_tensorflow() -> None:
     installed. Keras 3.15's handle; on a Keras without it this does nothing (and the test that checks
     TensorFlow stays unimported fails).
     """
-    from fmnist_exp import private_api
+    from fmnist_exp.runtime import private_api
 
     private_api.keep_keras_off_tensorflow()
 
@@ -136,7 +136,7 @@ def refuse_backend_sweep(arguments: list[str]) -> None:
     Hydra's basic launcher runs every job in the one process, and joblib's and Ray's workers run
     several jobs each, so the second backend would fail in every job that lands in a used process.
     """
-    from fmnist_exp import overrides
+    from fmnist_exp.config import overrides
 
     if not overrides.is_multirun(arguments):
         return

@@ -47,11 +47,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fmnist_exp.data import IMAGE_SHAPE, NUM_CLASSES
+from fmnist_exp.data.fashion_mnist import IMAGE_SHAPE, NUM_CLASSES
 from fmnist_exp.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fmnist_exp.config import ModelConfig
+    from fmnist_exp.config.schema import ModelConfig
 
 ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "swish", "sigmoid", "tanh", "softmax", "leaky_relu", "linear")
 PADDINGS = ("valid", "same")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fmnist_exp.config import OPTIMIZER_TABLE, OptimizerConfig
+from fmnist_exp.config.schema import OPTIMIZER_TABLE, OptimizerConfig
 
 
 def build_schedule(config: OptimizerConfig, steps_per_epoch: int, epochs: int):

@@ -14,8 +14,8 @@ import statistics
 
 import keras
 
-from fmnist_exp.config import PruningConfig
-from fmnist_exp.store import Run, Store
+from fmnist_exp.config.schema import PruningConfig
+from fmnist_exp.tracking.store import Run, Store
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import OmegaConf
 
-from fmnist_exp.config import PROJECT_ROOT
+from fmnist_exp.config.schema import PROJECT_ROOT
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.store import Store, sqlite_path
+from fmnist_exp.tracking.store import Store, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def default_storage(tracking_uri: str) -> str:
 
 @dataclass
 class StudySweeperConf(OptunaSweeperConf):
-    _target_: str = "fmnist_exp.study.StudySweeper"
+    _target_: str = "fmnist_exp.sweeps.study.StudySweeper"
     # null: sqlite beside the MLflow store. study_name null: named after the sweep.
 
 
@@ -87,7 +87,7 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
     import optuna
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-    from fmnist_exp.sweep import sweep_key
+    from fmnist_exp.sweeps.sweep import sweep_key
 
     directions = self._get_directions()
     if len(directions) != 1:
@@ -222,7 +222,7 @@ def plot_study(study, folder: Path) -> list[Path]:
     import optuna
     from matplotlib import pyplot
 
-    from fmnist_exp import plots  # noqa: F401 (chooses matplotlib's Agg backend)
+    from fmnist_exp.analysis import plots  # noqa: F401 (chooses matplotlib's Agg backend)
 
     folder.mkdir(parents=True, exist_ok=True)
     figures = {"optuna_history.png": optuna.visualization.matplotlib.plot_optimization_history}

@@ -24,11 +24,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp import overrides as grammar
-from fmnist_exp import ranking
-from fmnist_exp.config import ExperimentConfig, config_hash, trains_something
+from fmnist_exp.analysis import ranking
+from fmnist_exp.config import overrides as grammar
+from fmnist_exp.config.schema import ExperimentConfig, config_hash, trains_something
 from fmnist_exp.errors import RunStopped, UserError
-from fmnist_exp.store import Store, owner_tags, ui_link
+from fmnist_exp.tracking.store import Store, owner_tags, ui_link
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class SweepCallback(Callback):
             swept = [item for item in overrides if is_swept(item) or item.startswith("hparams_search")]
             name = "sweep: " + " ".join(swept or overrides)
             self.parent_run_id = self.store.create_run(experiment_id, name)
-        from fmnist_exp.store import git_tags
+        from fmnist_exp.tracking.store import git_tags
 
         self.store.set_tags(self.parent_run_id, {**git_tags(), **tags})
         self.store.log_params(self.parent_run_id, sweep_params(config))
@@ -184,7 +184,8 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
     plots that the study sweeper left in the folder), the best figures and the job counts as
     metrics, and a note (MLflow's run description) naming the winner, its margin and its command.
     """
-    from fmnist_exp import compare, plots
+    from fmnist_exp.analysis import plots
+    from fmnist_exp.analysis import seed_noise as compare
 
     parent = store.get_run(parent_run_id)
     keys = swept_keys(dict(parent.params))
@@ -224,7 +225,7 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
 
 def sweep_note(parent_params: dict[str, str], rows: list[dict], configs: list, counts: dict[str, int]) -> str:
     """What the sweep's parent says in words: what was swept, the winner and its margin, the command."""
-    from fmnist_exp import compare
+    from fmnist_exp.analysis import seed_noise as compare
 
     varied = [f"{key} in {value}" for key, value in swept(parent_params).items()]
     replicates = int(parent_params.get("replicates", "1") or 1)
@@ -285,7 +286,7 @@ def pruner_for(config: ExperimentConfig, store: Store, parent_run_id: str | None
         return None
 
     def make(run, objective_metric: str) -> dict:
-        from fmnist_exp.pruning import SweepPruner
+        from fmnist_exp.sweeps.pruning import SweepPruner
 
         return {"pruner": SweepPruner(store, run, parent_run_id, objective_metric, config.pruning)}
 
@@ -338,7 +339,7 @@ def run_replicate(
     config: ExperimentConfig, output_dir: Path, overrides: list[str], store: Store, parent, replicate: int | None
 ) -> JobResult:
     """Train one seed of a job as a child run, or reuse its FINISHED run; NaN for a failed one."""
-    from fmnist_exp import experiment
+    from fmnist_exp.training import experiment
 
     name = config.mlflow.experiment_name
     digest = config_hash(config)

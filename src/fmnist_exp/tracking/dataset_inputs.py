@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fmnist_exp import data, private_api
+from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.runtime import private_api
 
 if TYPE_CHECKING:
-    from fmnist_exp.config import ExperimentConfig
+    from fmnist_exp.config.schema import ExperimentConfig
 
 NAME = "fashion-mnist"
 DIGEST_LENGTH = 36  # MLflow's limit for a dataset digest

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist_exp.errors import ModelUriError
-from fmnist_exp.store import Run, Store
+from fmnist_exp.tracking.store import Run, Store
 
 ARTIFACT = "model"
 
@@ -32,7 +32,7 @@ def requirements() -> list[str]:
     the model once more in a subprocess): Keras, its backend, MLflow."""
     import mlflow
 
-    from fmnist_exp import backend
+    from fmnist_exp.model import backend
 
     return [*backend.pip_requirements(), f"mlflow=={mlflow.__version__}"]
 

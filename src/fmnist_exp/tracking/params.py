@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fmnist_exp import overrides as grammar
-from fmnist_exp.config import OPTIMIZER_PARAMS, ExperimentConfig, as_dict, trains_something
+from fmnist_exp.config import overrides as grammar
+from fmnist_exp.config.schema import OPTIMIZER_PARAMS, ExperimentConfig, as_dict, trains_something
 
 # The schedule fields each schedule reads (the others are ignored by it, so they are not logged).
 SCHEDULE_FIELDS = {"constant": (), "cosine": ("warmup_epochs", "alpha"), "exponential": ("decay_rate", "decay_epochs")}

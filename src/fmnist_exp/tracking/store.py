@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fmnist_exp import interrupts, private_api
-from fmnist_exp.config import PROJECT_ROOT
+from fmnist_exp.config.schema import PROJECT_ROOT
 from fmnist_exp.errors import ModelUriError, TrackingError, UserError
-from fmnist_exp.private_api import LOGGED_ARTIFACTS_TAG, MODEL_VERSIONS_TAG
+from fmnist_exp.runtime import interrupts, private_api
+from fmnist_exp.runtime.private_api import LOGGED_ARTIFACTS_TAG, MODEL_VERSIONS_TAG
 
 # Tags that say which process owns a RUNNING run, so that a run whose process died can be found.
 HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = (
@@ -106,7 +106,7 @@ def ui_link(
 
 def ui_command(tracking_uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
     """How to look at the store: the link, with the command that serves it where a server is needed."""
-    from fmnist_exp.config import default_tracking_uri
+    from fmnist_exp.config.schema import default_tracking_uri
 
     link = ui_link(tracking_uri, experiment_id, run_id)
     if tracking_uri.startswith(("http://", "https://")):

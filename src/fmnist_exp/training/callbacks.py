@@ -15,10 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from fmnist_exp import run_folder
-from fmnist_exp.config import EarlyStoppingConfig
-from fmnist_exp.data import NUM_CLASSES
-from fmnist_exp.store import Run
+from fmnist_exp.config.schema import EarlyStoppingConfig
+from fmnist_exp.data.fashion_mnist import NUM_CLASSES
+from fmnist_exp.tracking.store import Run
+from fmnist_exp.training import run_folder
 
 log = logging.getLogger(__name__)
 

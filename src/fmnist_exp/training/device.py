@@ -12,7 +12,7 @@ import sys
 
 import keras
 
-from fmnist_exp.config import TrainerConfig
+from fmnist_exp.config.schema import TrainerConfig
 
 
 def _on_tensorflow() -> bool:
@@ -101,7 +101,7 @@ def configure_determinism(enabled: bool) -> None:
 
 
 def has_gpu() -> bool:
-    from fmnist_exp import backend
+    from fmnist_exp.model import backend
 
     return backend.has_accelerator()
 

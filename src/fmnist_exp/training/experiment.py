@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist_exp import config as config_module
-from fmnist_exp import data, ranking, run_folder
-from fmnist_exp.config import ExperimentConfig
+from fmnist_exp.analysis import ranking
+from fmnist_exp.config import schema as config_module
+from fmnist_exp.config.schema import ExperimentConfig
+from fmnist_exp.data import fashion_mnist as data
 from fmnist_exp.errors import RunStopped, TrainingCollapsed, TrainingDiverged, UserError
-from fmnist_exp.interrupts import signals_as_interrupt
-from fmnist_exp.store import Run, Store, ui_command
+from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.tracking.store import Run, Store, ui_command
+from fmnist_exp.training import run_folder
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def prepare(
     config: ExperimentConfig, output_dir: Path, overrides: Sequence[str] = (), store: Store | None = None
 ) -> Prepared:
     """Everything that can be wrong with the input fails here, before Keras and before a run."""
-    from fmnist_exp.validation import validate
+    from fmnist_exp.model.validation import validate
 
     validate(config)
     store = store or Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
@@ -96,14 +98,15 @@ def start_keras(config: ExperimentConfig):
     Returns keras. The backend is chosen here, before anything imports Keras, and after everything
     that can be wrong with the input has been found (prepare), so that a bad input costs no TensorFlow
     start-up."""
-    from fmnist_exp import backend, noise
+    from fmnist_exp.model import backend
+    from fmnist_exp.runtime import noise
 
     if config.trainer.backend == "tensorflow":
         noise.import_tensorflow()  # before Keras imports it: without its CPU-machine start-up lines
     backend.activate(config.trainer, config.deterministic)
     import keras
 
-    from fmnist_exp import device
+    from fmnist_exp.training import device
 
     # Jobs of a sweep share this process under Hydra's default launcher: start each from a clean slate.
     keras.backend.clear_session()
@@ -117,7 +120,9 @@ def start_keras(config: ExperimentConfig):
 
 def build(prepared: Prepared):
     """A new, compiled model from the config."""
-    from fmnist_exp import device, models, optim
+    from fmnist_exp.model import layers as models
+    from fmnist_exp.model import optim
+    from fmnist_exp.training import device
 
     config = prepared.config
     with device.strategy_scope(config.trainer.distribute):
@@ -131,7 +136,7 @@ def restore(prepared: Prepared, state: dict):
     """The checkpointed model, compiled, with its optimizer state."""
     import zipfile
 
-    from fmnist_exp import device
+    from fmnist_exp.training import device
 
     path = run_folder.checkpoint_file(prepared.output_dir, state)
     with device.strategy_scope(prepared.config.trainer.distribute):
@@ -158,7 +163,7 @@ def fit(
 
     `stream` picks the training stream (streams.stream_kind): tf.data on TensorFlow, a NumPy PyDataset
     elsewhere; bench compares the two."""
-    from fmnist_exp import device, streams
+    from fmnist_exp.training import device, streams
 
     config = prepared.config
     last_epoch = config.epochs if last_epoch is None else last_epoch
@@ -190,7 +195,7 @@ def fit(
 
 def best_epoch_rule(prepared: Prepared):
     """The run's callbacks.BestEpoch: the early-stopping monitor when early stopping is on, else the objective."""
-    from fmnist_exp import callbacks
+    from fmnist_exp.training import callbacks
 
     objective_metric = ranking.objective_metric(prepared.splits.validation is not None)
     return callbacks.BestEpoch.of_run(prepared.config.trainer.early_stopping, objective_metric)
@@ -218,7 +223,7 @@ def restore_best_epoch(prepared: Prepared, model, history: dict[str, list[float]
 
 def callbacks_for(prepared: Prepared, run: Run, first_epoch: int, extra: ExtraCallbacks | None = None) -> dict:
     """The runner's callbacks, by name, in the order Keras calls them."""
-    from fmnist_exp import callbacks, device
+    from fmnist_exp.training import callbacks, device
 
     config = prepared.config
     history = run.histories() if first_epoch else {}
@@ -294,7 +299,9 @@ def keep_best_epoch(prepared: Prepared, model, run: Run, fitted: Fitted, broken:
 
 def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Outcome:
     """The test pass, reports, curves, the model and its registration, and the objective."""
-    from fmnist_exp import dataset_inputs, logged_model, per_class, plots, streams
+    from fmnist_exp.analysis import per_class, plots
+    from fmnist_exp.tracking import dataset_inputs, logged_model
+    from fmnist_exp.training import streams
 
     config, output_dir = prepared.config, prepared.output_dir
     run.log_metrics({"train_seconds": fitted.seconds})
@@ -444,7 +451,7 @@ def output_folder_of(target: str, store: Store) -> Path:
 
 
 def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
-    from fmnist_exp import params
+    from fmnist_exp.tracking import params
 
     return {
         "overrides": " ".join(prepared.overrides),
@@ -460,7 +467,8 @@ def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
 
 def log_inputs(prepared: Prepared, run: Run, model) -> None:
     """The run's params (what a person compares, params.run_params), data sets and config files."""
-    from fmnist_exp import dataset_inputs, models, params
+    from fmnist_exp.model import layers as models
+    from fmnist_exp.tracking import dataset_inputs, params
 
     splits = prepared.splits
     counts = {
@@ -480,7 +488,7 @@ def log_inputs(prepared: Prepared, run: Run, model) -> None:
 
 def announce(prepared: Prepared, model, run: Run) -> None:
     """The start-up block: what is about to be trained, where, and where to look at it."""
-    from fmnist_exp import backend
+    from fmnist_exp.model import backend
 
     config, splits = prepared.config, prepared.splits
     validation = f"{len(splits.validation[0]):,} validation" if splits.validation else "no validation"

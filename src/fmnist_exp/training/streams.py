@@ -99,7 +99,7 @@ def pipeline(images: np.ndarray, labels: np.ndarray, batch_size: int, stream: st
     if kind == "pydataset":
         return Batches(images, labels, batch_size)
     if kind == "device":
-        from fmnist_exp.resident_streams import ResidentBatches
+        from fmnist_exp.training.resident_streams import ResidentBatches
 
         return ResidentBatches(images, labels, batch_size)
     import tensorflow as tf
@@ -135,7 +135,7 @@ def training_pipeline(
     if kind == "pydataset":
         return EpochStream(images, labels, batch_size, seed, first_epoch, epochs)
     if kind == "device":
-        from fmnist_exp.resident_streams import ResidentEpochStream
+        from fmnist_exp.training.resident_streams import ResidentEpochStream
 
         return ResidentEpochStream(images, labels, batch_size, seed, first_epoch, epochs, epoch_order)
     import tensorflow as tf

@@ -1,0 +1,1 @@
+"""Fashion-MNIST from its IDX files: found, verified, read and split."""

@@ -1,0 +1,1 @@
+"""Many jobs of one command: the parent run and its comparison, the pruning rule, the stored study, the launchers."""

@@ -1,0 +1,1 @@
+"""MLflow behind one boundary: the only code that touches an MLflow client or run object."""
