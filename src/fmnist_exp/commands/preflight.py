@@ -208,14 +208,14 @@ def check_model_knobs(arguments: list[str]) -> None:
 OUTPUT_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
 
 
-def note_existing_folders(arguments: list[str]) -> None:
+def existing_output_ancestors(arguments: list[str]) -> set[Path]:
     """Before Hydra makes the output folder: where the folders it will make begin (run_folder.discard_unused)."""
     cwd = Path.cwd()
     roots = [cwd / "outputs", cwd / "multirun"]
     for argument in grammar.overrides_of(arguments):
         if grammar.key(argument) in OUTPUT_KEYS and grammar.value(argument):
             roots.append(Path(grammar.value(argument).split("${", 1)[0]).expanduser().absolute())
-    run_folder.note_existing_folders(roots)
+    return run_folder.existing_ancestors(roots)
 
 
 def resume_in_place(arguments: list[str]) -> list[str]:
@@ -229,19 +229,14 @@ def resume_in_place(arguments: list[str]) -> list[str]:
     target = keys.get("resume")
     if not target or "hydra.run.dir" in keys or grammar.is_multirun(arguments):
         return []
-    folder = Path(target).expanduser()
-    if not (folder / run_folder.CONFIG_FILE).is_file():  # not a folder: a run id, looked up in the store
-        from fmnist_exp.tracking.store import Store, sqlite_path
+    from fmnist_exp.tracking.store import Store, sqlite_path
 
-        uri = keys.get("mlflow.tracking_uri") or default_tracking_uri()
-        database = sqlite_path(uri)
-        if database is not None and not database.is_file():
-            return []
-        try:
-            folder = Path(Store(uri).get_run(target).tags.get("output_dir", ""))
-        except Exception:  # noqa: BLE001 (not a run here, or no store: the job says which)
-            return []
-    if not run_folder.is_run_folder(folder):
+    uri = keys.get("mlflow.tracking_uri") or default_tracking_uri()
+    database = sqlite_path(uri)
+    store = None if database is not None and not database.is_file() else Store(uri)  # never create a store here
+    try:
+        folder = run_folder.locate(target, store)
+    except Exception:  # noqa: BLE001 (not a run here, or no store: the job refuses it with its own message)
         return []
     return [f"hydra.run.dir={folder.absolute()}", "hydra.output_subdir=null"]
 

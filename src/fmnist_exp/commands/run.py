@@ -28,6 +28,9 @@ from fmnist_exp.training import run_folder
 
 log = logging.getLogger("fmnist_exp.run")
 CALLBACKS = ["fmnist_exp.sweeps.sweep.SweepCallback"]
+# The folders that existed before this command started, where a refused job's cleanup stops: taken
+# by main() before Hydra makes any, read by job() (Hydra calls it with the composed config alone).
+_EXISTING_BEFORE: set[Path] = set()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
@@ -44,10 +47,10 @@ def job(composed: DictConfig) -> float | dict:
 
             log.error(f"job failed: {error}")
             return dataclasses.asdict(JobResult(objective=math.nan))
-        run_folder.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
         fail(str(error))
     if config.dry_run:
-        run_folder.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
         from fmnist_exp.commands import dry_run
 
         try:
@@ -56,7 +59,7 @@ def job(composed: DictConfig) -> float | dict:
             fail(str(error))
 
     if config.replicates > 1 and not sweeping:
-        run_folder.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
         fail(
             f"replicates: {config.replicates} trains the config {config.replicates} times as a sweep; "
             "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
@@ -82,7 +85,7 @@ def job(composed: DictConfig) -> float | dict:
         else:
             outcome = experiment.run(config, output_dir, runtime.overrides.task, store=store)
     except UserError as error:
-        run_folder.discard_unused(output_dir)
+        run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
         fail(str(error))
     except RunStopped as error:
         fail(str(error), EXIT_RUN_STOPPED)
@@ -114,7 +117,7 @@ def main() -> None:
         preflight.check_arguments(sys.argv[1:])
     except UserError as error:
         fail(str(error))
-    preflight.note_existing_folders(sys.argv[1:])
+    _EXISTING_BEFORE.update(preflight.existing_output_ancestors(sys.argv[1:]))
     ray_cluster.register()  # hydra/launcher=ray_cluster names it
     gpu_pack.register()  # hydra/launcher=gpu_pack names it
     sys.argv += preflight.resume_in_place(sys.argv[1:])

@@ -19,7 +19,6 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from fmnist_exp.config import overrides as overrides_grammar
 from fmnist_exp.errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # src/fmnist_exp, above this config/ folder
@@ -428,44 +427,3 @@ def from_yaml(path: Path) -> ExperimentConfig:
         raise ConfigError(f"{path}: not a readable run config ({str(error).splitlines()[0]})") from error
     typed.model = model_config(typed.model)
     return typed
-
-
-# Keys that do not change what is trained: they stay out of the config hash and the run's name.
-UNTRAINED_KEYS = ("mlflow", "trainer.verbose", "resume", "register", "force", "dry_run", "replicates", "hydra")
-
-
-def config_hash(config: ExperimentConfig, without: tuple[str, ...] = ()) -> str:
-    """What a re-run sweep recognises finished work by: the trained config, without tracking keys
-    (and without the keys in `without`)."""
-    import hashlib
-    import json
-
-    tree = as_dict(config)
-    for dotted in (*UNTRAINED_KEYS, *without):
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_group(config: ExperimentConfig, run_name: str) -> str:
-    """What the seed replicates of one config share: the run's name without its seed, for a person
-    (the MLflow UI's "Group by" shows it), and the digest of the config without its seed, which
-    makes it unique."""
-    name = ",".join(part for part in run_name.split(",") if not part.startswith("seed=")) or "default"
-    return f"{name} [{config_hash(config, without=('seed',))[:8]}]"
-
-
-def trains_something(override: str) -> bool:
-    """Whether a command-line override changes what is trained (not tracking, output or bookkeeping)."""
-    key = overrides_grammar.key(override)
-    return not any(key == untrained or key.startswith(untrained + ".") for untrained in UNTRAINED_KEYS)
-
-
-def run_name(overrides: list[str] | tuple[str, ...]) -> str:
-    """A run's name: the overrides that change what is trained, the preset first; "default" if none."""
-    trained = [override for override in overrides if trains_something(override)]
-    trained.sort(key=lambda override: not override.startswith("experiment="))
-    return ",".join(trained)[:250] or "default"

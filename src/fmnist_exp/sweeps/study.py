@@ -87,7 +87,7 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
     import optuna
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-    from fmnist_exp.sweeps.sweep import sweep_key
+    from fmnist_exp.config.identity import sweep_key
 
     directions = self._get_directions()
     if len(directions) != 1:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -26,14 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.analysis import ranking
 from fmnist_exp.config import overrides as grammar
-from fmnist_exp.config.schema import ExperimentConfig, config_hash, trains_something
+from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, config_hash, sweep_key, trains_something
+from fmnist_exp.config.schema import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
 from fmnist_exp.tracking.store import Store, owner_tags, ui_link
 
 log = logging.getLogger(__name__)
 
 REUSED_TAG_PREFIX = "reused."  # on the parent: one tag per earlier run a re-run sweep reused
-SWEPT_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
 
 
 @dataclass
@@ -50,35 +49,13 @@ class JobResult:
         return self.objective
 
 
-def sweep_key(config: DictConfig) -> str:
-    """Identifies a sweep: its command's overrides and the config they apply to.
-
-    Re-running the same command finds the same parent; the same command after a preset or a default
-    changed does not.
-    """
-    base = OmegaConf.to_container(config, resolve=False)
-    base.pop("hydra", None)
-    overrides = sorted(config.hydra.overrides.task)
-    text = json.dumps([config.mlflow.experiment_name, overrides, base], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def is_swept(override: str) -> bool:
-    _, _, value = override.partition("=")
-    return "," in value or value.startswith(SWEPT_FUNCTIONS)
-
-
-# Command-line group choices and the param a job logs for them (params.run_params).
-GROUP_PARAMS = {"model": "model.name", "optimizer": "optimizer.name"}
-
-
 def sweep_params(config: DictConfig) -> dict[str, str]:
     """The parent run's params: each key of the command (swept ones with their value set or range,
     fixed ones with their value), the search space of a sweeper, the sweeper, launcher and replicates."""
     params: dict[str, str] = {}
     for override in config.hydra.overrides.task:
         key = grammar.key(override)
-        if trains_something(override) and key not in ("data.dir", "data.mirror"):
+        if trains_something(override) and key not in PATH_KEYS:
             params[key] = override.partition("=")[2]
     for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items():
         params[str(key)] = str(value)
@@ -96,13 +73,13 @@ def swept(parent_params: dict[str, str]) -> dict[str, str]:
     return {
         key: value
         for key, value in parent_params.items()
-        if key not in ("sweeper", "launcher", "n_trials", "replicates") and is_swept(f"{key}={value}")
+        if key not in ("sweeper", "launcher", "n_trials", "replicates") and grammar.is_sweep(f"{key}={value}")
     }
 
 
 def swept_keys(parent_params: dict[str, str]) -> list[str]:
     """The param each job logs for a key the sweep varies (`model=a,b` is logged as model.name)."""
-    return [GROUP_PARAMS.get(key, key) for key in swept(parent_params)]
+    return [GROUP_PARAMS.get(key) or key for key in swept(parent_params)]
 
 
 class SweepCallback(Callback):
@@ -136,7 +113,7 @@ class SweepCallback(Callback):
             self.store.reopen(self.parent_run_id)
             tags["sweep_resumed"] = "true"
         else:
-            swept = [item for item in overrides if is_swept(item) or item.startswith("hparams_search")]
+            swept = [item for item in overrides if grammar.is_sweep(item) or item.startswith("hparams_search")]
             name = "sweep: " + " ".join(swept or overrides)
             self.parent_run_id = self.store.create_run(experiment_id, name)
         from fmnist_exp.tracking.store import git_tags
@@ -258,7 +235,7 @@ def child_name(overrides: list[str], parent_tags: dict[str, str]) -> str:
 
     def varies(override: str) -> bool:
         fixed = given.get(override.split("=", 1)[0].lstrip("+~"))
-        return fixed is None or is_swept(fixed)
+        return fixed is None or grammar.is_sweep(fixed)
 
     varying = [override for override in overrides if varies(override) and trains_something(override)]
     return ",".join(varying)[:250] or "default"

@@ -15,15 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from fmnist_exp.config import overrides as grammar
-from fmnist_exp.config.schema import OPTIMIZER_PARAMS, ExperimentConfig, as_dict, trains_something
+from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, trains_something
+from fmnist_exp.config.schema import OPTIMIZER_PARAMS, ExperimentConfig, as_dict
 
 # The schedule fields each schedule reads (the others are ignored by it, so they are not logged).
 SCHEDULE_FIELDS = {"constant": (), "cosine": ("warmup_epochs", "alpha"), "exponential": ("decay_rate", "decay_epochs")}
-# Keys that are config groups on the command line: `model=fast_cnn` is logged as model.name, the
-# preset as `experiment`, a search preset not at all (its parent run holds the search).
-GROUP_KEYS = {"model": "model.name", "optimizer": "optimizer.name", "data": None, "hparams_search": None}
-# Where things are on this machine: tags, even when given on the command line.
-PATH_KEYS = ("data.dir", "data.mirror")
 
 
 def run_params(config: ExperimentConfig, overrides: Iterable[str] = (), counts: dict[str, int] | None = None) -> dict:
@@ -97,7 +93,7 @@ def given_params(config: ExperimentConfig, overrides: list[str], chosen: dict[st
     given = {}
     for override in overrides:
         key = grammar.key(override)
-        if not trains_something(override) or key in chosen or key in GROUP_KEYS or key in (*PATH_KEYS, "experiment"):
+        if not trains_something(override) or key in chosen or key in GROUP_PARAMS or key in (*PATH_KEYS, "experiment"):
             continue
         value = lookup(tree, key)
         if value is not None and not isinstance(value, (dict, list)):

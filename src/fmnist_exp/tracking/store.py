@@ -12,7 +12,6 @@ MLflow internals.)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import json
 import logging
@@ -32,7 +31,7 @@ from typing import Any
 
 from fmnist_exp.config.schema import PROJECT_ROOT
 from fmnist_exp.errors import ModelUriError, TrackingError, UserError
-from fmnist_exp.runtime import interrupts, private_api
+from fmnist_exp.runtime import interrupts, locks, private_api
 from fmnist_exp.runtime.private_api import LOGGED_ARTIFACTS_TAG, MODEL_VERSIONS_TAG
 
 # Tags that say which process owns a RUNNING run, so that a run whose process died can be found.
@@ -230,18 +229,6 @@ def check_database_reachable(uri: str, key: str, timeout: float) -> None:
         ) from error
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock across processes on this machine, held for the block."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class Store:
     """One MLflow tracking store (a sqlite:/// file or an http:// server)."""
 
@@ -266,7 +253,7 @@ class Store:
             if database is None:
                 self._client = MlflowClient(self.uri)
             else:
-                with file_lock(database.with_name(database.name + ".lock")):
+                with locks.exclusive(database.with_name(database.name + ".lock")):
                     client = MlflowClient(self.uri)
                     client.search_experiments(max_results=1)  # creates or migrates the schema now
                     self._client = client

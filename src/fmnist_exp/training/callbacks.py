@@ -79,12 +79,13 @@ class EpochLogger(keras.callbacks.Callback):
         self.run = run
 
     def on_epoch_end(self, epoch, logs=None):
-        metrics = {key: float(value) for key, value in (logs or {}).items() if _is_number(value)}
+        metrics = {key: float(value) for key, value in (logs or {}).items() if _loggable(value)}
         self.run.log_metrics(metrics, step=epoch + 1)
         self.run.heartbeat(last_completed_epoch=epoch + 1)
 
 
-def _is_number(value) -> bool:
+def _loggable(value) -> bool:
+    """A value of Keras's epoch logs that MLflow can take: whatever float() accepts (a tensor, a NumPy scalar)."""
     try:
         float(value)
     except (TypeError, ValueError):

@@ -15,10 +15,6 @@ import keras
 from fmnist_exp.config.schema import TrainerConfig
 
 
-def _on_tensorflow() -> bool:
-    return keras.backend.backend() == "tensorflow"
-
-
 def configure_gpus() -> None:
     """Let TensorFlow take GPU memory as it needs it instead of all of it at start.
 
@@ -28,7 +24,7 @@ def configure_gpus() -> None:
     """
     if keras.backend.backend() == "torch":
         _cap_torch_memory(os.environ.get("FMNIST_GPU_MEMORY_FRACTION"))
-    if not _on_tensorflow():
+    if keras.backend.backend() != "tensorflow":
         return
     import tensorflow as tf
 
@@ -112,7 +108,7 @@ def jit_compile_for_device(choice: str) -> bool | str:
     eagerly). `true` on PyTorch is torch.compile."""
     choice = str(choice).lower()
     if choice == "auto":
-        if _on_tensorflow() and not has_gpu():
+        if keras.backend.backend() == "tensorflow" and not has_gpu():
             return False
         return "auto"
     return choice == "true"

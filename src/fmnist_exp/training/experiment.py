@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist_exp.analysis import ranking
+from fmnist_exp.config import identity
 from fmnist_exp.config import schema as config_module
 from fmnist_exp.config.schema import ExperimentConfig
 from fmnist_exp.data import fashion_mnist as data
@@ -347,7 +348,7 @@ def run(
     """Train and evaluate one config in a new MLflow run (a child of `parent_run_id` in a sweep,
     tagged with `extra_tags`, such as a sweep's replicate number)."""
     prepared = prepare(config, output_dir, overrides, store)
-    name = config.mlflow.run_name or config_module.run_name(prepared.overrides)
+    name = config.mlflow.run_name or identity.run_name(prepared.overrides)
     with run_folder.one_writer(prepared.output_dir), signals_as_interrupt():
         start_keras(config)
         model = build(prepared)
@@ -375,7 +376,7 @@ def resume(target: str, store: Store) -> Outcome:
     the same MLflow run.
     """
     store.check()
-    folder = output_folder_of(target, store)
+    folder = run_folder.locate(target, store)
     with run_folder.one_writer(folder):
         config = config_module.from_yaml(folder / run_folder.CONFIG_FILE)
         overrides = run_folder.read_overrides(folder)
@@ -435,21 +436,6 @@ def check_splits(splits: data.Splits, held_out: bool = False) -> None:
             )
 
 
-def output_folder_of(target: str, store: Store) -> Path:
-    """`resume=` takes a run's output folder or its run id."""
-    folder = Path(target).expanduser()
-    if not (folder / run_folder.CONFIG_FILE).is_file():
-        tags = store.get_run(target).tags if not folder.exists() else {}
-        if "output_dir" not in tags:
-            raise UserError(f"resume: {target!r} is neither a run's output folder nor a run id in {store.uri}")
-        folder = Path(tags["output_dir"])
-    if not run_folder.is_run_folder(folder):
-        raise UserError(
-            f"resume: {folder} holds no {run_folder.CONFIG_FILE} and {run_folder.RUN_FILE}; is it a run's output folder?"
-        )
-    return folder
-
-
 def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
     from fmnist_exp.tracking import params
 
@@ -458,9 +444,9 @@ def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
         "data_source": str(prepared.splits.source),
         "output_dir": str(prepared.output_dir.resolve()),
         # What re-run sweeps match finished work by.
-        "config_hash": config_module.config_hash(prepared.config),
+        "config_hash": identity.config_hash(prepared.config),
         # The same without the seed: the seed replicates of one config share it (the UI's "Group by").
-        "config_group": config_module.config_group(prepared.config, run_name),
+        "config_group": identity.config_group(prepared.config, run_name),
         **params.run_tags_of_config(prepared.config),
     }
 

@@ -18,14 +18,18 @@ Nothing here imports Keras at import time: the model-file functions take a model
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fmnist_exp.errors import UserError
+from fmnist_exp.runtime import locks
+
+if TYPE_CHECKING:
+    from fmnist_exp.tracking.store import Store
 
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.yaml"
@@ -97,21 +101,16 @@ def run_id_of(folder: Path) -> str:
 @contextlib.contextmanager
 def one_writer(output_dir: Path) -> Iterator[None]:
     """One process writes a run at a time: a second run or resume of the same folder is refused."""
-    handle = open(output_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the block, closed below)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        with locks.exclusive(output_dir / LOCK_FILE, wait=False, mode="a+") as handle:
             handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(f"resume: {output_dir} is in use by {holder}; wait for it to end or stop it") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
-        yield
-    finally:
-        handle.close()
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
+            yield
+    except locks.Held:
+        holder = (output_dir / LOCK_FILE).read_text().strip() or "another process"
+        raise UserError(f"resume: {output_dir} is in use by {holder}; wait for it to end or stop it") from None
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -172,33 +171,45 @@ def load_checkpoint(output_dir: Path, state: dict):
 
 # -- what a refused or interrupted run leaves -------------------------------------------------------
 
-# The folders a job's output folder would be made in that existed before the command started (its
-# nearest existing ancestors): a refused job removes the folders it made, up to these and no further.
-EXISTING_BEFORE: set[Path] = set()
+
+def existing_ancestors(output_roots: list[Path]) -> set[Path]:
+    """Before Hydra makes the output folder: the nearest existing folder of each root it may write
+    under, where the folders it will make begin (what discard_unused stops at)."""
+    return {next(folder for folder in (root, *root.parents) if folder.exists()) for root in output_roots}
 
 
-def note_existing_folders(output_roots: list[Path]) -> None:
-    """Before Hydra makes the output folder: where the folders it will make begin (see discard_unused)."""
-    for candidate in output_roots:
-        EXISTING_BEFORE.add(next(folder for folder in (candidate, *candidate.parents) if folder.exists()))
-
-
-def discard_unused(output_dir: Path) -> None:
+def discard_unused(output_dir: Path, existing_before: set[Path] | frozenset[Path] = frozenset()) -> None:
     """Remove a job's output folder that holds only what was written before training began, and the
-    empty folders above it that this command made (Hydra's outputs/<date>/), none that existed before."""
+    empty folders above it that this command made (Hydra's outputs/<date>/), none of `existing_before`
+    (existing_ancestors, taken before the command made any)."""
     if not output_dir.is_dir() or any(entry.name not in UNUSED_OUTPUT for entry in output_dir.iterdir()):
         return
     shutil.rmtree(output_dir, ignore_errors=True)
     folder = output_dir.absolute().parent
-    if not EXISTING_BEFORE:  # called without note_existing_folders: the date folder Hydra made, at most
+    if not existing_before:  # not known: the date folder Hydra made, at most
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
         return
-    while folder not in EXISTING_BEFORE and any(folder.is_relative_to(root) for root in EXISTING_BEFORE):
+    while folder not in existing_before and any(folder.is_relative_to(root) for root in existing_before):
         if not folder.is_dir() or any(folder.iterdir()):
             return
         folder.rmdir()
         folder = folder.parent
+
+
+def locate(target: str, store: Store | None) -> Path:
+    """The output folder `resume=` names: a run's output folder, or a run id looked up in `store`
+    (None: no store to ask, as when its SQLite file does not exist)."""
+    folder = Path(target).expanduser()
+    if not (folder / CONFIG_FILE).is_file():
+        tags = store.get_run(target).tags if store is not None and not folder.exists() else {}
+        if "output_dir" not in tags:
+            where = f" in {store.uri}" if store is not None else ""
+            raise UserError(f"resume: {target!r} is neither a run's output folder nor a run id{where}")
+        folder = Path(tags["output_dir"])
+    if not is_run_folder(folder):
+        raise UserError(f"resume: {folder} holds no {CONFIG_FILE} and {RUN_FILE}; is it a run's output folder?")
+    return folder
 
 
 def resume_hint(resume: str | None, tracking_uri: str, default_uri: str, output_dir: Path) -> str:

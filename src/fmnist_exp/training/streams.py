@@ -23,19 +23,15 @@ STREAMS = ("auto", "tf_data", "pydataset", "device")
 AUTO = {"tensorflow": "tf_data", "jax": "device", "torch": "pydataset"}
 
 
-def _on_tensorflow() -> bool:
-    return keras.backend.backend() == "tensorflow"
-
-
 def stream_kind(stream: str) -> str:
     """tf_data, pydataset or device: what `stream` means on the running backend."""
     if stream not in STREAMS:
         raise UserError(f"stream: {stream!r} is not one of {', '.join(STREAMS)}")
     if stream == "auto":
         return AUTO[keras.backend.backend()]
-    if stream == "tf_data" and not _on_tensorflow():
+    if stream == "tf_data" and not keras.backend.backend() == "tensorflow":
         raise UserError(f"stream: tf_data needs the tensorflow backend, not {keras.backend.backend()}")
-    if stream == "device" and _on_tensorflow():
+    if stream == "device" and keras.backend.backend() == "tensorflow":
         raise UserError("stream: device serves the jax and torch backends; on tensorflow use tf_data")
     return stream
 
