@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from fmnist_exp.data import fashion_mnist as data
-from fmnist_exp.tracking import dataset_inputs, logged_model
-from fmnist_exp.tracking.store import EXPERIMENT_KIND, Store, ui_command
+from fmnist_exp.tracking import active_run, dataset_inputs, logged_model, registry
+from fmnist_exp.tracking.links import ui_command
+from fmnist_exp.tracking.store import EXPERIMENT_KIND, Store
 from fmnist_exp.training import experiment as experiment_module
 from helpers import SMALL_RUN, SUBSET_DIR, free_port, stop_process_group, typed_config, wait_for_http
 
@@ -119,7 +120,7 @@ def test_register_files_the_logged_model_and_champion_points_at_it(subset_run):
     model = the_logged_model(client, client.get_run(outcome.run_id))
     (registered,) = client.search_model_versions("name='fmnist_cnn'")
     assert (registered.source, registered.run_id) == (model.artifact_location, outcome.run_id)
-    version = Store(uri).register_model(outcome.run_id, "fmnist_cnn", alias="champion")
+    version = registry.register_model(Store(uri), outcome.run_id, "fmnist_cnn", alias="champion")
     champion = client.get_model_version_by_alias("fmnist_cnn", "champion")
     assert (str(champion.version), champion.source) == (version, model.artifact_location)
     loaded = logged_model.load("models:/fmnist_cnn@champion", Store(uri))
@@ -130,7 +131,7 @@ def test_a_resumed_run_logs_its_model_again_and_a_failed_upload_says_so(tracking
     store = Store(tracking_uri)
     folder = tmp_path / "model"
     folder.mkdir()
-    with store.run("resumed", "run", {}) as run:
+    with active_run.start(store, "resumed", "run", {}) as run:
         with pytest.raises(RuntimeError), run.logged_model("model", folder):
             raise RuntimeError("the save broke")
         (broken,) = store.logged_models_of(run.run_id)
@@ -140,8 +141,8 @@ def test_a_resumed_run_logs_its_model_again_and_a_failed_upload_says_so(tracking
                 (folder / "MLmodel").write_text(f"{attempt}\n")
     (kept,) = store.logged_models_of(run.run_id)
     assert (kept.model_id, kept.status.name) == (logged.model_id, "READY")
-    assert store.model_location(f"runs:/{run.run_id}/model") == kept.artifact_location
-    downloaded = store.download_model(f"runs:/{run.run_id}/model", tmp_path / "back")
+    assert registry.model_location(store, f"runs:/{run.run_id}/model") == kept.artifact_location
+    downloaded = registry.download_model(store, f"runs:/{run.run_id}/model", tmp_path / "back")
     assert (downloaded / "MLmodel").read_text() == "second\n"
 
 
@@ -227,9 +228,9 @@ def test_the_run_logs_system_metrics(subset_run):
 
 def test_system_metrics_of_a_short_block_and_the_key_that_turns_them_off(tracking_uri):
     store = Store(tracking_uri)
-    with store.run("short", "on", {}) as on, on.system_metrics(True):
+    with active_run.start(store, "short", "on", {}) as on, on.system_metrics(True):
         pass  # shorter than MLflow's 10 s interval: one sample is reported at the end
-    with store.run("short", "off", {}) as off, off.system_metrics(False):
+    with active_run.start(store, "short", "off", {}) as off, off.system_metrics(False):
         pass
     assert "system/cpu_utilization_percentage" in store.get_run(on.run_id).metrics
     assert not any(key.startswith("system/") for key in store.get_run(off.run_id).metrics)

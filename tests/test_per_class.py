@@ -14,7 +14,7 @@ from PIL import Image
 
 from fmnist_exp.analysis import per_class
 from fmnist_exp.data import fashion_mnist as data
-from fmnist_exp.tracking import logged_model
+from fmnist_exp.tracking import logged_model, registry
 from fmnist_exp.tracking.store import Store
 from helpers import SMALL_RUN, typed_config
 
@@ -124,7 +124,7 @@ def test_registry_champion_alias_loads(finished_run):
     client = mlflow.MlflowClient()
     (first,) = client.search_model_versions("name='fmnist_cnn'")
     assert first.run_id == run.info.run_id  # filed by register=true
-    version = Store(uri).register_model(run.info.run_id, "fmnist_cnn", alias="champion")
+    version = registry.register_model(Store(uri), run.info.run_id, "fmnist_cnn", alias="champion")
     assert str(client.get_model_version_by_alias("fmnist_cnn", "champion").version) == version
     result = run_module("fmnist_exp.evaluate", "model_uri=models:/fmnist_cnn@champion", f"mlflow.tracking_uri={uri}")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from fmnist_exp.tracking.store import PID_TAG
+from fmnist_exp.tracking.liveness import PID_TAG
 from helpers import (
     SUBSET_DIR,
     TINY_RUN,

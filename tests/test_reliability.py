@@ -23,7 +23,9 @@ import pytest
 from mlflow import MlflowClient
 
 from fmnist_exp.data import fashion_mnist as data
-from fmnist_exp.tracking.store import HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG, Store
+from fmnist_exp.tracking import active_run, liveness
+from fmnist_exp.tracking.liveness import HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG
+from fmnist_exp.tracking.store import Store
 from fmnist_exp.training import experiment
 from helpers import (
     SMALL_RUN,
@@ -189,8 +191,9 @@ def test_sighup_ends_killed_and_of_two_resumes_at_once_one_writes(tmp_path, trac
 
 ORPHAN = """
 import os, signal, sys
+from fmnist_exp.tracking import active_run
 from fmnist_exp.tracking.store import Store
-with Store(sys.argv[1]).run("fmnist_exp", "orphan", {}) as run:
+with active_run.start(Store(sys.argv[1]), "fmnist_exp", "orphan", {}) as run:
     print(run.run_id, flush=True)
     if sys.argv[2] == "die":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -218,13 +221,14 @@ def start_owner(tracking_uri: str, fate: str) -> tuple[subprocess.Popen, str]:
 INTERRUPTED_WRITES = """
 import os, random, signal, sys, threading
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.tracking import active_run
 from fmnist_exp.tracking.store import Store
 store = Store(sys.argv[1])
 random.seed(0)
 with signals_as_interrupt():
     for attempt in range(int(sys.argv[2])):
         try:
-            with store.run("fmnist_exp", f"attempt {attempt}", {}) as run:
+            with active_run.start(store, "fmnist_exp", f"attempt {attempt}", {}) as run:
                 threading.Timer(random.uniform(0.0, 0.05), os.kill, (os.getpid(), signal.SIGTERM)).start()
                 for step in range(100_000):
                     run.log_metrics({"loss": random.random()}, step=step)
@@ -255,6 +259,7 @@ def test_a_sigterm_inside_a_store_write_still_ends_the_run_killed(tmp_path, trac
 SWALLOWED_SIGNAL = """
 import os, signal, sys
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.tracking import active_run
 from fmnist_exp.tracking.store import Store
 
 class Finalized:
@@ -265,7 +270,7 @@ class Finalized:
 store = Store(sys.argv[1])
 with signals_as_interrupt():
     try:
-        with store.run("fmnist_exp", "swallowed", {}) as run:
+        with active_run.start(store, "fmnist_exp", "swallowed", {}) as run:
             Finalized()  # collected at once: its __del__ swallows the interrupt
             print("went on after the signal", flush=True)
             run.log_metrics({"loss": 1.0}, step=1)
@@ -390,7 +395,7 @@ def test_kill_9_in_epoch_2_is_closed_by_a_report_or_a_run_of_another_experiment(
     assert f"process {process.pid} on " in killed.data.tags["killed_reason"]
 
     _, orphan_id = start_owner(tracking_uri, "die")  # experiment fmnist_exp
-    with Store(tracking_uri).run("third", "a run elsewhere", {}):
+    with active_run.start(Store(tracking_uri), "third", "a run elsewhere", {}):
         pass
     assert status(tracking_uri, orphan_id).info.status == "KILLED"
 
@@ -451,9 +456,9 @@ def test_runs_of_another_machine_are_closed_once_their_heartbeat_is_older_than_t
 def test_a_live_run_writes_its_heartbeat_between_epochs(tracking_uri):
     """An epoch may last longer than the bound; the heartbeat comes from a thread, not from epochs."""
     store = Store(tracking_uri)
-    with store.run("fmnist_exp", "long epoch", {}) as run:
+    with active_run.start(store, "fmnist_exp", "long epoch", {}) as run:
         first = int(store.client.get_run(run.run_id).data.tags[HEARTBEAT_TAG])
-        with store.heartbeats(run.run_id, every=0.2):
+        with liveness.heartbeats(store.client, run.run_id, every=0.2):
             time.sleep(1.5)  # no epoch ends here
         later = int(store.client.get_run(run.run_id).data.tags[HEARTBEAT_TAG])
     assert later > first
@@ -461,7 +466,7 @@ def test_a_live_run_writes_its_heartbeat_between_epochs(tracking_uri):
 
 # -- races ----------------------------------------------------------------------------------------
 
-CHECK_STORE = "import sys; from fmnist_exp.store import Store; Store(sys.argv[1]).check()"
+CHECK_STORE = "import sys; from fmnist_exp.tracking.store import Store; Store(sys.argv[1]).check()"
 
 
 def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
@@ -504,7 +509,7 @@ def test_experiment_names_never_send_artifacts_outside_the_store(tmp_path, monke
     store = Store(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     artifact = tmp_path / "artifact.txt"
     artifact.write_text("x")
-    with store.run(name, "named", {}) as run:
+    with active_run.start(store, name, "named", {}) as run:
         run.log_artifact(artifact)
         location = Path(urlsplit(store.client.get_run(run.run_id).info.artifact_uri).path)
     assert location.resolve().is_relative_to((tmp_path / "store" / "artifacts").resolve())
@@ -582,7 +587,7 @@ def test_resume_by_run_id_finds_the_runs_folder_without_making_a_store(tmp_path,
     folder.mkdir()
     (folder / "config.yaml").write_text("{}\n")
     (folder / "run.json").write_text("{}\n")
-    with Store(tracking_uri).run("fmnist_exp", "r", {"output_dir": str(folder)}) as run:
+    with active_run.start(Store(tracking_uri), "fmnist_exp", "r", {"output_dir": str(folder)}) as run:
         pass
     uri = f"mlflow.tracking_uri={tracking_uri}"
     assert preflight.resume_in_place([f"resume={run.run_id}", uri]) == [

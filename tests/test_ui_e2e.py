@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from fmnist_exp.tracking.store import ui_link
+from fmnist_exp.tracking.links import ui_link
 from helpers import SUBSET_DIR, free_port, stop_process_group, wait_for_http
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -27,6 +27,7 @@ from fmnist_exp.commands import hydra_app as commands
 from fmnist_exp.config.schema import MODEL_FIELDS
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.runtime import noise
+from fmnist_exp.tracking import active_run
 
 ARTICLE_ACCURACY = 0.9052
 
@@ -183,7 +184,7 @@ def throughput(arguments: dict) -> dict:
         bare_model = experiment.build(prepared)
         images, labels = prepared.splits.train
         timed: dict[str, list[Timed]] = {stream: [] for stream in [*streams, "bare"]}
-        with prepared.store.run("bench", "runner", {}) as run:
+        with active_run.start(prepared.store, "bench", "runner", {}) as run:
             for epoch in range(rounds):
                 for stream, model in zip(streams, runner_models, strict=True):
                     with Timed() as runner_round:

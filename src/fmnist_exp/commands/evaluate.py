@@ -17,6 +17,7 @@ from fmnist_exp.commands import hydra_app as commands
 from fmnist_exp.config.schema import DataConfig, check_positive
 from fmnist_exp.model import backend
 from fmnist_exp.runtime import noise
+from fmnist_exp.tracking import registry
 
 
 @dataclass
@@ -50,7 +51,7 @@ def evaluate(config: EvaluateConfig) -> float:
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     store.check()
     store.reap_orphans()
-    run = store.source_run(config.model_uri)
+    run = registry.source_run(store, config.model_uri)
     logged = run.params if run else {}
     data_config = DataConfig(
         dir=config.data.dir or logged_data_dir(run) or os.environ.get("FMNIST_DATA_DIR"),

@@ -229,7 +229,8 @@ def resume_in_place(arguments: list[str]) -> list[str]:
     target = keys.get("resume")
     if not target or "hydra.run.dir" in keys or grammar.is_multirun(arguments):
         return []
-    from fmnist_exp.tracking.store import Store, sqlite_path
+    from fmnist_exp.tracking.location import sqlite_path
+    from fmnist_exp.tracking.store import Store
 
     uri = keys.get("mlflow.tracking_uri") or default_tracking_uri()
     database = sqlite_path(uri)

@@ -18,6 +18,7 @@ from fmnist_exp.commands import hydra_app as commands
 from fmnist_exp.config import schema as config_module
 from fmnist_exp.errors import UserError
 from fmnist_exp.runtime import noise
+from fmnist_exp.tracking import registry
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ReportConfig:
 def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, list[str], str]:
     """The rows, a title, the swept keys (columns of their own) and the UI link to look at them."""
     from fmnist_exp.sweeps import sweep as sweeps
-    from fmnist_exp.tracking.store import ui_link
+    from fmnist_exp.tracking.links import ui_link
 
     store.reap_orphans()  # in every experiment of the store, not only the one reported
     experiment_id = store.experiment_id(experiment_name, create=False)
@@ -80,7 +81,7 @@ def report(config: ReportConfig) -> list[dict]:
     print(f"\nIn the MLflow UI: {link}")
     finished = [row for row in rows if row["status"] == "FINISHED"]
     if config.champion and finished:
-        version = store.register_model(finished[0]["run_id"], config.champion, alias="champion")
+        version = registry.register_model(store, finished[0]["run_id"], config.champion, alias="champion")
         print(f"registered run {finished[0]['run_id']} as {config.champion} version {version} @champion")
     return rows
 

@@ -66,7 +66,8 @@ def job(composed: DictConfig) -> float | dict:
         )
     noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
     from fmnist_exp.sweeps import sweep
-    from fmnist_exp.tracking.store import Store, ui_command
+    from fmnist_exp.tracking.links import ui_command
+    from fmnist_exp.tracking.store import Store
     from fmnist_exp.training import experiment
 
     if sweeping:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def server_command(arguments: list[str]) -> tuple[list[str], str, str]:
     """The `mlflow ui` command line, the store it opens, and the address of the experiment's runs."""
-    from fmnist_exp.tracking.store import ui_link
+    from fmnist_exp.tracking.links import ui_link
 
     keys = {key: value for key, _, value in (word.partition("=") for word in arguments) if key in KEYS}
     passed = [word for word in arguments if word.partition("=")[0] not in KEYS]
@@ -72,7 +72,8 @@ def server_command(arguments: list[str]) -> tuple[list[str], str, str]:
 
 def existing_experiment(tracking_uri: str, experiment_name: str) -> str | None:
     """The experiment's id in an existing store; refuses a SQLite store that does not exist yet."""
-    from fmnist_exp.tracking.store import Store, sqlite_path
+    from fmnist_exp.tracking.location import sqlite_path
+    from fmnist_exp.tracking.store import Store
 
     database = sqlite_path(tracking_uri)
     if database is not None and not database.is_file():

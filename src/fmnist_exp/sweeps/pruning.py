@@ -15,7 +15,8 @@ import statistics
 import keras
 
 from fmnist_exp.config.schema import PruningConfig
-from fmnist_exp.tracking.store import Run, Store
+from fmnist_exp.tracking.active_run import Run
+from fmnist_exp.tracking.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 
 from fmnist_exp.config.schema import PROJECT_ROOT
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.tracking.store import Store, sqlite_path
+from fmnist_exp.tracking.location import sqlite_path
+from fmnist_exp.tracking.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,9 @@ from fmnist_exp.config import overrides as grammar
 from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, config_hash, sweep_key, trains_something
 from fmnist_exp.config.schema import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
-from fmnist_exp.tracking.store import Store, owner_tags, ui_link
+from fmnist_exp.tracking.links import ui_link
+from fmnist_exp.tracking.liveness import owner_tags
+from fmnist_exp.tracking.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ class SweepCallback(Callback):
             swept = [item for item in overrides if grammar.is_sweep(item) or item.startswith("hparams_search")]
             name = "sweep: " + " ".join(swept or overrides)
             self.parent_run_id = self.store.create_run(experiment_id, name)
-        from fmnist_exp.tracking.store import git_tags
+        from fmnist_exp.tracking.params import git_tags
 
         self.store.set_tags(self.parent_run_id, {**git_tags(), **tags})
         self.store.log_params(self.parent_run_id, sweep_params(config))

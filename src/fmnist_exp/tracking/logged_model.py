@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from fmnist_exp.errors import ModelUriError
-from fmnist_exp.tracking.store import Run, Store
+from fmnist_exp.tracking import registry
+from fmnist_exp.tracking.active_run import Run
+from fmnist_exp.tracking.store import Store
 
 ARTIFACT = "model"
 
@@ -103,7 +105,7 @@ def fetched(model_uri: str, store: Store) -> Iterator[Path]:
     folder for as long as the block runs. Nothing of the folder is executed: it is refused before any
     backend starts when it is not this runner's format."""
     with tempfile.TemporaryDirectory() as scratch:
-        yield keras_file(store.download_model(model_uri, Path(scratch)))
+        yield keras_file(registry.download_model(store, model_uri, Path(scratch)))
 
 
 def load_file(path: Path, model_uri: str):

@@ -11,12 +11,13 @@ is trained is a param too, so whatever a sweep varies is among them. The full co
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterable
 from typing import Any
 
 from fmnist_exp.config import overrides as grammar
 from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, trains_something
-from fmnist_exp.config.schema import OPTIMIZER_PARAMS, ExperimentConfig, as_dict
+from fmnist_exp.config.schema import OPTIMIZER_PARAMS, PROJECT_ROOT, ExperimentConfig, as_dict
 
 # The schedule fields each schedule reads (the others are ignored by it, so they are not logged).
 SCHEDULE_FIELDS = {"constant": (), "cosine": ("warmup_epochs", "alpha"), "exponential": ("decay_rate", "decay_epochs")}
@@ -126,3 +127,19 @@ def run_tags_of_config(config: ExperimentConfig) -> dict[str, str]:
     if config.trainer.threads:
         tags["trainer.threads"] = str(config.trainer.threads)
     return tags
+
+
+def git_tags() -> dict[str, str]:
+    """The commit the code ran from, and whether the tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "git_commit": commit, "git_dirty": str(dirty).lower()}

@@ -17,7 +17,7 @@ import numpy as np
 
 from fmnist_exp.config.schema import EarlyStoppingConfig
 from fmnist_exp.data.fashion_mnist import NUM_CLASSES
-from fmnist_exp.tracking.store import Run
+from fmnist_exp.tracking.active_run import Run
 from fmnist_exp.training import run_folder
 
 log = logging.getLogger(__name__)

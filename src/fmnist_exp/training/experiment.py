@@ -2,7 +2,7 @@
 
     prepared = prepare(config, output_dir)          # validate, store, data, output folder
     model = build(prepared)                          # or restore(...) from a checkpoint
-    with prepared.store.run(...) as run:
+    with active_run.start(prepared.store, ...) as run:
         fitted = fit(prepared, model, run)           # model.fit with the runner's callbacks
         outcome = evaluate_and_log(prepared, model, run, fitted)
 
@@ -27,7 +27,10 @@ from fmnist_exp.config.schema import ExperimentConfig
 from fmnist_exp.data import fashion_mnist as data
 from fmnist_exp.errors import RunStopped, TrainingCollapsed, TrainingDiverged, UserError
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
-from fmnist_exp.tracking.store import Run, Store, ui_command
+from fmnist_exp.tracking import active_run, registry
+from fmnist_exp.tracking.active_run import Run
+from fmnist_exp.tracking.links import ui_command
+from fmnist_exp.tracking.store import Store
 from fmnist_exp.training import run_folder
 
 log = logging.getLogger(__name__)
@@ -320,7 +323,7 @@ def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Out
     run.log_artifacts(output_dir / "evaluation", "evaluation")
     run.log_artifact(plots.learning_curves(fitted.history, output_dir / "learning_curves.png"), "plots")
     if config.register:
-        prepared.store.register_model(run.run_id, config.mlflow.registered_model_name)
+        registry.register_model(prepared.store, run.run_id, config.mlflow.registered_model_name)
     return Outcome(
         run_id=run.run_id,
         objective=objective,
@@ -353,7 +356,8 @@ def run(
         start_keras(config)
         model = build(prepared)
         with (
-            prepared.store.run(
+            active_run.start(
+                prepared.store,
                 config.mlflow.experiment_name,
                 name,
                 {**run_tags(prepared, name), **(extra_tags or {})},
@@ -390,7 +394,7 @@ def resume(target: str, store: Store) -> Outcome:
             model = restore(prepared, state) if state else build(prepared)
             first_epoch = state["epoch"] if state else 0
             with (
-                store.run(config.mlflow.experiment_name, "", {}, run_id=run_id) as active,
+                active_run.start(store, config.mlflow.experiment_name, "", {}, run_id=run_id) as active,
                 active.system_metrics(config.mlflow.system_metrics, resume=True),
             ):
                 active.set_tags({"resumed_from_epoch": first_epoch})
