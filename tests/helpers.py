@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from fmnist_exp.config.schema import CONF_DIR, ExperimentConfig, register_schemas
 from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.data import idx
 from fmnist_exp.model.validation import to_experiment_config
 
 SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
@@ -300,8 +301,8 @@ def write_subset(source: Path, target: Path, train_count: int, test_count: int) 
     counts = {"train": train_count, "test": test_count}
     for split in ("train", "test"):
         images, labels = data.read_pair(source, data.FILES[f"{split}_images"], data.FILES[f"{split}_labels"])
-        write_idx(target / data.FILES[f"{split}_images"], images[: counts[split], ..., 0], data.IMAGES_MAGIC)
-        write_idx(target / data.FILES[f"{split}_labels"], labels[: counts[split]], data.LABELS_MAGIC)
+        write_idx(target / data.FILES[f"{split}_images"], images[: counts[split], ..., 0], idx.IMAGES_MAGIC)
+        write_idx(target / data.FILES[f"{split}_labels"], labels[: counts[split]], idx.LABELS_MAGIC)
     digests = {name: hashlib.sha256(gzip.open(target / name).read()).hexdigest() for name in data.FILES.values()}
     (target / data.MANIFEST_NAME).write_text("".join(f"{digest}  {name}\n" for name, digest in digests.items()))
 

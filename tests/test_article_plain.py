@@ -26,11 +26,11 @@ def load_script():
 def test_the_plain_network_is_seed_cnn_layer_for_layer():
     import keras
 
-    from fmnist_exp.model import layers as models
+    from fmnist_exp.model import keras_model
 
     plain = load_script().build_model(keras)
     config = typed_config([]).model
-    runner = models.build(config.layers, name=config.name, augmentation=config.augmentation)
+    runner = keras_model.build(config.layers, name=config.name, augmentation=config.augmentation)
     assert plain.count_params() == runner.count_params() == 676_842
 
     def weighted(model):  # the runner's model adds weightless layers (its input scaling)

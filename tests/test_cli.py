@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.data import idx
 from helpers import (
     SMALL_RUN,
     SUBSET_DIR,
@@ -72,11 +73,11 @@ def damaged_copy(how: str) -> Callable[[Path], None]:
             path = copy / data.FILES["train_images"]
             path.write_bytes(path.read_bytes()[:4000])
         elif how == "magic":
-            labels = data.read_idx(copy / data.FILES["test_labels"], data.LABELS_MAGIC)
+            labels = idx.read_idx(copy / data.FILES["test_labels"], idx.LABELS_MAGIC)
             write_idx(copy / data.FILES["test_labels"], labels, 2052)
         elif how == "counts":
-            labels = data.read_idx(copy / data.FILES["train_labels"], data.LABELS_MAGIC)
-            write_idx(copy / data.FILES["train_labels"], labels[:100], data.LABELS_MAGIC)
+            labels = idx.read_idx(copy / data.FILES["train_labels"], idx.LABELS_MAGIC)
+            write_idx(copy / data.FILES["train_labels"], labels[:100], idx.LABELS_MAGIC)
 
     return make
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.model import keras_model
 from fmnist_exp.model import layers as models
 from helpers import SUBSET_DIR, typed_config
 
@@ -15,7 +16,7 @@ SEED_CNN_PARAMETERS = 676_842
 
 def test_seed_cnn_builds_with_the_articles_parameter_count():
     layers = typed_config().model.layers
-    model = models.build(layers, name="seed_cnn")
+    model = keras_model.build(layers, name="seed_cnn")
     assert model.output_shape == (None, 10)
     assert model.count_params() == SEED_CNN_PARAMETERS == models.count_parameters(layers)
 
@@ -23,7 +24,7 @@ def test_seed_cnn_builds_with_the_articles_parameter_count():
 @pytest.mark.parametrize("model_name", ["seed_cnn", "modern_cnn", "resnet_small"])
 def test_shipped_models_predict_probabilities_from_raw_pixels(model_name):
     layers = typed_config([f"model={model_name}"]).model.layers
-    model = models.build(layers)
+    model = keras_model.build(layers)
     assert model.count_params() == models.count_parameters(layers)
     pixels = np.random.default_rng(0).integers(0, 256, size=(3, 28, 28, 1)).astype("uint8")
     probabilities = model.predict(pixels, verbose=0)
@@ -82,7 +83,7 @@ def test_an_identity_block_keeps_the_shape_and_adds_no_weights():
     assert models.check_stack(layers)[3] == (28, 28, 8)
     # Stem 72 + 32; body 3x3x8x8 + 8 and 32; head 8x10 + 10.
     assert models.count_parameters(layers) == 72 + 32 + 584 + 32 + 90
-    model = models.build(layers)
+    model = keras_model.build(layers)
     assert model.count_params() == models.count_parameters(layers)
     assert not [layer.name for layer in model.layers if "shortcut" in layer.name]
 
@@ -96,7 +97,7 @@ def test_a_downsampling_block_gets_a_strided_projection_shortcut():
     assert models.count_parameters(layers) == 72 + 32 + body + projection + 16 * 10 + 10
     # Body 14x14x(3x3x8)x16, projection 14x14x8x16, the stem and the head.
     assert models.count_multiply_adds(layers) == 28 * 28 * 9 * 8 + 14 * 14 * 72 * 16 + 14 * 14 * 8 * 16 + 160
-    model = models.build(layers)
+    model = keras_model.build(layers)
     assert model.count_params() == models.count_parameters(layers)
     shortcut = model.get_layer("residual_3_shortcut_conv2d")
     assert shortcut.strides == (2, 2) and shortcut.kernel_size == (1, 1) and not shortcut.use_bias
@@ -105,7 +106,7 @@ def test_a_downsampling_block_gets_a_strided_projection_shortcut():
 
 def test_a_channel_change_alone_is_projected_with_stride_one():
     layers = [residual(conv(4)), *POOLED_HEAD]
-    model = models.build(layers)
+    model = keras_model.build(layers)
     assert model.get_layer("residual_0_shortcut_conv2d").strides == (1, 1)
     assert model.count_params() == models.count_parameters(layers) == (9 * 4 + 4) + (4 + 4 * 4) + 50
 
@@ -115,7 +116,7 @@ def test_repeat_copies_a_block_with_its_own_weights_and_checks_every_copy():
     layers = [*STEM, {"type": "repeat", "times": 3, "layers": [block]}, *POOLED_HEAD]
     # 28 -> 14 -> 7 -> 4: each copy halves the map again.
     assert models.check_stack(layers)[3] == (4, 4, 8)
-    model = models.build(layers)
+    model = keras_model.build(layers)
     assert model.count_params() == models.count_parameters(layers)
     copies = [layer.name for layer in model.layers if layer.name.endswith("_residual_0_add")]
     assert copies == ["repeat_3_0_residual_0_add", "repeat_3_1_residual_0_add", "repeat_3_2_residual_0_add"]
@@ -127,14 +128,14 @@ def test_blocks_nest():
     inner = {"type": "repeat", "times": 2, "layers": [residual(conv(8), {"type": "batch_normalization"})]}
     layers = [*STEM, residual(inner, conv(16, strides=2)), *POOLED_HEAD]
     assert models.check_stack(layers)[3] == (14, 14, 16)
-    model = models.build(layers)
+    model = keras_model.build(layers)
     assert model.count_params() == models.count_parameters(layers)
     assert model.get_layer("residual_3_repeat_0_1_residual_0_conv2d_0").output.shape == (None, 28, 28, 8)
 
 
 def test_resnet_small_counts_match_keras():
     layers = typed_config(["model=resnet_small"]).model.layers
-    model = models.build(layers, name="resnet_small")
+    model = keras_model.build(layers, name="resnet_small")
     assert model.count_params() == models.count_parameters(layers) == 341_506
     assert models.count_multiply_adds(layers) == 29_071_680
     assert models.count_multiply_adds(typed_config(["model=wide_cnn"]).model.layers) == 16_612_992
@@ -231,20 +232,20 @@ def test_the_augmentation_list_takes_augmentation_types_only(items, message):
     with pytest.raises(ConfigError, match=message):
         models.check_augmentation(items)
     with pytest.raises(ConfigError, match=message):
-        models.build([*HEAD], augmentation=items)
+        keras_model.build([*HEAD], augmentation=items)
 
 
 def test_legacy_augmentation_in_the_layers_still_builds():
     layers = typed_config(["model=wide_cnn_flip"]).model.layers
-    assert models.build(layers).count_params() == models.count_parameters(layers)
+    assert keras_model.build(layers).count_params() == models.count_parameters(layers)
 
 
 def test_augmentation_is_active_in_training_only():
     import keras
 
     layers = [conv(4), {"type": "flatten"}, HEAD[1]]
-    augmented = models.build(layers, augmentation=AUGMENTATION)
-    plain = models.build(layers)
+    augmented = keras_model.build(layers, augmentation=AUGMENTATION)
+    plain = keras_model.build(layers)
     assert augmented.count_params() == plain.count_params() == models.count_parameters(layers)
     augmented.set_weights(plain.get_weights())
     keras.utils.set_random_seed(0)
@@ -259,7 +260,7 @@ def test_random_crop_shifts_by_whole_pixels_up_to_its_padding():
 
     keras.utils.set_random_seed(0)
     layers = [{"type": "flatten"}, HEAD[1]]
-    model = models.build(layers, augmentation=[{"type": "random_crop", "padding": 2}])
+    model = keras_model.build(layers, augmentation=[{"type": "random_crop", "padding": 2}])
     crop = keras.Model(model.input, model.get_layer("augmentation_random_crop_0").output)
     pixels = np.zeros((400, 28, 28, 1), "float32")
     pixels[:, 14, 14, 0] = 255
@@ -279,7 +280,7 @@ def test_resnet_small_trains_one_epoch_on_real_images(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
     splits = data.load(DataConfig(dir=str(SUBSET_DIR), max_train_samples=500, validation="none"), seed=0)
     images, labels = splits.train
-    model = models.build(typed_config(["model=resnet_small"]).model.layers, augmentation=AUGMENTATION)
+    model = keras_model.build(typed_config(["model=resnet_small"]).model.layers, augmentation=AUGMENTATION)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = model.fit(images, labels, batch_size=50, epochs=1, verbose=0)
     assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
@@ -297,7 +298,7 @@ def test_blocks_and_augmentation_train_under_mixed_precision(policy):
     pixels = np.random.default_rng(0).integers(0, 256, size=(32, 28, 28, 1)).astype("uint8")
     keras.mixed_precision.set_global_policy(policy)
     try:
-        model = models.build(layers, augmentation=AUGMENTATION)
+        model = keras_model.build(layers, augmentation=AUGMENTATION)
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         loss = model.train_on_batch(pixels, np.arange(32) % 10)
     finally:

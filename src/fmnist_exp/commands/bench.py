@@ -134,12 +134,13 @@ def matmul_peak_flops(dtype: str = "float32", size: int | None = None, trials: i
 def load_seconds() -> dict:
     """Loading all 70,000 images, verified: once into an empty decoded-data cache, then from it."""
     from fmnist_exp.data import fashion_mnist as data
+    from fmnist_exp.data import idx
 
     data_config = compose([]).data
-    previous = os.environ.get(data.CACHE_ENV)
+    previous = os.environ.get(idx.CACHE_ENV)
     timings = {}
     with tempfile.TemporaryDirectory() as cache:
-        os.environ[data.CACHE_ENV] = cache
+        os.environ[idx.CACHE_ENV] = cache
         try:
             for name in ("data_load_seconds_cold", "data_load_seconds_cached"):
                 started = time.perf_counter()
@@ -147,9 +148,9 @@ def load_seconds() -> dict:
                 timings[name] = time.perf_counter() - started
         finally:
             if previous is None:
-                os.environ.pop(data.CACHE_ENV)
+                os.environ.pop(idx.CACHE_ENV)
             else:
-                os.environ[data.CACHE_ENV] = previous
+                os.environ[idx.CACHE_ENV] = previous
     return timings
 
 

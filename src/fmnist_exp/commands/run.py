@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -34,67 +32,60 @@ _EXISTING_BEFORE: set[Path] = set()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
-def job(composed: DictConfig) -> float | dict:
-    """One job: validate, train, log; returns the objective (a JobResult in a sweep) for sweepers."""
+def job(composed: DictConfig) -> float | int | dict:
+    """One job of the command: a sweep's (the sweeps package runs it) or the command's single run."""
     runtime = HydraConfig.get()
     output_dir = Path(runtime.runtime.output_dir)
-    sweeping = runtime.mode == RunMode.MULTIRUN
+    if runtime.mode == RunMode.MULTIRUN:
+        noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
+        from fmnist_exp.sweeps import sweep
+
+        return sweep.job(composed, output_dir, runtime)
+    return single_run(composed, output_dir, list(runtime.overrides.task))
+
+
+def single_run(composed: DictConfig, output_dir: Path, overrides: list[str]) -> float | int:
+    """Validate once, then train (or resume, or describe) one run; a user error is one line and exit 2."""
+    config = None
     try:
         config = to_experiment_config(composed)
-    except UserError as error:
-        if sweeping:  # one bad combination must not stop the sweep; its log file says why
-            from fmnist_exp.sweeps.sweep import JobResult
+        if config.dry_run:
+            run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
+            from fmnist_exp.training import dry_run
 
-            log.error(f"job failed: {error}")
-            return dataclasses.asdict(JobResult(objective=math.nan))
-        run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
-        fail(str(error))
-    if config.dry_run:
-        run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
-        from fmnist_exp.commands import dry_run
-
-        try:
             return dry_run.describe(config)
-        except UserError as error:
-            fail(str(error))
+        refuse_replicates_without_a_sweep(config.replicates)
+        noise.quiet()
+        from fmnist_exp.tracking.links import ui_command
+        from fmnist_exp.tracking.store import Store
+        from fmnist_exp.training import experiment
 
-    if config.replicates > 1 and not sweeping:
-        run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
-        fail(
-            f"replicates: {config.replicates} trains the config {config.replicates} times as a sweep; "
-            "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
-        )
-    noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
-    from fmnist_exp.sweeps import sweep
-    from fmnist_exp.tracking.links import ui_command
-    from fmnist_exp.tracking.store import Store
-    from fmnist_exp.training import experiment
-
-    if sweeping:
-        try:
-            Store(config.mlflow.tracking_uri).check()  # a store set in a config file, not on the command line
-        except UserError as error:
-            log.error(f"job failed: {error}")
-            return dataclasses.asdict(sweep.JobResult(objective=math.nan))
-        config.trainer.threads = config.trainer.threads or sweep.threads_per_job(runtime.launcher)
-        return sweep.run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
-    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
-    try:
+        store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
         if config.resume:
-            refuse_overrides_with_resume(list(runtime.overrides.task))
+            refuse_overrides_with_resume(overrides)
             outcome = experiment.resume(config.resume, store)
         else:
-            outcome = experiment.run(config, output_dir, runtime.overrides.task, store=store)
+            store.check()
+            outcome = experiment.run(config, output_dir, overrides, store=store)
     except UserError as error:
         run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
         fail(str(error))
     except RunStopped as error:
         fail(str(error), EXIT_RUN_STOPPED)
     except KeyboardInterrupt as error:
-        fail(f"interrupted ({error or 'Ctrl-C'}); {preflight.resume_hint(config, output_dir)}", EXIT_INTERRUPTED)
+        hint = preflight.resume_hint(config, output_dir) if config else "nothing had started"
+        fail(f"interrupted ({error or 'Ctrl-C'}); {hint}", EXIT_INTERRUPTED)
     log.info(experiment.result_line(outcome))
     log.info(f"Compare runs: {ui_command(store.uri, store.experiment_id(config.mlflow.experiment_name, create=False))}")
     return outcome.objective
+
+
+def refuse_replicates_without_a_sweep(replicates: int) -> None:
+    if replicates > 1:
+        raise UserError(
+            f"replicates: {replicates} trains the config {replicates} times as a sweep; "
+            "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
+        )
 
 
 # What resume= takes beside itself: the store to find the run in. Everything else is the run's own.

@@ -101,7 +101,7 @@ class ModelConfig:
     """
 
     name: str = MISSING
-    # The layer stack, each item {type: <registry name>, ...its arguments}; see models.LAYER_SPECS.
+    # The layer stack, each item {type: <registry name>, ...its arguments}; see model/registry.py.
     layers: list[dict[str, Any]] = MISSING
     # Training-only augmentation layers in front of the stack (random_flip, random_translation, ...).
     augmentation: list[dict[str, Any]] = field(default_factory=list)

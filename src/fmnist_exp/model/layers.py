@@ -1,33 +1,11 @@
-"""The layer registry: which layer types a config may name, how their shapes work out, how to build them.
+"""A layer stack checked against the registry: shapes, parameters and multiply-adds, in plain Python.
 
 A config names layers by registry key only; nothing from YAML is imported or evaluated, so a config
 file cannot run code. Shapes, parameter counts and multiply-adds are worked out in plain Python (no
 TensorFlow), which lets a bad stack fail in about a second with a message naming the layer by its
 full config path, inside blocks too (`model.layers[3].layers[1].kernel_size: ...`).
 
-The grammar of `model.layers`, a list whose items are mappings with a `type`:
-
-- `{type: <layer>, ...arguments}`: one layer from `LAYER_SPECS` (conv2d, dense, batch_normalization,
-  ...), its arguments checked by name and range.
-- `{type: residual, layers: [...], activation: relu}`: a residual block. `layers` is the body; the
-  block's output is `activation(body(x) + shortcut(x))`. The shortcut is the identity when the body
-  keeps the shape, else a projection: a 1x1 conv2d (no bias, strides worked out from the two shapes)
-  followed by batch normalization. `activation` is optional (none by default). The body must start
-  and end on a feature map, and only `padding: same`-style downsampling can be projected (28x28 to
-  14x14 by stride 2, not 28x28 to 26x26).
-- `{type: repeat, times: N, layers: [...]}`: the `layers` sequence N times in a row, each copy with
-  its own weights. Shapes are checked for every copy (a body that downsamples does so each time); an
-  error in a later copy says which repetition it is.
-
-Blocks nest: a body may hold residual and repeat items. The last item of the stack must be
-`{type: dense, units: 10, activation: softmax}`.
-
-Augmentation is a separate list, `model.augmentation`, applied in order to the scaled input before
-the first layer, in training only (the identity at evaluation and prediction). It accepts only the
-types in `AUGMENTATION_SPECS`: random_flip, random_translation, random_crop (a zero-padded random
-crop, `padding` in pixels), random_zoom and random_erasing. random_flip and random_translation stay
-allowed in `model.layers` too, where older model files put them; the other augmentation types are
-refused there with a pointer to `model.augmentation`.
+The grammar of `model.layers` and `model.augmentation` is model/registry.py's.
 
 The API:
 
@@ -35,15 +13,14 @@ The API:
   shape of each top-level item.
 - `check_augmentation(items, key="model.augmentation") -> None`: validate an augmentation list.
 - `count_parameters(layers) -> int`, `count_multiply_adds(layers) -> int`: without building.
-- `build(layers, augmentation=(), name="model") -> keras.Model`: checks both lists, then builds with
-  the Keras functional API from `keras.layers` only, no backend-specific calls, so that the same
-  model runs on TensorFlow, JAX and PyTorch (tests/test_backends.py trains it on each).
+- `keras_model.build(layers, augmentation=(), name="model") -> keras.Model` (model/keras_model.py)
+  checks both lists, then builds the model.
 - `stack_table(model) -> str`: the layer table `dry_run=true` prints and a run logs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,129 +30,24 @@ from fmnist_exp.errors import ConfigError
 if TYPE_CHECKING:
     from fmnist_exp.config.schema import ModelConfig
 
-ACTIVATIONS = ("relu", "elu", "gelu", "selu", "silu", "swish", "sigmoid", "tanh", "softmax", "leaky_relu", "linear")
-PADDINGS = ("valid", "same")
-REGULARIZERS = ("l1", "l2")
-FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
-FILL_MODES = ("constant", "reflect", "wrap", "nearest")
-INTERPOLATIONS = ("bilinear", "nearest")
-
-Shape = tuple[int, ...]  # (height, width, channels) for feature maps, (units,) once flat.
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """What a layer type accepts: required and optional arguments, and its output shape rule."""
-
-    keras_name: str
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    needs: str  # "map": a (h, w, c) feature map; "flat": a vector; "any".
-    output_shape: Callable[[Shape, dict[str, Any]], Shape]
-    parameters: Callable[[Shape, dict[str, Any]], int] = lambda shape, args: 0
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _window_output(shape: Shape, window: Any, strides: Any, padding: str) -> tuple[int, int]:
-    (kh, kw), (sh, sw) = _pair(window), _pair(strides)
-    height, width = shape[0], shape[1]
-    if padding == "same":
-        return -(-height // sh), -(-width // sw)
-    return (height - kh) // sh + 1, (width - kw) // sw + 1
-
-
-def _conv_shape(shape: Shape, args: dict[str, Any]) -> Shape:
-    height, width = _window_output(shape, args["kernel_size"], args.get("strides", 1), args.get("padding", "valid"))
-    return (height, width, args["filters"])
-
-
-def _conv_parameters(shape: Shape, args: dict[str, Any]) -> int:
-    kh, kw = _pair(args["kernel_size"])
-    bias = args["filters"] if args.get("use_bias", True) else 0
-    return kh * kw * shape[2] * args["filters"] + bias
-
-
-def _pool_shape(shape: Shape, args: dict[str, Any]) -> Shape:
-    window = args.get("pool_size", 2)
-    strides = args.get("strides") or window
-    height, width = _window_output(shape, window, strides, args.get("padding", "valid"))
-    return (height, width, shape[2])
-
-
-def _same_shape(shape: Shape, args: dict[str, Any]) -> Shape:
-    return shape
-
-
-# batch_normalization's weights: gamma, beta, moving mean and moving variance per channel.
-BATCH_NORMALIZATION_WEIGHTS_PER_CHANNEL = 4
-
-LAYER_SPECS: dict[str, LayerSpec] = {
-    "conv2d": LayerSpec(
-        "Conv2D",
-        required=("filters", "kernel_size"),
-        optional=("strides", "padding", "activation", "use_bias", "kernel_regularizer"),
-        needs="map",
-        output_shape=_conv_shape,
-        parameters=_conv_parameters,
-    ),
-    "max_pooling2d": LayerSpec("MaxPooling2D", (), ("pool_size", "strides", "padding"), "map", _pool_shape),
-    "average_pooling2d": LayerSpec("AveragePooling2D", (), ("pool_size", "strides", "padding"), "map", _pool_shape),
-    "dense": LayerSpec(
-        "Dense",
-        required=("units",),
-        optional=("activation", "use_bias", "kernel_regularizer"),
-        needs="flat",
-        output_shape=lambda shape, args: (args["units"],),
-        parameters=lambda shape, args: shape[0] * args["units"] + (args["units"] if args.get("use_bias", True) else 0),
-    ),
-    "dropout": LayerSpec("Dropout", ("rate",), (), "any", _same_shape),
-    "flatten": LayerSpec("Flatten", (), (), "map", lambda shape, args: (shape[0] * shape[1] * shape[2],)),
-    "activation": LayerSpec("Activation", ("activation",), (), "any", _same_shape),
-    "batch_normalization": LayerSpec(
-        "BatchNormalization",
-        required=(),
-        optional=("momentum", "epsilon"),
-        needs="any",
-        output_shape=_same_shape,
-        parameters=lambda shape, args: BATCH_NORMALIZATION_WEIGHTS_PER_CHANNEL * shape[-1],
-    ),
-    "global_average_pooling2d": LayerSpec("GlobalAveragePooling2D", (), (), "map", lambda shape, args: (shape[2],)),
-    # Augmentation, kept here for the model files that put it in the stack: active in training only.
-    "random_flip": LayerSpec("RandomFlip", (), ("mode",), "map", _same_shape),
-    "random_translation": LayerSpec(
-        "RandomTranslation", ("height_factor", "width_factor"), ("fill_mode", "interpolation"), "map", _same_shape
-    ),
-}
-
-# What `model.augmentation` accepts. Each is a no-op at evaluation and prediction.
-AUGMENTATION_SPECS: dict[str, LayerSpec] = {
-    "random_flip": LAYER_SPECS["random_flip"],
-    "random_translation": LAYER_SPECS["random_translation"],
-    # A zero-padded random crop back to the input size, as torchvision's RandomCrop(28, padding=p):
-    # built as a RandomTranslation by up to p + 0.5 pixels with nearest interpolation and zero fill,
-    # which is a whole-pixel shift drawn uniformly from -p..p on each axis. (Keras's own RandomCrop
-    # returns the padded image unchanged at inference, so it cannot follow a ZeroPadding2D.)
-    "random_crop": LayerSpec("RandomTranslation", ("padding",), (), "map", _same_shape),
-    "random_zoom": LayerSpec(
-        "RandomZoom", ("height_factor",), ("width_factor", "fill_mode", "interpolation"), "map", _same_shape
-    ),
-    # Random erasing (Zhong et al. 2017): with `probability`, one rectangle covering a `scale` share
-    # of the image takes `fill_value` (0 is black; null is Gaussian noise), on the scaled [0, 1] pixels.
-    "random_erasing": LayerSpec("RandomErasing", (), ("probability", "scale", "fill_value"), "map", _same_shape),
-}
-
-# The block types and their keys: (required, optional).
-BLOCKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "residual": (("layers",), ("activation",)),
-    "repeat": (("times", "layers"), ()),
-}
+from fmnist_exp.model.registry import (
+    ACTIVATIONS,
+    AUGMENTATION_SPECS,
+    BATCH_NORMALIZATION_WEIGHTS_PER_CHANNEL,
+    BLOCKS,
+    FILL_MODES,
+    FLIP_MODES,
+    INTERPOLATIONS,
+    LAYER_SPECS,
+    PADDINGS,
+    REGULARIZERS,
+    Shape,
+    pair,
+)
 
 
 @dataclass(frozen=True)
-class _Traced:
+class Traced:
     """One config item with the shapes worked out: a layer, or a block with its traced children.
 
     A residual's children are its body; a repeat's are every copy's layers, in order.
@@ -186,7 +58,7 @@ class _Traced:
     name: str  # the Keras layer name, unique within the model
     input_shape: Shape
     output_shape: Shape
-    children: tuple[_Traced, ...] = ()
+    children: tuple[Traced, ...] = ()
     shortcut_strides: tuple[int, int] | None = None
 
     @property
@@ -303,7 +175,7 @@ def _item_type(item: Any, where: str) -> str:
     return item["type"]
 
 
-def _trace_sequence(items: Any, shape: Shape, key: str, prefix: str, top: bool, entering: str) -> list[_Traced]:
+def _trace_sequence(items: Any, shape: Shape, key: str, prefix: str, top: bool, entering: str) -> list[Traced]:
     """Trace a list of items from `shape`; `entering` says where the first item's input comes from."""
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise ConfigError(f"{key}: {items!r} must be a list of layers")
@@ -342,7 +214,7 @@ def _trace_item(item: Mapping[str, Any], layer_type: Any, shape: Shape, where: s
     _check_keys(where, layer_type, args, spec.required, spec.optional)
     _check_input(where, layer_type, spec.needs, shape)
     if layer_type in ("conv2d", "max_pooling2d", "average_pooling2d") and args.get("padding", "valid") == "valid":
-        window = _pair(args.get("kernel_size", args.get("pool_size", 2)))
+        window = pair(args.get("kernel_size", args.get("pool_size", 2)))
         if window[0] > shape[0] or window[1] > shape[1]:
             size_key = "kernel_size" if layer_type == "conv2d" else "pool_size"
             raise ConfigError(
@@ -351,7 +223,7 @@ def _trace_item(item: Mapping[str, Any], layer_type: Any, shape: Shape, where: s
     output = spec.output_shape(shape, args)
     if any(size <= 0 for size in output):
         raise ConfigError(f"{where}: the output shape {output} has a dimension of 0; too much downsampling")
-    return _Traced(item, name, shape, output)
+    return Traced(item, name, shape, output)
 
 
 def _projection_strides(where: str, shape: Shape, output: Shape) -> tuple[int, int]:
@@ -370,7 +242,7 @@ def _projection_strides(where: str, shape: Shape, output: Shape) -> tuple[int, i
     return strides[0], strides[1]
 
 
-def _trace_residual(item, args, shape: Shape, where: str, name: str) -> _Traced:
+def _trace_residual(item, args, shape: Shape, where: str, name: str) -> Traced:
     _check_input(where, "residual", "map", shape)
     body = _trace_sequence(
         args["layers"], shape, f"{where}.layers", f"{name}_", top=False, entering=f"entering {where}"
@@ -382,12 +254,12 @@ def _trace_residual(item, args, shape: Shape, where: str, name: str) -> _Traced:
             f"it ends flat {output}"
         )
     strides = None if output == shape else _projection_strides(where, shape, output)
-    return _Traced(item, name, shape, output, tuple(body), strides)
+    return Traced(item, name, shape, output, tuple(body), strides)
 
 
-def _trace_repeat(item, args, shape: Shape, where: str, name: str) -> _Traced:
+def _trace_repeat(item, args, shape: Shape, where: str, name: str) -> Traced:
     times = args["times"]
-    children: list[_Traced] = []
+    children: list[Traced] = []
     output = shape
     for copy in range(times):
         try:
@@ -400,10 +272,10 @@ def _trace_repeat(item, args, shape: Shape, where: str, name: str) -> _Traced:
             raise ConfigError(f"{error} (in repetition {copy + 1} of {times} of {where})") from None
         children.extend(copied)
         output = copied[-1].output_shape
-    return _Traced(item, name, shape, output, tuple(children))
+    return Traced(item, name, shape, output, tuple(children))
 
 
-def _trace_stack(layers: Sequence[Mapping[str, Any]], key: str) -> list[_Traced]:
+def trace_stack(layers: Sequence[Mapping[str, Any]], key: str) -> list[Traced]:
     traced = _trace_sequence(layers, IMAGE_SHAPE, key, "", top=True, entering="of the input")
     last = layers[-1]
     if last.get("type") != "dense" or last.get("units") != NUM_CLASSES or last.get("activation") != "softmax":
@@ -420,10 +292,10 @@ def check_stack(
     """Validate the augmentation list and the layer list and return each top-level item's output
     shape; raises ConfigError naming the item by its full path (`model.layers[3].layers[1].kernel_size`)."""
     check_augmentation(augmentation)
-    return [node.output_shape for node in _trace_stack(layers, key)]
+    return [node.output_shape for node in trace_stack(layers, key)]
 
 
-def _trace_augmentation(items: Sequence[Mapping[str, Any]], key: str) -> list[_Traced]:
+def trace_augmentation(items: Sequence[Mapping[str, Any]], key: str) -> list[Traced]:
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise ConfigError(f"{key}: {items!r} must be a list of augmentation layers (or empty)")
     traced = []
@@ -437,16 +309,16 @@ def _trace_augmentation(items: Sequence[Mapping[str, Any]], key: str) -> list[_T
             )
         args = {name: value for name, value in item.items() if name != "type"}
         _check_keys(where, layer_type, args, spec.required, spec.optional)
-        traced.append(_Traced(item, f"augmentation_{layer_type}_{index}", IMAGE_SHAPE, IMAGE_SHAPE))
+        traced.append(Traced(item, f"augmentation_{layer_type}_{index}", IMAGE_SHAPE, IMAGE_SHAPE))
     return traced
 
 
 def check_augmentation(items: Sequence[Mapping[str, Any]], key: str = "model.augmentation") -> None:
     """Validate an augmentation list: only AUGMENTATION_SPECS types, their arguments checked."""
-    _trace_augmentation(items, key)
+    trace_augmentation(items, key)
 
 
-def _parameters(nodes: Sequence[_Traced]) -> int:
+def _parameters(nodes: Sequence[Traced]) -> int:
     total = 0
     for node in nodes:
         if node.children:
@@ -461,18 +333,18 @@ def _parameters(nodes: Sequence[_Traced]) -> int:
 
 def count_parameters(layers: Sequence[Mapping[str, Any]]) -> int:
     """Total weights, trainable or not (what Keras's count_params() says), without building the model."""
-    return _parameters(_trace_stack(layers, "model.layers"))
+    return _parameters(trace_stack(layers, "model.layers"))
 
 
 def layer_table(
     layers: Sequence[Mapping[str, Any]], augmentation: Sequence[Mapping[str, Any]] = ()
 ) -> list[tuple[str, Shape, int]]:
     """(name, output shape, parameters) of each augmentation and top-level item (a block counts whole)."""
-    rows = [(node.name, node.output_shape, 0) for node in _trace_augmentation(augmentation, "model.augmentation")]
-    return rows + [(node.name, node.output_shape, _parameters([node])) for node in _trace_stack(layers, "model.layers")]
+    rows = [(node.name, node.output_shape, 0) for node in trace_augmentation(augmentation, "model.augmentation")]
+    return rows + [(node.name, node.output_shape, _parameters([node])) for node in trace_stack(layers, "model.layers")]
 
 
-def _multiply_adds(nodes: Sequence[_Traced]) -> int:
+def _multiply_adds(nodes: Sequence[Traced]) -> int:
     total = 0
     for node in nodes:
         if node.children:
@@ -482,7 +354,7 @@ def _multiply_adds(nodes: Sequence[_Traced]) -> int:
                 total += height * width * node.input_shape[2] * channels_out
         elif node.type == "conv2d":
             height, width, channels_out = node.output_shape
-            kernel_height, kernel_width = _pair(node.layer["kernel_size"])
+            kernel_height, kernel_width = pair(node.layer["kernel_size"])
             total += height * width * kernel_height * kernel_width * node.input_shape[2] * channels_out
         elif node.type == "dense":
             total += node.input_shape[0] * node.output_shape[0]
@@ -497,95 +369,7 @@ def count_multiply_adds(layers: Sequence[Mapping[str, Any]]) -> int:
     operation per element, a rounding error next to these. A training step costs about three
     forward passes (the backward pass about two).
     """
-    return _multiply_adds(_trace_stack(layers, "model.layers"))
-
-
-def _keras_arguments(node: _Traced) -> dict[str, Any]:
-    """The Keras constructor's arguments for one registry layer."""
-    from keras import regularizers
-
-    converted = node.arguments
-    if node.type == "random_crop":
-        # See AUGMENTATION_SPECS: a whole-pixel shift drawn uniformly from -padding..padding.
-        padding = converted.pop("padding")
-        return {
-            "height_factor": (padding + 0.5) / node.input_shape[0],
-            "width_factor": (padding + 0.5) / node.input_shape[1],
-            "fill_mode": "constant",
-            "interpolation": "nearest",
-        }
-    if node.type == "random_erasing":
-        probability = converted.pop("probability", 0.5)
-        # Keras draws each image's probability from the factor range; a degenerate range fixes it.
-        converted["factor"] = (probability, probability)
-        converted["value_range"] = (0.0, 1.0)  # Augmentation sees the scaled pixels.
-    for name in ("kernel_size", "pool_size", "strides", "scale"):
-        if isinstance(converted.get(name), list):
-            converted[name] = tuple(converted[name])
-    factors = converted.get("kernel_regularizer")
-    if factors is not None:
-        converted["kernel_regularizer"] = regularizers.L1L2(l1=factors.get("l1", 0.0), l2=factors.get("l2", 0.0))
-    return converted
-
-
-def _apply(node: _Traced, inputs, dtype: str | None = None):
-    """Add one traced item to the functional graph and return its output tensor."""
-    from keras import layers as keras_layers
-
-    if node.type == "repeat":
-        outputs = inputs
-        for child in node.children:
-            outputs = _apply(child, outputs)
-        return outputs
-    if node.type == "residual":
-        body = inputs
-        for child in node.children:
-            body = _apply(child, body)
-        shortcut = inputs
-        if node.shortcut_strides is not None:
-            shortcut = keras_layers.Conv2D(
-                node.output_shape[2],
-                kernel_size=1,
-                strides=node.shortcut_strides,
-                use_bias=False,
-                name=f"{node.name}_shortcut_conv2d",
-            )(shortcut)
-            shortcut = keras_layers.BatchNormalization(name=f"{node.name}_shortcut_batch_normalization")(shortcut)
-        outputs = keras_layers.Add(name=f"{node.name}_add")([body, shortcut])
-        activation = node.layer.get("activation")
-        if activation is not None:
-            outputs = keras_layers.Activation(activation, name=f"{node.name}_activation")(outputs)
-        return outputs
-    spec = AUGMENTATION_SPECS.get(node.type) or LAYER_SPECS[node.type]
-    keras_class = getattr(keras_layers, spec.keras_name)
-    if node.type in AUGMENTATION_SPECS:
-        # Augmentation has no weights and costs little, so it runs in float32 under every precision
-        # policy: Keras 3.15's RandomErasing fails under mixed_float16 (a float16 range).
-        dtype = "float32"
-    extra = {"dtype": dtype} if dtype is not None else {}
-    return keras_class(**_keras_arguments(node), name=node.name, **extra)(inputs)
-
-
-def build(layers: Sequence[Mapping[str, Any]], augmentation: Sequence[Mapping[str, Any]] = (), name: str = "model"):
-    """Build the keras.Model: raw pixels in (0-255, any numeric dtype), scaled to [0, 1] by its first
-    layer, then `augmentation` (training only), then `layers`. Both lists are checked first.
-
-    Scaling inside the model keeps the data pipeline uint8 and lets a logged model take raw images.
-    """
-    import keras
-    from keras import layers as keras_layers
-
-    traced = _trace_stack(layers, "model.layers")
-    augmenting = _trace_augmentation(augmentation, "model.augmentation")
-    inputs = keras.Input(shape=IMAGE_SHAPE, name="pixels")
-    outputs = keras_layers.Rescaling(1.0 / 255, name="scale_to_unit")(inputs)
-    for node in augmenting:
-        outputs = _apply(node, outputs)
-    for node in traced[:-1]:
-        outputs = _apply(node, outputs)
-    # The softmax stays float32 under mixed precision so that probabilities are well formed.
-    outputs = _apply(traced[-1], outputs, dtype="float32")
-    return keras.Model(inputs, outputs, name=name)
+    return _multiply_adds(trace_stack(layers, "model.layers"))
 
 
 def stack_table(model: ModelConfig) -> str:

@@ -272,6 +272,26 @@ def pruner_for(config: ExperimentConfig, store: Store, parent_run_id: str | None
     return make
 
 
+def job(composed: DictConfig, output_dir: Path, runtime: Any) -> dict | int:
+    """One job of a sweep, from Hydra's composed config and its runtime (HydraConfig): validated once
+    here; a bad combination, or a store its config names that cannot be used, fails this job only
+    (its log says why) and the sweep goes on."""
+    from fmnist_exp.model.validation import to_experiment_config
+    from fmnist_exp.training import dry_run, run_folder
+
+    try:
+        config = to_experiment_config(composed)
+        if config.dry_run:
+            run_folder.discard_unused(output_dir)
+            return dry_run.describe(config)
+        Store(config.mlflow.tracking_uri).check()  # a store set in a config file, not on the command line
+    except UserError as error:
+        log.error(f"job failed: {error}")
+        return asdict(JobResult(objective=math.nan))
+    config.trainer.threads = config.trainer.threads or threads_per_job(runtime.launcher)
+    return run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
+
+
 def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sweep_dir: str) -> dict:
     """One job of a sweep: its config trained `replicates` times (seeds seed, seed+1, ...), each a
     child run (a config that already FINISHED is reused, not retrained).

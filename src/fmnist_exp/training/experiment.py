@@ -1,6 +1,6 @@
 """One experiment as its stages: prepare, build or restore, fit, evaluate and log.
 
-    prepared = prepare(config, output_dir)          # validate, store, data, output folder
+    prepared = prepare(config, output_dir)          # data, output folder (the config arrives validated)
     model = build(prepared)                          # or restore(...) from a checkpoint
     with active_run.start(prepared.store, ...) as run:
         fitted = fit(prepared, model, run)           # model.fit with the runner's callbacks
@@ -14,10 +14,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fmnist_exp.analysis import ranking
@@ -29,9 +28,9 @@ from fmnist_exp.errors import RunStopped, TrainingCollapsed, TrainingDiverged, U
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
 from fmnist_exp.tracking import active_run, registry
 from fmnist_exp.tracking.active_run import Run
-from fmnist_exp.tracking.links import ui_command
 from fmnist_exp.tracking.store import Store
-from fmnist_exp.training import run_folder
+from fmnist_exp.training import run_folder, run_record
+from fmnist_exp.training.handoffs import Fitted, Outcome, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -41,56 +40,17 @@ log = logging.getLogger(__name__)
 ExtraCallbacks = Callable[[Run, str], dict]
 
 
-@dataclass
-class Prepared:
-    """Everything checked and loaded; nothing trained, no run started."""
-
-    config: ExperimentConfig
-    output_dir: Path
-    overrides: list[str]
-    splits: data.Splits
-    store: Store
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.splits.train[0]) / self.config.batch_size)
-
-
-@dataclass
-class Fitted:
-    history: dict[str, list[float]]
-    seconds: float
-    best_epoch: int | None = None  # with early stopping: the epoch whose weights the model holds
-    pruned_at: int | None = None
-    stopped: str | None = None  # a collapse or NaN stop that kept the best epoch: what happened, plainly
-
-
-@dataclass
-class Outcome:
-    run_id: str
-    objective: float  # see ranking.objective
-    test_accuracy: float
-    test_loss: float
-    history: dict[str, list[float]] = field(default_factory=dict)
-    best_epoch: int | None = None
-    pruned_at: int | None = None
-    stopped: str | None = None  # see Fitted.stopped
-
-
 # -- the stages ---------------------------------------------------------------------------------
 
 
 def prepare(
     config: ExperimentConfig, output_dir: Path, overrides: Sequence[str] = (), store: Store | None = None
 ) -> Prepared:
-    """Everything that can be wrong with the input fails here, before Keras and before a run."""
-    from fmnist_exp.model.validation import validate
-
-    validate(config)
+    """What the data can get wrong fails here, before Keras and before a run. The config arrives
+    validated (model.validation.to_experiment_config at the command's boundary), its store checked."""
     store = store or Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
-    store.check()
     splits = data.load(config.data, config.seed)
-    check_splits(splits, held_out=config.data.validation == "holdout")
+    data.check_splits(splits, held_out=config.data.validation == "holdout")
     output_dir = run_folder.make(Path(output_dir))
     run_folder.write_inputs(output_dir, config_module.to_yaml(config), list(overrides))
     return Prepared(config, output_dir, list(overrides), splits, store)
@@ -124,13 +84,12 @@ def start_keras(config: ExperimentConfig):
 
 def build(prepared: Prepared):
     """A new, compiled model from the config."""
-    from fmnist_exp.model import layers as models
-    from fmnist_exp.model import optim
+    from fmnist_exp.model import keras_model, optim
     from fmnist_exp.training import device
 
     config = prepared.config
     with device.strategy_scope(config.trainer.distribute):
-        model = models.build(config.model.layers, name=config.model.name, augmentation=config.model.augmentation)
+        model = keras_model.build(config.model.layers, name=config.model.name, augmentation=config.model.augmentation)
         optimizer = optim.build(config.optimizer, prepared.steps_per_epoch, config.epochs)
         device.compile_model(model, optimizer, config.trainer)
     return model
@@ -360,14 +319,14 @@ def run(
                 prepared.store,
                 config.mlflow.experiment_name,
                 name,
-                {**run_tags(prepared, name), **(extra_tags or {})},
+                {**run_record.run_tags(prepared, name), **(extra_tags or {})},
                 parent_run_id=parent_run_id,
             ) as active,
             active.system_metrics(config.mlflow.system_metrics),
         ):
             run_folder.write_run_id(prepared.output_dir, active.run_id)
-            log_inputs(prepared, active, model)
-            announce(prepared, model, active)
+            run_record.log_inputs(prepared, active, model)
+            run_record.announce(prepared, model, active)
             fitted = fit(prepared, model, active, extra_callbacks=extra_callbacks)
             return evaluate_and_log(prepared, model, active, fitted)
 
@@ -379,10 +338,13 @@ def resume(target: str, store: Store) -> Outcome:
     (stopped during its test pass or model logging) only finishes what is missing. Either way it is
     the same MLflow run.
     """
+    from fmnist_exp.model.validation import validate
+
     store.check()
     folder = run_folder.locate(target, store)
     with run_folder.one_writer(folder):
         config = config_module.from_yaml(folder / run_folder.CONFIG_FILE)
+        validate(config)  # a config read from a file: this is its boundary
         overrides = run_folder.read_overrides(folder)
         prepared = prepare(config, folder, overrides, store)
         run_id = run_folder.run_id_of(folder)
@@ -415,88 +377,6 @@ def finished_fit(prepared: Prepared, model, run: Run) -> Fitted:
     if prepared.config.trainer.early_stopping.patience:
         fitted.best_epoch = restore_best_epoch(prepared, model, history)
     return fitted
-
-
-# -- helpers of the stages ------------------------------------------------------------------------
-
-
-def check_splits(splits: data.Splits, held_out: bool = False) -> None:
-    """Each side of a split needs at least one image of every class, or its figures mean nothing.
-
-    With a held-out validation split (`held_out`), both of its sides depend on data.validation_fraction.
-    """
-    import numpy as np
-
-    train_key = "data.validation_fraction (with data.max_train_samples)" if held_out else "data.max_train_samples"
-    sides = {train_key: splits.train, "data.max_test_samples": splits.test}
-    if splits.validation is not None:
-        sides["data.validation_fraction"] = splits.validation
-    for key, (_, labels) in sides.items():
-        present = len(np.unique(labels))
-        if present < data.NUM_CLASSES:
-            raise UserError(
-                f"{key}: leaves {len(labels)} images covering {present} of the {data.NUM_CLASSES} classes; "
-                "each of the training, validation and test sets needs at least one image of every class"
-            )
-
-
-def run_tags(prepared: Prepared, run_name: str) -> dict[str, str]:
-    from fmnist_exp.tracking import params
-
-    return {
-        "overrides": " ".join(prepared.overrides),
-        "data_source": str(prepared.splits.source),
-        "output_dir": str(prepared.output_dir.resolve()),
-        # What re-run sweeps match finished work by.
-        "config_hash": identity.config_hash(prepared.config),
-        # The same without the seed: the seed replicates of one config share it (the UI's "Group by").
-        "config_group": identity.config_group(prepared.config, run_name),
-        **params.run_tags_of_config(prepared.config),
-    }
-
-
-def log_inputs(prepared: Prepared, run: Run, model) -> None:
-    """The run's params (what a person compares, params.run_params), data sets and config files."""
-    from fmnist_exp.model import layers as models
-    from fmnist_exp.tracking import dataset_inputs, params
-
-    splits = prepared.splits
-    counts = {
-        "data.train_images": len(splits.train[0]),
-        "data.validation_images": len(splits.validation[0]) if splits.validation else 0,
-        "data.test_images": len(splits.test[0]),
-        "model.parameters": model.count_params(),
-    }
-    run.log_params(params.run_params(prepared.config, prepared.overrides, counts))
-    run.log_datasets(dataset_inputs.describe(prepared.config, splits))
-    run.log_artifact(prepared.output_dir / run_folder.CONFIG_FILE)
-    run.log_artifact(prepared.output_dir / run_folder.OVERRIDES_FILE)
-    layers = prepared.output_dir / run_folder.LAYERS_FILE
-    layers.write_text(models.stack_table(prepared.config.model) + "\n")
-    run.log_artifact(layers)
-
-
-def announce(prepared: Prepared, model, run: Run) -> None:
-    """The start-up block: what is about to be trained, where, and where to look at it."""
-    from fmnist_exp.model import backend
-
-    config, splits = prepared.config, prepared.splits
-    validation = f"{len(splits.validation[0]):,} validation" if splits.validation else "no validation"
-    lines = [
-        f"model      {config.model.name}: {model.count_params():,} parameters"
-        + (f" ({', '.join(f'{k}={v}' for k, v in config.model.knobs.items())})" if config.model.knobs else ""),
-        f"data       {len(splits.train[0]):,} training, {validation}, {len(splits.test[0]):,} test images from {splits.source}",
-        f"training   {config.epochs} epoch{'s' if config.epochs != 1 else ''} at batch size {config.batch_size}, {config.optimizer.name} "
-        f"lr {config.optimizer.learning_rate} ({config.optimizer.schedule.name})",
-        f"device     {backend.describe()}, {config.trainer.precision}",
-        f"run        {run.run_id} in experiment {config.mlflow.experiment_name}",
-        f"output     {prepared.output_dir.resolve()}",
-        f"watch      {ui_command(prepared.store.uri, run.experiment_id)}",
-    ]
-    log.info("\n".join(lines))
-    warning = backend.slow_precision_warning(config.trainer.precision, backend.cpu_flags(), backend.has_accelerator())
-    if warning:
-        log.warning(warning)
 
 
 def result_line(outcome: Outcome) -> str:
