@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import fmnist_exp
 from fmnist_exp.commands import bench, evaluate, predict, report, ui
 from fmnist_exp.config.schema import CHECKOUT, CONF_DIR
 from fmnist_exp.runtime import noise
@@ -137,13 +138,14 @@ def test_report_ranks_an_experiments_runs_by_the_runners_keys(tmp_path, capsys):
 
 
 def test_the_wheel_carries_conf_and_runs_from_any_folder(tmp_path):
-    """`pip install .` and the wheel: every file of conf/ inside, and the runner finds it from elsewhere."""
+    """`pip install .` and the wheel: every file of conf/ inside, py.typed, the licence and the version;
+    and the runner finds its configs from elsewhere."""
     pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools installed")
     if CHECKOUT is None:
         pytest.skip("runs from a source checkout only")
     source = tmp_path / "source"
     source.mkdir()
-    for part in ("pyproject.toml", "README.md", "src", "conf"):
+    for part in ("pyproject.toml", "README.md", "LICENSE", "src", "conf"):
         copy = shutil.copytree if (CHECKOUT / part).is_dir() else shutil.copy
         copy(
             CHECKOUT / part,
@@ -159,12 +161,19 @@ def test_the_wheel_carries_conf_and_runs_from_any_folder(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in CONF_DIR.rglob("*.yaml"):
         assert f"fmnist_exp/conf/{config.relative_to(CONF_DIR).as_posix()}" in names
-    assert "fmnist_exp/config.py" in names and "fmnist_exp/study.py" in names
+    assert "fmnist_exp/config/schema.py" in names and "fmnist_exp/sweeps/study.py" in names
+    # What a published package carries: PEP 561's marker, the licence, the version from its one home.
+    assert "fmnist_exp/py.typed" in names
+    (metadata,) = (name for name in names if name.endswith(".dist-info/METADATA"))
+    (licence,) = (name for name in names if name.endswith(".dist-info/licenses/LICENSE"))
+    assert "MIT License" in zipfile.ZipFile(wheel).read(licence).decode()
+    headers = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert f"\nVersion: {fmnist_exp.__version__}\n" in headers and "\nLicense-Expression: MIT\n" in headers
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     for script in ("fmnist-run", "fmnist-evaluate", "fmnist-predict", "fmnist-report", "fmnist-bench", "fmnist-ui"):
         assert f"{script} = " in scripts
-    assert "[hydra.plugins]\nstudy = fmnist_exp.study:StudySweeper" in scripts
+    assert "[hydra.plugins]\nstudy = fmnist_exp.sweeps.study:StudySweeper" in scripts
 
     # An install of the wheel alone (its console scripts too), run from an unrelated folder.
     target, elsewhere = tmp_path / "installed", tmp_path / "elsewhere"

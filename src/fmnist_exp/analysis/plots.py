@@ -44,7 +44,7 @@ def confusion_matrix(counts, path: Path) -> Path:
     for row in range(counts.shape[0]):
         for column in range(counts.shape[1]):
             colour = "white" if counts[row, column] > threshold else "black"
-            axis.text(column, row, int(counts[row, column]), ha="center", va="center", color=colour, fontsize=8)
+            axis.text(column, row, str(int(counts[row, column])), ha="center", va="center", color=colour, fontsize=8)
     axis.set_title("Confusion matrix (test set)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -154,7 +154,7 @@ def params_against_objective(rows: list[dict], keys: list[str], path: Path) -> P
         numbers = [_number(value) for value in values]
         if values and all(number is not None for number in numbers):
             axis.scatter(numbers, objectives, alpha=0.7)
-            if min(numbers) > 0 and max(numbers) / min(numbers) > 10:
+            if min(numbers) > 0 and max(numbers) / min(numbers) > 10:  # type: ignore[type-var,operator]  # no None: above
                 axis.set_xscale("log")
         else:
             categories = sorted(set(values), key=str)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from typing import Any
 
 COLUMNS = (
@@ -41,7 +42,7 @@ def objective(history: dict[str, list[float]], best_epoch: int | None = None) ->
     return float(values[best_epoch - 1] if best_epoch else values[-1])
 
 
-def row_of(run, swept_keys: list[str] = ()) -> dict[str, Any]:
+def row_of(run, swept_keys: Sequence[str] = ()) -> dict[str, Any]:
     """One MLflow run as a table row; the objective is the one the run logged (NaN if it logged none).
 
     `swept_keys` are the params a sweep varied: each is a column of its own.
@@ -79,7 +80,7 @@ def job_counts(rows: list[dict]) -> dict[str, int]:
     return {"finished": len(rows) - pruned - failed, "pruned": pruned, "failed": failed}
 
 
-def table_columns(rows: list[dict], swept_keys: list[str] = ()) -> dict[str, list]:
+def table_columns(rows: list[dict], swept_keys: Sequence[str] = ()) -> dict[str, list]:
     """The table as columns: the identifying ones, each swept key, then the figures."""
     names = [COLUMNS[0], "seed", *[key for key in swept_keys if key != "seed"], *COLUMNS[1:]]
     return {name: [cell_value(row, name) for row in rows] for name in names}
@@ -89,7 +90,7 @@ def cell_value(row: dict, name: str) -> Any:
     return row["swept"][name] if name in row.get("swept", {}) else row.get(name, "")
 
 
-def markdown_table(rows: list[dict], swept_keys: list[str] = ()) -> str:
+def markdown_table(rows: list[dict], swept_keys: Sequence[str] = ()) -> str:
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -101,7 +102,7 @@ def markdown_table(rows: list[dict], swept_keys: list[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def csv_table(rows: list[dict], swept_keys: list[str] = ()) -> str:
+def csv_table(rows: list[dict], swept_keys: Sequence[str] = ()) -> str:
     columns = {**table_columns(rows, swept_keys), "overrides": [row["overrides"] for row in rows]}
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -155,7 +155,8 @@ def one_line(error: Exception, schema: type) -> str:
     # that name (experiment=, model=), so both are recognised.
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown or (isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and key):
-        return f"{key or unknown.group(1)}: not a known key; the keys: {', '.join(keys_of(schema))}"
+        # unknown is None only where key is set.
+        return f"{key or unknown.group(1)}: not a known key; the keys: {', '.join(keys_of(schema))}"  # type: ignore[union-attr]
     return (f"{key}: " if key else "") + joined(line for line in message.splitlines() if not line.startswith("    "))
 
 

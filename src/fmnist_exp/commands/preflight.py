@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from fmnist_exp.config import overrides as grammar
 from fmnist_exp.config.schema import CONF_DIR, MODEL_FIELDS, default_tracking_uri
@@ -125,7 +126,7 @@ def hydra_error_line(error: BaseException) -> str:
             f"{key.group(1) if key else 'config'}: {whitelisted.group(1)} may not be called from a config; "
             "a config cannot run code (the runner's own sweep callback is the only target allowed)"
         )
-    cause = error.__cause__
+    cause: Any = error.__cause__  # OmegaConf's error, read through the attributes it has
     if getattr(cause, "full_key", None) and getattr(cause, "msg", None):
         return f"{cause.full_key}: {' '.join(str(cause.msg).split())} ({' '.join(text.split())})"
     return " ".join(text.split())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,7 +65,7 @@ def sweep_key(config: DictConfig) -> str:
     Re-running the same command finds the same parent; the same command after a preset or a default
     changed does not.
     """
-    base = OmegaConf.to_container(config, resolve=False)
+    base = cast(dict[str, Any], OmegaConf.to_container(config, resolve=False))
     base.pop("hydra", None)
     overrides = sorted(config.hydra.overrides.task)
     text = json.dumps([config.mlflow.experiment_name, overrides, base], sort_keys=True, default=str)

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -402,7 +402,7 @@ def in_knob_terms(error: ConfigError, references: dict[str, str], knobs: dict[st
 
 def as_dict(config: ExperimentConfig) -> dict[str, Any]:
     """The config as a user writes it: plain types, each model knob beside the model's layers."""
-    tree = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    tree = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
     model = tree["model"]
     tree["model"] = {
         "name": model["name"],
@@ -422,7 +422,7 @@ def from_yaml(path: Path) -> ExperimentConfig:
     register_schemas()
     try:
         merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(path))
-        typed = OmegaConf.to_object(merged)
+        typed = cast(ExperimentConfig, OmegaConf.to_object(merged))
     except Exception as error:  # noqa: BLE001 (any unreadable file is the same user error)
         raise ConfigError(f"{path}: not a readable run config ({str(error).splitlines()[0]})") from error
     typed.model = model_config(typed.model)

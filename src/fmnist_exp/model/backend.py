@@ -56,9 +56,9 @@ def activate(trainer: TrainerConfig, deterministic: bool = False) -> str:
     """
     check(trainer)
     name = trainer.backend
-    keras = sys.modules.get("keras")
-    if keras is not None:
-        current = keras.backend.backend()
+    loaded = sys.modules.get("keras")
+    if loaded is not None:
+        current = loaded.backend.backend()
         if current != name:
             raise ConfigError(
                 f"trainer.backend: {name} was asked for, but Keras already runs on {current} in this process and "

@@ -117,7 +117,7 @@ class SweepCallback(Callback):
         else:
             swept = [item for item in overrides if grammar.is_sweep(item) or item.startswith("hparams_search")]
             name = "sweep: " + " ".join(swept or overrides)
-            self.parent_run_id = self.store.create_run(experiment_id, name)
+            self.parent_run_id = self.store.create_run(experiment_id, name)  # type: ignore[arg-type]  # created, never None
         from fmnist_exp.tracking.params import git_tags
 
         self.store.set_tags(self.parent_run_id, {**git_tags(), **tags})
@@ -127,7 +127,7 @@ class SweepCallback(Callback):
         log.info(f"Sweep parent run: {self.parent_run_id}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.parent_run_id is None:
+        if self.parent_run_id is None or self.store is None:  # both are set in on_multirun_start
             return
         note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
         parent = self.store.get_run(self.parent_run_id)
@@ -185,7 +185,7 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
     columns = {name.replace(".", "/"): values for name, values in ranking.table_columns(rows, keys).items()}
     store.log_table(parent_run_id, columns, "summary/jobs.json")
     counts = ranking.job_counts(rows)
-    metrics = {f"jobs_{kind}": count for kind, count in counts.items()}
+    metrics: dict[str, float] = {f"jobs_{kind}": count for kind, count in counts.items()}
     tags: dict[str, Any] = {"sweep_jobs": len(rows), "sweep_pruned": counts["pruned"]}
     if configs:
         best = configs[0]

@@ -89,7 +89,7 @@ def describe(config: ExperimentConfig, splits: data.Splits) -> dict:
     where = origin(splits.source, config.data.dir)
     described = {}
     for context, (name, recipe) in recipes(config, splits).items():
-        images, labels = arrays[context]
+        images, labels = arrays[context]  # type: ignore[misc]  # recipes() names validation only when it exists
         sha256 = sha256_of(recipe)
         facts = {
             "images": int(len(images)),
