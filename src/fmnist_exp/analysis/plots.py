@@ -120,7 +120,9 @@ def sweep_curves_figure(rows: list[dict], curves: dict[str, list[float]]):
     """Each config's objective (validation accuracy) by epoch, one colour per config: the mean over
     its fully trained runs as a line, a band of +- one sd over its seeds where it has two or more,
     and each of its runs faint behind; a pruned run dashed and ending in a cross. The mean covers
-    the epochs all those runs reached (early stopping can end seeds at different epochs)."""
+    the epochs all those runs reached (early stopping can end seeds at different epochs). The legend
+    lists the configs as the verdict ranks them, best mean objective first."""
+    import math
     import statistics
 
     from matplotlib.ticker import MaxNLocator
@@ -129,6 +131,12 @@ def sweep_curves_figure(rows: list[dict], curves: dict[str, list[float]]):
     for row in rows:
         if curves.get(row["run_id"]):
             groups.setdefault(row.get("config_group") or row["run_id"], []).append(row)
+
+    def mean_objective(members: list[dict]) -> float:  # the verdict's ranking: best mean first
+        scored = [row["objective"] for row in members if row["status"] == "FINISHED" and row["pruned_at"] == ""]
+        return -statistics.fmean(scored) if scored and not any(map(math.isnan, scored)) else math.inf
+
+    groups = dict(sorted(groups.items(), key=lambda item: mean_objective(item[1])))
     figure, axis = pyplot.subplots(figsize=(9, 5))
     palette = pyplot.get_cmap("tab10")
     for index, (group, members) in enumerate(groups.items()):
