@@ -182,7 +182,8 @@ def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_
     assert parent.data.params["optimizer.learning_rate"] == "0.001,0.003"
     note = parent.data.tags["mlflow.note.content"]
     assert "Swept: optimizer.learning_rate in 0.001,0.003, 2 seeds per config. 4 runs: 4 finished" in note
-    assert "Welch's t-test" in note and "Re-run the winner: python -m fmnist_exp.run -m " in note
+    # Both configs ran on seeds 42 and 43: the verdict compares them seed by seed, and says so.
+    assert "paired t-test over seeds 42,43" in note and "Re-run the winner: python -m fmnist_exp.run -m " in note
     assert note.rstrip().endswith("replicates=2") and note.count("replicates=2") == 1
     assert '"type": "table"' in parent.data.tags["mlflow.loggedArtifacts"]
     table = mlflow.MlflowClient(tracking_uri).load_table(
@@ -195,7 +196,7 @@ def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_
     report.main([f"mlflow.tracking_uri={tracking_uri}"])
     printed = capsys.readouterr().out
     assert "| config | seeds | objective mean +- sd | 95% interval |" in printed
-    assert printed.count("| 2 |") >= 2 and "Welch's t-test p=" in printed
+    assert printed.count("| 2 |") >= 2 and "(paired t-test over seeds 42,43, p=" in printed
     assert (
         f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in printed
     )

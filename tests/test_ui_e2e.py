@@ -164,7 +164,7 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         description.first.wait_for()
         body = page.inner_text("body")
         assert "2 seeds per config. 8 runs: 8 finished, 0 pruned, 0 failed." in body
-        assert "Welch's t-test" in body and "Re-run the winner: python -m fmnist_exp.run -m" in body
+        assert "paired t-test over seeds" in body and "Re-run the winner: python -m fmnist_exp.run -m" in body
         close_the_assistant(page)
         description.first.scroll_into_view_if_needed()
         save_screenshot(page, tmp_path, "mlflow_ui_sweep_parent.png")

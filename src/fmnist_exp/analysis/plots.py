@@ -109,36 +109,73 @@ def sweep_comparison(rows: list[dict], path: Path) -> Path:
 
 
 def sweep_curves(rows: list[dict], curves: dict[str, list[float]], path: Path) -> Path:
-    """Each job's objective (validation accuracy) by epoch; one colour per config (its seeds share
-    it), a pruned job dashed and ending in a cross."""
-    figure, axis = pyplot.subplots(figsize=(9, 5))
-    colours: dict[str, object] = {}
-    palette = pyplot.get_cmap("tab10")
-    labelled: set[str] = set()
-    for row in rows:
-        curve = curves.get(row["run_id"]) or []
-        if not curve:
-            continue
-        group = row.get("config_group") or row["run_id"]
-        colour = colours.setdefault(group, palette(len(colours) % 10))
-        label = None if group in labelled else row["run_name"].split(",seed=")[0][:60]
-        labelled.add(group)
-        epochs = range(1, len(curve) + 1)
-        pruned = row["pruned_at"] != ""
-        axis.plot(epochs, curve, color=colour, linestyle="--" if pruned else "-", marker="o", markersize=3, label=label)
-        if pruned:
-            axis.plot(len(curve), curve[-1], marker="x", markersize=10, color=colour)
-    metric = rows[0]["objective_metric"] if rows else "val_accuracy"
-    axis.set_xlabel("epoch")
-    axis.set_ylabel(metric)
-    axis.set_title(f"Every job's {metric} by epoch (dashed, x: pruned)")
-    axis.grid(alpha=0.3)
-    if labelled:
-        axis.legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
+    """The sweep's objective by epoch (sweep_curves_figure) as a PNG file."""
+    figure = sweep_curves_figure(rows, curves)
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return path
+
+
+def sweep_curves_figure(rows: list[dict], curves: dict[str, list[float]]):
+    """Each config's objective (validation accuracy) by epoch, one colour per config: the mean over
+    its fully trained runs as a line, a band of +- one sd over its seeds where it has two or more,
+    and each of its runs faint behind; a pruned run dashed and ending in a cross. The mean covers
+    the epochs all those runs reached (early stopping can end seeds at different epochs). The legend
+    lists the configs as the verdict ranks them, best mean objective first."""
+    import math
+    import statistics
+
+    from matplotlib.ticker import MaxNLocator
+
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if curves.get(row["run_id"]):
+            groups.setdefault(row.get("config_group") or row["run_id"], []).append(row)
+
+    def mean_objective(members: list[dict]) -> float:  # the verdict's ranking: best mean first
+        scored = [row["objective"] for row in members if row["status"] == "FINISHED" and row["pruned_at"] == ""]
+        return -statistics.fmean(scored) if scored and not any(map(math.isnan, scored)) else math.inf
+
+    groups = dict(sorted(groups.items(), key=lambda item: mean_objective(item[1])))
+    figure, axis = pyplot.subplots(figsize=(9, 5))
+    palette = pyplot.get_cmap("tab10")
+    for index, (group, members) in enumerate(groups.items()):
+        colour = palette(index % 10)
+        label = (group.rsplit(" [", 1)[0] if members[0].get("config_group") else members[0]["run_name"])[:60]
+        full = [curves[row["run_id"]] for row in members if row["status"] == "FINISHED" and row["pruned_at"] == ""]
+        pruned = [row for row in members if row["pruned_at"] != ""]
+        for row in members:
+            if row["pruned_at"] == "":
+                curve = curves[row["run_id"]]
+                axis.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.25, linewidth=1)
+        for number, row in enumerate(pruned):
+            curve = curves[row["run_id"]]
+            named = not full and number == 0  # a config with no fully trained run: named by its first pruned one
+            axis.plot(
+                range(1, len(curve) + 1), curve, color=colour, linestyle="--", alpha=0.7, label=label if named else None
+            )
+            axis.plot(len(curve), curve[-1], marker="x", markersize=10, color=colour)
+        if not full:
+            continue
+        epochs = range(1, min(len(run) for run in full) + 1)
+        means = [statistics.fmean(run[epoch - 1] for run in full) for epoch in epochs]
+        if len(full) >= 2:
+            spreads = [statistics.stdev(run[epoch - 1] for run in full) for epoch in epochs]
+            lows = [mean - spread for mean, spread in zip(means, spreads, strict=True)]
+            highs = [mean + spread for mean, spread in zip(means, spreads, strict=True)]
+            axis.fill_between(epochs, lows, highs, color=colour, alpha=0.2, linewidth=0)
+            label = f"{label} ({len(full)} seeds)"
+        axis.plot(epochs, means, color=colour, linewidth=2, marker="o", markersize=4, label=label)
+    metric = rows[0]["objective_metric"] if rows else "val_accuracy"
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.set_title(f"{metric} by epoch: each config's mean, +- 1 sd over its seeds, its runs faint (x: pruned)")
+    axis.grid(alpha=0.3)
+    if groups:
+        axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
 
 
 def params_against_objective(rows: list[dict], keys: list[str], path: Path) -> Path:

@@ -75,7 +75,10 @@ def report(config: ReportConfig) -> list[dict]:
     print(ranking.markdown_table(rows, keys))
     configs = compare.by_config(rows)
     if configs:
-        print("Per config over its seeds (95% t-interval; best against each other by Welch's t-test, 5% level):\n")
+        print(
+            "Per config over its seeds (95% t-interval; the best against each other at the 5% level, by a paired "
+            "t-test where the two share their seeds, else by Welch's t-test):\n"
+        )
         print(compare.noise_table(configs))
         print("\n".join(compare.winner_lines(configs)))
     print(f"\nIn the MLflow UI: {link}")

@@ -158,8 +158,8 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
     """Make the parent run the sweep's comparison; returns its note.
 
     Logged on the parent: the jobs' table (CSV, Markdown, and a table the MLflow UI shows as one),
-    the configs' mean +- sd over seeds with the within-noise verdicts, the figures (each job's
-    objective by epoch, each swept param against the objective, the jobs as bars, and Optuna's own
+    the configs' mean +- sd over seeds with the within-noise verdicts, the figures (each config's mean
+    objective by epoch in its seed band, each swept param against the objective, the jobs as bars, Optuna's
     plots that the study sweeper left in the folder), the best figures and the job counts as
     metrics, and a note (MLflow's run description) naming the winner, its margin and its command.
     """
