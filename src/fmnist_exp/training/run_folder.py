@@ -7,7 +7,7 @@ refused run leaves behind, and the command that resumes an interrupted run. Ever
       run.json                  {"run_id": ...}, written as soon as the MLflow run exists
       .lock                     held by the one process writing this run
       model_layers.txt          the layer table (logged as an artifact)
-      checkpoints/state.json    {"epoch", "model", "run_id"}: the last completed epoch
+      checkpoints/state.json    {"epoch", "model", "run_id", "random_state"}: the last completed epoch
       checkpoints/epoch-NNNN.keras   that epoch's model with its optimizer state (older ones removed)
       checkpoints/best.keras    the best epoch's model (callbacks.BestEpoch's rule)
       plots/, reports/          what evaluate_and_log writes and logs
@@ -132,10 +132,39 @@ def save_epoch(model, output_dir: Path, epoch: int, run_id: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{epoch:04d}.keras"
     atomic_save_model(model, folder / name)
-    atomic_write_text(folder / STATE_FILE, json.dumps({"epoch": epoch, "model": name, "run_id": run_id}))
+    state = {"epoch": epoch, "model": name, "run_id": run_id, "random_state": random_state(model)}
+    atomic_write_text(folder / STATE_FILE, json.dumps(state))
     for old in folder.glob("epoch-*.keras"):
         if old.name != name:
             old.unlink()
+
+
+def _seed_states(model) -> list:
+    """The model's random-number states (dropout's, augmentation's), in the model's variable order.
+
+    A .keras file does not keep them (Keras saves them as they were when the layer was built), so a
+    resumed run would draw other dropout masks than the run it continues: state.json keeps them.
+    """
+    return [variable for variable in model.variables if variable.path.endswith("seed_generator_state")]
+
+
+def random_state(model) -> list[list[int]]:
+    import numpy as np
+
+    return [np.asarray(variable).tolist() for variable in _seed_states(model)]
+
+
+def restore_random_state(model, saved: list[list[int]] | None) -> None:
+    """Give a loaded model the random-number states the checkpoint was written with."""
+    if saved is None:  # a checkpoint of an earlier release: the streams start afresh, as they did then
+        return
+    import numpy as np
+
+    variables = _seed_states(model)
+    if len(variables) != len(saved):
+        raise UserError(f"resume: the checkpoint keeps {len(saved)} random states, the model has {len(variables)}")
+    for variable, value in zip(variables, saved, strict=True):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def save_best(model, output_dir: Path) -> None:
@@ -163,10 +192,14 @@ def checkpoint_file(output_dir: Path, state: dict) -> Path:
 
 
 def load_checkpoint(output_dir: Path, state: dict):
-    """The checkpointed model, compiled, with its optimizer state; safe_mode runs no code from the file."""
+    """The checkpointed model, compiled, with its optimizer state and its random-number states (so
+    that dropout and augmentation go on drawing as the uninterrupted run); safe_mode runs no code
+    from the file."""
     import keras
 
-    return keras.saving.load_model(checkpoint_file(output_dir, state), safe_mode=True)
+    model = keras.saving.load_model(checkpoint_file(output_dir, state), safe_mode=True)
+    restore_random_state(model, state.get("random_state"))
+    return model
 
 
 # -- what a refused or interrupted run leaves -------------------------------------------------------
