@@ -90,6 +90,8 @@ def build(prepared: Prepared):
     config = prepared.config
     with device.strategy_scope(config.trainer.distribute):
         model = keras_model.build(config.model.layers, name=config.model.name, augmentation=config.model.augmentation)
+        for line in keras_model.settle_batch_norm(model, config.model.layers, prepared.steps_per_epoch):
+            log.warning(line)
         optimizer = optim.build(config.optimizer, prepared.steps_per_epoch, config.epochs)
         device.compile_model(model, optimizer, config.trainer)
     return model

@@ -42,6 +42,9 @@ def log_inputs(prepared: Prepared, run: Run, model) -> None:
         "model.parameters": model.count_params(),
     }
     run.log_params(params.run_params(prepared.config, prepared.overrides, counts))
+    momenta = sorted({layer.momentum for layer in model.layers if type(layer).__name__ == "BatchNormalization"})
+    if momenta:  # derived from the run's length (keras_model.settle_batch_norm): a tag, not a choice
+        run.set_tags({"batch_norm_momentum": ",".join(f"{momentum:g}" for momentum in momenta)})
     run.log_datasets(dataset_inputs.describe(prepared.config, splits))
     run.log_artifact(prepared.output_dir / run_folder.CONFIG_FILE)
     run.log_artifact(prepared.output_dir / run_folder.OVERRIDES_FILE)
