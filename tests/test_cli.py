@@ -314,6 +314,26 @@ BAD_INPUTS = [
         Bad(f"sweep store {name}", ("-m", f"mlflow.tracking_uri={uri}"), message, setup=setup)
         for name, uri, message, setup in BROKEN_STORES
     ],
+    # What a whole sweep shares, checked before its parent run is made or any orphan is closed.
+    Bad("sweep replicates 0", ("-m", "replicates=0"), "replicates: 0 must be a whole number from 1 to 100"),
+    Bad("sweep replicates -1", ("-m", "replicates=-1"), "replicates: -1 must be a whole number from 1 to 100"),
+    Bad("sweep replicates huge", ("-m", "replicates=100000"), "replicates: 100000 must be a whole number from 1"),
+    Bad("sweep replicates swept", ("-m", "replicates=1,2"), "replicates: cannot be swept"),
+    Bad(
+        "sweep orphan bound negative",
+        ("-m", "mlflow.orphan_after_minutes=-1"),
+        "mlflow.orphan_after_minutes: -1.0 must be 5 or more: live runs write a heartbeat every minute",
+    ),
+    Bad(
+        "sweep store swept",
+        ("-m", "mlflow.tracking_uri=sqlite:///{tmp}/a.db,sqlite:///{tmp}/b.db"),
+        "mlflow.tracking_uri: cannot be swept: a sweep's parent run and its jobs share one store",
+    ),
+    Bad(
+        "sweep experiment swept",
+        ("-m", "mlflow.experiment_name=one,two"),
+        "mlflow.experiment_name: cannot be swept: a sweep's parent run and its jobs share one experiment",
+    ),
     # Output folders.
     Bad(
         "run folder under a file",

@@ -256,6 +256,41 @@ def check_orphan_bound(minutes: float) -> None:
         )
 
 
+# Each replicate trains the config once more; more than this is a typo, not a plan.
+MAX_REPLICATES = 100
+
+# What a whole sweep shares: its parent run is made in this store and experiment, and its orphan bound
+# and replicates are applied, before any job starts. check_sweep_wide checks them then; a sweep
+# cannot vary them (the parent would sit where its jobs are not, or say what they did not do).
+SWEEP_WIDE_KEYS = {
+    "mlflow.tracking_uri": "a sweep's parent run and its jobs share one store; run one sweep per store",
+    "mlflow.experiment_name": "a sweep's parent run and its jobs share one experiment; run one sweep per experiment",
+    "mlflow.orphan_after_minutes": "it applies to the whole sweep from its start",
+    "replicates": "it sets the seeds per config of the whole sweep; sweep seed= instead",
+}
+
+
+def check_replicates(replicates: Any) -> None:
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or not 1 <= replicates <= MAX_REPLICATES:
+        _fail(
+            "replicates",
+            f"{replicates!r} must be a whole number from 1 to {MAX_REPLICATES} "
+            "(each replicate trains the config once more)",
+        )
+
+
+def check_sweep_wide(values: dict[str, Any], swept: list[str]) -> None:
+    """Before a sweep's parent run is made or any orphan closed: the keys the sweep's `swept` list
+    varies may not be sweep-wide ones, and the sweep-wide `values` ({dotted key: value}) must be sound."""
+    for key in swept:
+        if key in SWEEP_WIDE_KEYS:
+            _fail(key, f"cannot be swept: {SWEEP_WIDE_KEYS[key]}")
+    check_replicates(values["replicates"])
+    check_orphan_bound(values["mlflow.orphan_after_minutes"])
+    if not str(values["mlflow.experiment_name"]).strip():
+        _fail("mlflow.experiment_name", "must not be empty")
+
+
 def check_values(config: ExperimentConfig) -> None:
     """Raise ConfigError naming the first bad key among the values this schema can judge alone.
 
@@ -264,8 +299,7 @@ def check_values(config: ExperimentConfig) -> None:
     if config.batch_size > 65536:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
     check_positive("epochs", config.epochs)
-    if not 1 <= config.replicates <= 100:
-        _fail("replicates", f"{config.replicates} must lie in [1, 100] (each replicate trains the config once more)")
+    check_replicates(config.replicates)
     if not 0 <= config.seed <= 2**32 - 1:
         _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
     if not config.mlflow.experiment_name.strip():

@@ -26,8 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.analysis import ranking
 from fmnist_exp.config import overrides as grammar
-from fmnist_exp.config.schema import ExperimentConfig, config_hash, trains_something
-from fmnist_exp.errors import RunStopped, UserError
+from fmnist_exp.config.schema import (
+    SWEEP_WIDE_KEYS,
+    ExperimentConfig,
+    check_sweep_wide,
+    config_hash,
+    trains_something,
+)
+from fmnist_exp.errors import RunStopped, UserError, fail
 from fmnist_exp.tracking.store import Store, owner_tags, ui_link
 
 log = logging.getLogger(__name__)
@@ -105,6 +111,12 @@ def swept_keys(parent_params: dict[str, str]) -> list[str]:
     return [GROUP_PARAMS.get(key, key) for key in swept(parent_params)]
 
 
+def varied_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: command-line overrides Hydra sweeps, and a sweeper's search space."""
+    keys = [grammar.key(item) for item in config.hydra.overrides.task if grammar.is_sweep(item)]
+    return keys + [str(key) for key in (OmegaConf.select(config, "hydra.sweeper.params") or {})]
+
+
 class SweepCallback(Callback):
     """Creates (or reuses) the sweep's parent run and writes its summary at the end."""
 
@@ -113,6 +125,15 @@ class SweepCallback(Callback):
         self.store: Store | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns an exception raised here into a warning and runs every job anyway: bad input is
+        # answered here, in one line, before the parent run is made or any orphan is closed.
+        try:
+            check_sweep_wide({key: OmegaConf.select(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
+            self.start(config)
+        except UserError as error:
+            fail(str(error))
+
+    def start(self, config: DictConfig) -> None:
         self.store = Store(config.mlflow.tracking_uri, config.mlflow.get("orphan_after_minutes", 15))
         self.store.check()
         experiment_id = self.store.experiment_id(config.mlflow.experiment_name)

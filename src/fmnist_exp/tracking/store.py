@@ -415,6 +415,9 @@ class Store:
         """
         from mlflow.entities import ViewType
 
+        from fmnist_exp.config.schema import check_orphan_bound
+
+        check_orphan_bound(self.orphan_after_minutes)  # a bound under the heartbeat period closes live runs
         database = sqlite_path(self.uri)
         if database is not None and not database.is_file():
             return []  # no store yet, so no run; looking would create it
