@@ -45,10 +45,10 @@ def evaluate(config: EvaluateConfig) -> float:
     check_positive("batch_size", config.batch_size, allow_none=True)
     check_positive("data.max_test_samples", config.data.max_test_samples, allow_none=True)
     from fmnist_exp.data import fashion_mnist as data
-    from fmnist_exp.tracking.store import Store
+    from fmnist_exp.tracking.store import Store, in_store
 
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
-    store.check()
+    store.check(existing=in_store(config.model_uri))
     store.reap_orphans()
     run = store.source_run(config.model_uri)
     logged = run.params if run else {}

@@ -47,6 +47,11 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, 
         if not parents:
             raise UserError(f"sweep: experiment {experiment_name!r} has no sweep; try sweep=all")
         sweep = parents[0].run_id
+    elif "sweep_key" not in store.get_run(sweep).tags:
+        raise UserError(
+            f"sweep: run {sweep} is no sweep (a single run, or a sweep's job); give a sweep's parent run id, "
+            "latest (the newest sweep) or all (every run of the experiment)"
+        )
     rows = sweeps.sweep_rows(store, sweep)
     keys = sweeps.swept_keys(dict(store.get_run(sweep).params))
     return rows, f"sweep {sweep} ({len(rows)} jobs)", keys, ui_link(store.uri, experiment_id, sweep)
@@ -68,7 +73,7 @@ def report(config: ReportConfig) -> list[dict]:
 
     config_module.check_orphan_bound(config.mlflow.orphan_after_minutes)
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
-    store.check()
+    store.check(existing=True)
     rows, title, keys, link = rows_for(store, config.mlflow.experiment_name, config.sweep)
     print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")
     print(ranking.markdown_table(rows, keys))

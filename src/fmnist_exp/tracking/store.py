@@ -141,6 +141,11 @@ def artifact_folder_name(experiment_name: str) -> str:
     return f"{slug}-{hashlib.sha256(experiment_name.encode()).hexdigest()[:8]}"
 
 
+def in_store(model_uri: str) -> bool:
+    """Whether a model URI is looked up in the store (runs:/, models:/), not a local folder."""
+    return model_uri.startswith(("runs:/", "models:/"))
+
+
 def logged_model_id(model_uri: str) -> str | None:
     """The LoggedModel id of a `models:/<model_id>` URI (MLflow 3 ids are `m-` and 32 hex digits)."""
     import re
@@ -272,8 +277,11 @@ class Store:
                     self._client = client
         return self._client
 
-    def check(self, key: str = "mlflow.tracking_uri", timeout: float = 5.0) -> None:
-        """Fail in seconds with one line naming the URI, before any training, if the store is unusable."""
+    def check(self, key: str = "mlflow.tracking_uri", timeout: float = 5.0, existing: bool = False) -> None:
+        """Fail in seconds with one line naming the URI, before any training, if the store is unusable.
+
+        `existing`: for a command that only reads, a SQLite file that is not there is refused (its path
+        is likely mistyped; reading would create an empty store there)."""
         check_database_reachable(self.uri, key, timeout)
         if self.uri.startswith(("http://", "https://")):
             try:
@@ -288,6 +296,11 @@ class Store:
         if database is not None:
             if database.exists() and not database.is_file():
                 raise TrackingError(f"{key}: {database} is not a file")
+            if not database.exists() and existing:
+                raise TrackingError(
+                    f"{key}: no MLflow store at {database}; this command only reads a store and makes "
+                    "none (check the path; a run makes a new store)"
+                )
             if not database.exists():
                 # A new store is made by the first run, once nothing can refuse it any more: a refused
                 # command leaves no database (nor its folder) behind. Here: could it be made?
