@@ -139,8 +139,9 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
     result = multirun([*TINY, "epochs=2", "optimizer.learning_rate=1e6,-1,0.001"], tracking_uri, tmp_path)
     parents, children = split(runs(tracking_uri))
     statuses = {child.data.params["optimizer.learning_rate"]: child.info.status for child in children}
-    # The diverging job ran and FAILED; the invalid one was refused before any run; the last ran.
-    assert statuses == {"1000000.0": "FAILED", "0.001": "FINISHED"}
+    # The diverging job ran and FAILED; the invalid one was refused before training, and is counted as
+    # a FAILED run that says why (tests/test_sweep_faults.py); the last ran.
+    assert statuses == {"1000000.0": "FAILED", "-1": "FAILED", "0.001": "FINISHED"}
     assert "job failed: optimizer.learning_rate: -1.0 must be a positive number" in result.stdout
     logs = "".join(path.read_text() for path in (tmp_path / "sweep").glob("*/run.log"))
     assert "job failed: the training loss became NaN or infinite" in logs  # the job's own log file says so

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -39,11 +37,10 @@ def job(composed: DictConfig) -> float | dict:
     try:
         config = to_experiment_config(composed)
     except UserError as error:
-        if sweeping:  # one bad combination must not stop the sweep; its log file says why
-            from fmnist_exp.sweeps.sweep import JobResult
+        if sweeping:  # one bad combination must not stop the sweep; the parent counts it as refused
+            from fmnist_exp.sweeps.sweep import refused_job
 
-            log.error(f"job failed: {error}")
-            return dataclasses.asdict(JobResult(objective=math.nan))
+            return refused_job(error)
         run_folder.discard_unused(output_dir)
         fail(str(error))
     if config.dry_run:
@@ -70,8 +67,7 @@ def job(composed: DictConfig) -> float | dict:
         try:
             Store(config.mlflow.tracking_uri).check()  # a store set in a config file, not on the command line
         except UserError as error:
-            log.error(f"job failed: {error}")
-            return dataclasses.asdict(sweep.JobResult(objective=math.nan))
+            return sweep.refused_job(error)
         config.trainer.threads = config.trainer.threads or sweep.threads_per_job(runtime.launcher)
         return sweep.run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)

@@ -10,17 +10,21 @@ a reused run is recorded on the parent, so the summary and `report` list the sam
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
+import re
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,7 +37,8 @@ from fmnist_exp.config.schema import (
     config_hash,
     trains_something,
 )
-from fmnist_exp.errors import RunStopped, UserError, fail
+from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, RunStopped, UserError, fail
+from fmnist_exp.runtime.interrupts import signals_as_interrupt
 from fmnist_exp.tracking.store import Store, owner_tags, ui_link
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,8 @@ class JobResult:
     pruned: bool = False
     curve: list[float] = field(default_factory=list)  # the objective's figure per epoch (mean over seeds)
     run_ids: list[str] = field(default_factory=list)  # every replicate's run
+    failure: str = ""  # why a job that left no run failed, in one line (SweepCallback.on_job_end records it)
+    refused: bool = False  # that failure was bad input: its config, data or store was refused
 
     def __float__(self) -> float:
         return self.objective
@@ -123,6 +130,11 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self.store: Store | None = None
+        self.signals = contextlib.ExitStack()
+
+    def __getstate__(self) -> dict:
+        """A parallel launcher sends the callback to its workers; the signal handlers stay here."""
+        return {**self.__dict__, "signals": contextlib.ExitStack()}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns an exception raised here into a warning and runs every job anyway: bad input is
@@ -132,6 +144,9 @@ class SweepCallback(Callback):
             self.start(config)
         except UserError as error:
             fail(str(error))
+        # SIGTERM and SIGHUP between jobs (or while a parallel launcher waits) stop the sweep as Ctrl-C
+        # does, so that on_multirun_end ends the parent KILLED; a job's own run handles them within.
+        self.signals.enter_context(signals_as_interrupt())
 
     def start(self, config: DictConfig) -> None:
         self.store = Store(config.mlflow.tracking_uri, config.mlflow.get("orphan_after_minutes", 15))
@@ -168,20 +183,145 @@ class SweepCallback(Callback):
         atexit.register(self._end, "FAILED")
         log.info(f"Sweep parent run: {self.parent_run_id}")
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A job that failed without a run of its own (refused, or a bug before its run started) is
+        recorded as a FAILED child run with its one-line reason, so that the parent counts every job.
+
+        Called in the process that ran the job (a worker, under a parallel launcher)."""
+        if job_return.status == JobStatus.COMPLETED:
+            result = job_return.return_value
+            if not isinstance(result, dict) or not result.get("failure") or result.get("run_ids"):
+                return
+            reason, refused = str(result["failure"]), bool(result.get("refused"))
+        else:
+            try:
+                job_return.return_value  # noqa: B018 (raises the job's exception)
+                return
+            except KeyboardInterrupt:
+                return  # the sweep stops; a run the job had started ended KILLED
+            except BaseException as error:  # noqa: BLE001 (a bug in the job: its traceback is in the job's log)
+                reason, refused = f"{type(error).__name__}: {error}".splitlines()[0][:1000], False
+        try:
+            record_failed_job(config, reason, refused)
+        except UserError as error:  # the job's store is what failed: nothing can be written to it
+            log.warning(f"the failed job could not be recorded on the sweep's parent run: {error}")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        in_flight = sys.exc_info()[1]  # Hydra calls this in a finally: what stopped the sweep, if anything
         if self.parent_run_id is None:
+            self.signals.close()
             return
-        note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
-        parent = self.store.get_run(self.parent_run_id)
-        link = ui_link(self.store.uri, parent.experiment_id, self.parent_run_id)
-        log.info(f"{note}\nThe comparison (table, figures): {link}")
-        self._end("FINISHED")
+        status = ending_status(in_flight)
+        try:
+            note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
+            rows = sweep_rows(self.store, self.parent_run_id)
+            status, ending, code = sweep_ending(status, in_flight, rows, self.parent_run_id)
+            failures = failure_lines(rows)
+            if ending or failures:
+                note = "\n".join([*([ending] if ending else []), note, *failures])
+                self.store.set_tags(self.parent_run_id, {"mlflow.note.content": note})
+            parent = self.store.get_run(self.parent_run_id)
+            link = ui_link(self.store.uri, parent.experiment_id, self.parent_run_id)
+            log.info(f"{note}\nThe comparison (table, figures): {link}")
+        except BaseException:
+            status = "FAILED" if status == "FINISHED" else status
+            raise
+        finally:
+            self._end(status)
+            self.signals.close()
+        if code is not None:
+            fail(ending.splitlines()[0], code)
 
     def _end(self, status: str) -> None:
         if self.parent_run_id is None or self.store is None:
             return
         if self.store.get_run(self.parent_run_id).status == "RUNNING":
             self.store.set_terminated(self.parent_run_id, status)
+
+
+def ending_status(in_flight: BaseException | None) -> str:
+    """The parent's status from what stopped the sweep: an interrupt, a crash, or nothing."""
+    if isinstance(in_flight, KeyboardInterrupt):
+        return "KILLED"
+    return "FINISHED" if in_flight is None else "FAILED"
+
+
+def sweep_ending(
+    status: str, in_flight: BaseException | None, rows: list[dict], parent_run_id: str
+) -> tuple[str, str, int | None]:
+    """How the sweep ended: the parent's status, the line its note starts with ("" for a sweep
+    that ended well), and the exit code to end the process with (None: as it is ending already).
+
+    A crash keeps its traceback (None); an interrupt exits 130 with one line, as one run does; a
+    sweep whose jobs all failed ends FAILED and exits 2 when every one was refused as bad input, else 1.
+    """
+    if status == "KILLED":
+        signal_name = str(in_flight) or "Ctrl-C"
+        line = (
+            f"interrupted ({signal_name}) before the sweep ended, with {len(rows)} runs recorded; its parent run "
+            f"{parent_run_id} ended KILLED; run the same command again to continue it (configs that "
+            "FINISHED are skipped)"
+        )
+        return status, line, EXIT_INTERRUPTED
+    if status == "FAILED":
+        return status, f"The sweep crashed before it ended ({type(in_flight).__name__}: {in_flight}).", None
+    counts = ranking.job_counts(rows)
+    if counts["finished"] + counts["pruned"]:
+        return status, "", None
+    if not rows:
+        return "FAILED", "no job of the sweep left a run; each job's log in the sweep's folder says why", 1
+    refused = sum(1 for row in rows if row["refused"])
+    if refused == len(rows):
+        line = f"every job of the sweep was refused as bad input ({refused} of {refused}), e.g. "
+        return "FAILED", line + rows[0]["failure_reason"], EXIT_USER_ERROR
+    example = next((row["failure_reason"] for row in rows if row["failure_reason"]), rows[0]["status"])
+    return "FAILED", f"every job of the sweep failed ({len(rows)} runs), e.g. {example}", 1
+
+
+def failure_lines(rows: list[dict]) -> list[str]:
+    """One line per failed run of the sweep with its reason."""
+    return [
+        f"Failed: {row['run_name']}: {row['failure_reason'] or row['status']}"
+        for row in rows
+        if row["status"] != "FINISHED"
+    ]
+
+
+def record_failed_job(config: DictConfig, reason: str, refused: bool) -> None:
+    """A FAILED child run of the job's sweep for a job that left no run of its own, tagged with why."""
+    store = Store(config.mlflow.tracking_uri)
+    parent = store.first(config.mlflow.experiment_name, f"tags.sweep_dir = '{config.hydra.sweep.dir}'")
+    if parent is None:
+        return
+    folder = Path(str(config.hydra.runtime.output_dir)).resolve()
+    for child in store.children(parent.run_id):
+        made_here = child.tags.get("output_dir")
+        if made_here and Path(made_here).is_relative_to(folder):
+            return  # the job's own run records its failure
+    overrides = list(config.hydra.overrides.task)
+    run_id = store.create_run(parent.experiment_id, config.mlflow.get("run_name") or child_name(overrides, parent.tags))
+    tags = {
+        "mlflow.parentRunId": parent.run_id,
+        "failure_reason": reason,
+        "mlflow.note.content": reason,
+        "overrides": " ".join(overrides),
+        "output_dir": str(folder),
+        **({"refused": "true"} if refused else {}),
+    }
+    store.set_tags(run_id, tags)
+    chosen = [
+        item for item in overrides if trains_something(item) and grammar.key(item) not in ("data.dir", "data.mirror")
+    ]
+    store.log_params(
+        run_id, {GROUP_PARAMS.get(grammar.key(item), grammar.key(item)): grammar.value(item) for item in chosen}
+    )
+    store.set_terminated(run_id, "FAILED")
+
+
+def refused_job(error: UserError) -> dict:
+    """What a job refused as bad input hands back to the sweeper (on_job_end records it on the parent)."""
+    log.error(f"job failed: {error}")
+    return asdict(JobResult(objective=math.nan, failure=str(error), refused=True))
 
 
 def sweep_rows(store: Store, parent_run_id: str) -> list[dict]:
@@ -330,7 +470,7 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
         replica = dataclasses.replace(config, seed=config.seed + index, mlflow=dataclasses.replace(config.mlflow))
         folder = output_dir
         if config.replicates > 1:
-            replica.mlflow.run_name = f"{name},seed={replica.seed}"
+            replica.mlflow.run_name = replicate_name(name, replica.seed)
             folder = output_dir / f"seed-{replica.seed}"
         else:
             replica.mlflow.run_name = name
@@ -341,11 +481,27 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     return asdict(mean_result(results))
 
 
+SEED_PART = re.compile(r"(^|,)seed=[^,]*(?=,|$)")
+
+
+def replicate_name(name: str, seed: int) -> str:
+    """A replicate's run name: the job's, its own seed in place of any seed the job's name gives
+    (a seed sweep's job `seed=1` trains seeds 1 and 2, named `seed=1` and `seed=2`)."""
+    rest = SEED_PART.sub("", name).strip(",")
+    return f"{rest},seed={seed}" if rest and rest != "default" else f"seed={seed}"
+
+
 def mean_result(results: list[JobResult]) -> JobResult:
     """The replicates of one config as one result: mean objective and mean curve over those with one."""
     scored = [result for result in results if not math.isnan(result.objective)]
     if not scored:
-        return JobResult(objective=math.nan, run_id=results[0].run_id, run_ids=[r.run_id for r in results if r.run_id])
+        return JobResult(
+            objective=math.nan,
+            run_id=results[0].run_id,
+            run_ids=[r.run_id for r in results if r.run_id],
+            failure=next((r.failure for r in results if r.failure), ""),
+            refused=any(r.refused for r in results),
+        )
     length = min(len(result.curve) for result in scored)
     return JobResult(
         objective=statistics.fmean(result.objective for result in scored),
@@ -390,7 +546,7 @@ def run_replicate(
         )
     except (UserError, RunStopped) as error:
         log.error(f"job failed: {error}")
-        return JobResult(objective=math.nan)
+        return JobResult(objective=math.nan, failure=str(error), refused=isinstance(error, UserError))
     log.info(experiment.result_line(outcome))
     return JobResult(
         objective=outcome.objective,
