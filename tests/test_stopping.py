@@ -193,6 +193,26 @@ def test_a_nan_in_the_first_epoch_leaves_nothing_to_keep_and_fails(tmp_path, tra
     assert run.info.status == "FAILED" and "test_accuracy" not in run.data.metrics
 
 
+def test_a_loss_that_explodes_at_chance_accuracy_stops_tagged_with_its_best_epoch(tmp_path, tracking_uri):
+    """Adam at learning rate 10 blows the loss up to about 1e19 at chance accuracy and never to NaN:
+    the run stops as a collapse does, keeps its best epoch, and says that its loss exploded."""
+    overrides = [*TINY_RUN, "epochs=4", "optimizer.learning_rate=10", "mlflow.log_model=false",
+                 f"mlflow.tracking_uri={tracking_uri}"]  # fmt: skip
+    outcome = experiment.run(typed_config(overrides), tmp_path / "run")
+    losses = outcome.history["loss"]
+    assert len(losses) < 4 and math.isfinite(losses[-1]) and losses[-1] > callbacks.EXPLODED_LOSS
+    assert outcome.history["accuracy"][-1] <= callbacks.COLLAPSED_ACCURACY
+    assert outcome.best_epoch is not None and f"keeps epoch {outcome.best_epoch}'s model" in outcome.stopped
+    run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["diverged_at_epoch"] == str(len(losses))
+    assert (
+        f"the training loss exploded to {losses[-1]:.3g} in epoch {len(losses)}" in run.data.tags["mlflow.note.content"]
+    )
+    assert run.data.metrics["best_epoch"] == outcome.best_epoch
+    assert run.data.metrics["objective"] == pytest.approx(outcome.history["val_accuracy"][outcome.best_epoch - 1])
+
+
 class InterruptAfter(keras.callbacks.Callback):
     """Raises KeyboardInterrupt (what Ctrl-C and SIGTERM become) once epoch `epoch` (1-based) is
     checkpointed: the run ends KILLED with its checkpoints, as after a real signal."""
