@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import keras
 import mlflow
@@ -139,6 +141,30 @@ class Sabotage(keras.callbacks.Callback):
             self.model.set_weights([np.full_like(weight, self.value) for weight in self.model.get_weights()])
 
 
+# Where the docs say what a NaN or a collapse does to a run: (page, the words that begin the passage).
+# A passage runs to the next blank line or list item.
+STOPPED_RUN_PASSAGES = [
+    ("README.md", "If training collapses"),
+    ("docs/sweeps.md", "**Collapse and NaN.**"),
+    ("docs/reliability.md", "**Training that breaks stops.**"),
+    ("docs/production.md", "- status **"),
+    ("docs/design.md", "A run that stops itself"),
+]
+
+
+def assert_the_docs_say_a_stopped_run_ends(status: str) -> None:
+    """Each passage names `status` (what a real collapsed or NaN-stopped run ended with) and no other
+    status or exit 3, except in what it says of a NaN in the first epoch (no epoch to keep: FAILED)."""
+    root = Path(__file__).resolve().parent.parent
+    for page, start in STOPPED_RUN_PASSAGES:
+        text = root.joinpath(page).read_text(encoding="utf-8")
+        assert start in text, f"{page} no longer says {start!r}: update STOPPED_RUN_PASSAGES"
+        passage = re.split(r"\n\s*\n|\n\s*- ", text[text.index(start) + 1 :])[0]
+        claims = " ".join(part for part in re.split(r"(?<=[.;])\s+", passage) if "first epoch" not in part)
+        assert set(re.findall(r"\b(FINISHED|FAILED|KILLED)\b", claims)) == {status}, f"{page}: {passage}"
+        assert not re.search(r"exits? 3", claims), f"{page}: {passage}"
+
+
 @pytest.mark.parametrize("value, tag", [(0.0, "collapsed_at_epoch"), (math.nan, "diverged_at_epoch")])
 def test_a_collapse_or_a_nan_stop_keeps_the_best_epoch(tmp_path, tracking_uri, monkeypatch, value, tag):
     """Training learns for two epochs and breaks in the third: the run restores the best epoch's
@@ -170,6 +196,7 @@ def test_a_collapse_or_a_nan_stop_keeps_the_best_epoch(tmp_path, tracking_uri, m
 
     run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
+    assert_the_docs_say_a_stopped_run_ends(run.info.status)
     assert run.data.tags[tag] == "3"
     assert run.data.tags["mlflow.note.content"] == outcome.stopped
     assert run.data.metrics["objective"] == pytest.approx(history[best - 1])
