@@ -21,6 +21,7 @@ from helpers import (
     all_runs,
     assert_refused,
     copy_dataset,
+    free_port,
     hostile_saved_model,
     png_claiming_size,
     run_cli,
@@ -29,6 +30,7 @@ from helpers import (
 )
 
 RUN, EVALUATE, PREDICT = "fmnist_exp.run", "fmnist_exp.evaluate", "fmnist_exp.predict"
+CLOSED_PORT = free_port()  # a port of this machine nothing listens on (the Ray launcher's address check)
 
 
 def test_a_small_run_end_to_end(tmp_path, tracking_uri):
@@ -333,6 +335,44 @@ BAD_INPUTS = [
         "sweep experiment swept",
         ("-m", "mlflow.experiment_name=one,two"),
         "mlflow.experiment_name: cannot be swept: a sweep's parent run and its jobs share one experiment",
+    ),
+    # Launcher settings, checked by the launcher's module before the sweep starts.
+    *[
+        Bad(f"gpu_pack {key}={value}", ("-m", "hydra/launcher=gpu_pack", f"hydra.launcher.{key}={value}"), message)
+        for key, value, message in [
+            ("job_memory_mb", "0", "hydra.launcher.job_memory_mb: 0 must be a whole number of MiB above 0"),
+            ("job_memory_mb", "-512", "hydra.launcher.job_memory_mb: -512 must be a whole number of MiB above 0"),
+            ("job_memory_mb", "lots", "hydra.launcher.job_memory_mb: 'lots' must be a whole number of MiB"),
+            ("gpu_memory_mb", "0", "hydra.launcher.gpu_memory_mb: 0 must be a whole number of MiB above 0"),
+            ("gpu_memory_mb", "-8000", "hydra.launcher.gpu_memory_mb: -8000 must be a whole number of MiB"),
+            ("n_jobs", "-4", "hydra.launcher.n_jobs: -4 must be a whole number: 0 (as many as the GPU holds)"),
+            ("n_jobs", "two", "hydra.launcher.n_jobs: 'two' must be a whole number"),
+            ("other_jobs", "-1", "hydra.launcher.other_jobs: -1 must be a whole number, 0 or more"),
+        ]
+    ],
+    Bad(
+        "joblib n_jobs 0",
+        ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"),
+        "hydra.launcher.n_jobs: 0 must be a whole number other than 0",
+    ),
+    *[
+        Bad(
+            f"ray address {address}",
+            ("-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={address}"),
+            f"hydra.launcher.ray.init.address: '{address}' is not a Ray address; give host:port",
+        )
+        for address in ("not-an-address", "http://127.0.0.1:6379", "127.0.0.1:99999", "ray://:10001")
+    ],  # fmt: skip
+    Bad(
+        "ray address unreachable",
+        ("-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address=127.0.0.1:{CLOSED_PORT}"),
+        f"hydra.launcher.ray.init.address: nothing answers at 127.0.0.1:{CLOSED_PORT} within 3 s",
+    ),
+    Bad(
+        "ray address auto without a cluster",
+        ("-m", "hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=auto"),
+        "hydra.launcher.ray.init.address: auto found no running Ray cluster",
+        env=(("RAY_ADDRESS", ""), ("RAY_TMPDIR", "{tmp}/ray")),
     ),
     # Output folders.
     Bad(

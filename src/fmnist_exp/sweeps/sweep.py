@@ -39,6 +39,7 @@ from fmnist_exp.config.schema import (
 )
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, RunStopped, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.sweeps import gpu_pack, ray_cluster
 from fmnist_exp.tracking.store import Store, owner_tags, ui_link
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class SweepCallback(Callback):
         # answered here, in one line, before the parent run is made or any orphan is closed.
         try:
             check_sweep_wide({key: OmegaConf.select(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
+            for launcher in (gpu_pack, ray_cluster):  # each launcher module checks its own keys
+                launcher.check_launcher(config.hydra.launcher)
             self.start(config)
         except UserError as error:
             fail(str(error))
