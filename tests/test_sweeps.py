@@ -228,11 +228,21 @@ def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):
     assert {child.data.tags["trainer.threads"] for child in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
-@pytest.mark.parametrize("arguments", [["sweep=0123"], ["mlflow.experiment_name=nothing"]])
-def test_report_refuses_unknown_names(tracking_uri, arguments, capsys):
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["sweep=0123"], "sweep: run '0123' is not a run in"),
+        (["mlflow.experiment_name=nothing"], "mlflow.experiment_name: no experiment named 'nothing'"),
+    ],
+)
+def test_report_refuses_unknown_names(tracking_uri, arguments, message, capsys):
+    from fmnist_exp.tracking.store import Store
+
+    Store(tracking_uri).experiment_id("fmnist_exp")  # a store that exists: report makes none
     with pytest.raises(SystemExit) as stopped:
         report.main([*arguments, f"mlflow.tracking_uri={tracking_uri}"])
     assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_a_trailing_job_is_pruned_from_the_shared_store(tmp_path, tracking_uri):

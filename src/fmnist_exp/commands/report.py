@@ -47,11 +47,16 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, 
         if not parents:
             raise UserError(f"sweep: experiment {experiment_name!r} has no sweep; try sweep=all")
         sweep = parents[0].run_id
-    elif "sweep_key" not in store.get_run(sweep).tags:
-        raise UserError(
-            f"sweep: run {sweep} is no sweep (a single run, or a sweep's job); give a sweep's parent run id, "
-            "latest (the newest sweep) or all (every run of the experiment)"
-        )
+    else:
+        try:
+            tags = store.get_run(sweep).tags
+        except UserError as error:
+            raise UserError(f"sweep: {error}; give a sweep's parent run id, latest or all") from error
+        if "sweep_key" not in tags:
+            raise UserError(
+                f"sweep: run {sweep} is no sweep (a single run, or a sweep's job); give a sweep's parent run id, "
+                "latest (the newest sweep) or all (every run of the experiment)"
+            )
     rows = sweeps.sweep_rows(store, sweep)
     keys = sweeps.swept_keys(dict(store.get_run(sweep).params))
     return rows, f"sweep {sweep} ({len(rows)} jobs)", keys, ui_link(store.uri, experiment_id, sweep)
