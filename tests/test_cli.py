@@ -322,6 +322,11 @@ BAD_INPUTS = [
     Bad("sweep replicates huge", ("-m", "replicates=100000"), "replicates: 100000 must be a whole number from 1"),
     Bad("sweep replicates swept", ("-m", "replicates=1,2"), "replicates: cannot be swept"),
     Bad(
+        "sweep replicates unresolved",
+        ("-m", "replicates=${oc.env:FMNIST_NO_SUCH_VARIABLE}"),
+        "replicates: KeyError raised while resolving interpolation",
+    ),
+    Bad(
         "sweep orphan bound negative",
         ("-m", "mlflow.orphan_after_minutes=-1"),
         "mlflow.orphan_after_minutes: -1.0 must be 5 or more: live runs write a heartbeat every minute",

@@ -37,7 +37,7 @@ from fmnist_exp.config.schema import (
     config_hash,
     trains_something,
 )
-from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, RunStopped, UserError, fail
+from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, RunStopped, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
 from fmnist_exp.sweeps import gpu_pack, ray_cluster
 from fmnist_exp.tracking.store import Store, owner_tags, ui_link
@@ -125,6 +125,16 @@ def varied_keys(config: DictConfig) -> list[str]:
     return keys + [str(key) for key in (OmegaConf.select(config, "hydra.sweeper.params") or {})]
 
 
+def sweep_wide_value(config: DictConfig, key: str) -> Any:
+    """A sweep-wide key's value; one that cannot be resolved (`${oc.env:UNSET}`) is a ConfigError."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.select(config, key)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{key}: {' '.join(str(error).split())}") from error
+
+
 class SweepCallback(Callback):
     """Creates (or reuses) the sweep's parent run and writes its summary at the end."""
 
@@ -141,7 +151,7 @@ class SweepCallback(Callback):
         # Hydra turns an exception raised here into a warning and runs every job anyway: bad input is
         # answered here, in one line, before the parent run is made or any orphan is closed.
         try:
-            check_sweep_wide({key: OmegaConf.select(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
+            check_sweep_wide({key: sweep_wide_value(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
             for launcher in (gpu_pack, ray_cluster):  # each launcher module checks its own keys
                 launcher.check_launcher(config.hydra.launcher)
             self.start(config)
