@@ -67,13 +67,14 @@ def test_a_sweep_whose_jobs_were_all_refused_fails_with_exit_2(tmp_path, trackin
     assert "2 runs: 0 finished, 0 pruned, 2 failed." in parent.data.tags["mlflow.note.content"]
 
 
-def row(status: str, reason: str = "", refused: bool = False) -> dict:
+def row(status: str, reason: str = "", refused: bool = False, name: str = "seed=3") -> dict:
     return {"status": status, "pruned_at": "", "objective": math.nan if status != "FINISHED" else 0.5,
-            "failure_reason": reason, "refused": refused}  # fmt: skip
+            "failure_reason": reason, "refused": refused, "run_name": name}  # fmt: skip
 
 
 def test_how_a_sweep_ends_from_its_jobs_and_what_stopped_it():
-    refused, stopped = row("FAILED", "model.dropout: 2 ...", True), row("FAILED", "TrainingDiverged: NaN")
+    refused = row("FAILED", "model.dropout: 2 ...", True, "model.dropout=2")
+    stopped = row("FAILED", "TrainingDiverged: NaN")
     assert sweep.sweep_ending("FINISHED", None, [row("FINISHED"), refused], "p") == ("FINISHED", "", None)
     assert sweep.sweep_ending("FINISHED", None, [refused, refused], "p")[::2] == ("FAILED", 2)
     status, line, code = sweep.sweep_ending("FINISHED", None, [refused, stopped], "p")
@@ -82,6 +83,11 @@ def test_how_a_sweep_ends_from_its_jobs_and_what_stopped_it():
     status, line, code = sweep.sweep_ending("KILLED", KeyboardInterrupt("SIGTERM"), [stopped], "p")
     assert (status, code) == ("KILLED", 130) and line.startswith("interrupted (SIGTERM) before the sweep ended")
     assert sweep.sweep_ending("FAILED", ZeroDivisionError("x"), [], "p")[::2] == ("FAILED", None)
+    assert sweep.sweep_ending("FAILED", SystemExit(2), [], "p")[1] == "The sweep stopped before it ended (exit 2)."
+    assert sweep.failure_lines([refused, row("KILLED"), row("FINISHED")]) == [
+        "Failed: model.dropout=2: model.dropout: 2 ...",
+        "Killed: seed=3",
+    ]
     assert [sweep.ending_status(error) for error in (None, KeyboardInterrupt(), ValueError())] == [
         "FINISHED",
         "KILLED",

@@ -276,6 +276,8 @@ def sweep_ending(
             "FINISHED are skipped)"
         )
         return status, line, EXIT_INTERRUPTED
+    if isinstance(in_flight, SystemExit):  # a refusal or an exit code already on its way out
+        return status, f"The sweep stopped before it ended (exit {in_flight.code}).", None
     if status == "FAILED":
         return status, f"The sweep crashed before it ended ({type(in_flight).__name__}: {in_flight}).", None
     counts = ranking.job_counts(rows)
@@ -292,9 +294,10 @@ def sweep_ending(
 
 
 def failure_lines(rows: list[dict]) -> list[str]:
-    """One line per failed run of the sweep with its reason."""
+    """One line per run of the sweep that did not finish (FAILED, KILLED), with its reason if it has one."""
     return [
-        f"Failed: {row['run_name']}: {row['failure_reason'] or row['status']}"
+        f"{row['status'].capitalize()}: {row['run_name']}"
+        + (f": {row['failure_reason']}" if row["failure_reason"] else "")
         for row in rows
         if row["status"] != "FINISHED"
     ]
