@@ -22,6 +22,7 @@ from helpers import (
     all_runs,
     assert_refused,
     copy_dataset,
+    free_port,
     hostile_saved_model,
     png_claiming_size,
     run_cli,
@@ -30,6 +31,7 @@ from helpers import (
 )
 
 RUN, EVALUATE, PREDICT = "fmnist_exp.run", "fmnist_exp.evaluate", "fmnist_exp.predict"
+CLOSED_PORT = free_port()  # a port of this machine nothing listens on (the Ray launcher's address check)
 
 
 def test_a_small_run_end_to_end(tmp_path, tracking_uri):
@@ -315,6 +317,69 @@ BAD_INPUTS = [
         Bad(f"sweep store {name}", ("-m", f"mlflow.tracking_uri={uri}"), message, setup=setup)
         for name, uri, message, setup in BROKEN_STORES
     ],
+    # What a whole sweep shares, checked before its parent run is made or any orphan is closed.
+    Bad("sweep replicates 0", ("-m", "replicates=0"), "replicates: 0 must be a whole number from 1 to 100"),
+    Bad("sweep replicates -1", ("-m", "replicates=-1"), "replicates: -1 must be a whole number from 1 to 100"),
+    Bad("sweep replicates huge", ("-m", "replicates=100000"), "replicates: 100000 must be a whole number from 1"),
+    Bad("sweep replicates swept", ("-m", "replicates=1,2"), "replicates: cannot be swept"),
+    Bad(
+        "sweep replicates unresolved",
+        ("-m", "replicates=${oc.env:FMNIST_NO_SUCH_VARIABLE}"),
+        "replicates: KeyError raised while resolving interpolation",
+    ),
+    Bad(
+        "sweep orphan bound negative",
+        ("-m", "mlflow.orphan_after_minutes=-1"),
+        "mlflow.orphan_after_minutes: -1.0 must be 5 or more: live runs write a heartbeat every minute",
+    ),
+    Bad(
+        "sweep store swept",
+        ("-m", "mlflow.tracking_uri=sqlite:///{tmp}/a.db,sqlite:///{tmp}/b.db"),
+        "mlflow.tracking_uri: cannot be swept: a sweep's parent run and its jobs share one store",
+    ),
+    Bad(
+        "sweep experiment swept",
+        ("-m", "mlflow.experiment_name=one,two"),
+        "mlflow.experiment_name: cannot be swept: a sweep's parent run and its jobs share one experiment",
+    ),
+    # Launcher settings, checked by the launcher's module before the sweep starts.
+    *[
+        Bad(f"gpu_pack {key}={value}", ("-m", "hydra/launcher=gpu_pack", f"hydra.launcher.{key}={value}"), message)
+        for key, value, message in [
+            ("job_memory_mb", "0", "hydra.launcher.job_memory_mb: 0 must be a whole number of MiB above 0"),
+            ("job_memory_mb", "-512", "hydra.launcher.job_memory_mb: -512 must be a whole number of MiB above 0"),
+            ("job_memory_mb", "lots", "hydra.launcher.job_memory_mb: 'lots' must be a whole number of MiB"),
+            ("gpu_memory_mb", "0", "hydra.launcher.gpu_memory_mb: 0 must be a whole number of MiB above 0"),
+            ("gpu_memory_mb", "-8000", "hydra.launcher.gpu_memory_mb: -8000 must be a whole number of MiB"),
+            ("n_jobs", "-4", "hydra.launcher.n_jobs: -4 must be a whole number: 0 (as many as the GPU holds)"),
+            ("n_jobs", "two", "hydra.launcher.n_jobs: 'two' must be a whole number"),
+            ("other_jobs", "-1", "hydra.launcher.other_jobs: -1 must be a whole number, 0 or more"),
+        ]
+    ],
+    Bad(
+        "joblib n_jobs 0",
+        ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0"),
+        "hydra.launcher.n_jobs: 0 must be a whole number other than 0",
+    ),
+    *[
+        Bad(
+            f"ray address {address}",
+            ("-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address={address}"),
+            f"hydra.launcher.ray.init.address: '{address}' is not a Ray address; give host:port",
+        )
+        for address in ("not-an-address", "http://127.0.0.1:6379", "127.0.0.1:99999", "ray://:10001")
+    ],  # fmt: skip
+    Bad(
+        "ray address unreachable",
+        ("-m", "hydra/launcher=ray_cluster", f"hydra.launcher.ray.init.address=127.0.0.1:{CLOSED_PORT}"),
+        f"hydra.launcher.ray.init.address: nothing answers at 127.0.0.1:{CLOSED_PORT} within 3 s",
+    ),
+    Bad(
+        "ray address auto without a cluster",
+        ("-m", "hydra/launcher=ray_cluster", "hydra.launcher.ray.init.address=auto"),
+        "hydra.launcher.ray.init.address: auto found no running Ray cluster",
+        env=(("RAY_ADDRESS", ""), ("RAY_TMPDIR", "{tmp}/ray")),
+    ),
     # Output folders.
     Bad(
         "run folder under a file",

@@ -116,7 +116,8 @@ def test_bad_input_is_one_line_and_exit_2(name, arguments, message, clean_folder
 
 
 def test_a_command_from_the_shell_leaves_nothing_and_prints_one_line(tmp_path):
-    """As a user runs it: a subprocess in a fresh folder, with a store MLflow has to create (quietly)."""
+    """As a user runs it: a subprocess in a fresh folder, naming a store that is not there (a typo):
+    a command that only reads refuses it and makes none."""
     store = tmp_path / "store" / "mlflow.db"
     result = subprocess.run(
         [sys.executable, "-m", "fmnist_exp.report", f"mlflow.tracking_uri=sqlite:///{store}", "mlflow.experiment_name=none"],
@@ -124,9 +125,45 @@ def test_a_command_from_the_shell_leaves_nothing_and_prints_one_line(tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"fmnist_exp: error: mlflow.experiment_name: no experiment named 'none' in sqlite:///{store}"
-    ]  # and no "Creating initial MLflow database tables" lines
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["store"]
+        f"fmnist_exp: error: mlflow.tracking_uri: no MLflow store at {store}; this command only reads a store "
+        "and makes none (check the path; a run makes a new store)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("report", []),
+        ("report", ["sweep=all"]),
+        ("evaluate", ["model_uri=runs:/0123/model"]),
+        ("predict", ["model_uri=models:/fmnist_cnn@champion", "images={tmp}/shirt.png"]),
+    ],
+)
+def test_a_command_that_only_reads_refuses_a_store_that_is_not_there(name, arguments, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "shirt.png")
+    typo = tmp_path / "mlrnus"
+    arguments = [argument.replace("{tmp}", str(tmp_path)) for argument in arguments]
+    with pytest.raises(SystemExit) as stopped:
+        COMMANDS[name]([*arguments, f"mlflow.tracking_uri=sqlite:///{typo}/mlflow.db"])
+    assert stopped.value.code == 2
+    assert f"mlflow.tracking_uri: no MLflow store at {typo}/mlflow.db" in capsys.readouterr().err
+    assert not typo.exists()
+
+
+def test_report_of_a_run_that_is_no_sweep_says_so(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = finished_runs(uri, "baseline", {"lr=0.01": 0.81})
+    with pytest.raises(SystemExit) as stopped:
+        report.main([f"mlflow.tracking_uri={uri}", "mlflow.experiment_name=baseline", f"sweep={ids['lr=0.01']}"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.strip() == (
+        f"fmnist_exp: error: sweep: run {ids['lr=0.01']} is no sweep (a single run, or a sweep's job); give a "
+        "sweep's parent run id, latest (the newest sweep) or all (every run of the experiment)"
+    )
 
 
 def test_report_ranks_an_experiments_runs_by_the_runners_keys(tmp_path, capsys):

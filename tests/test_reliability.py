@@ -23,6 +23,7 @@ import pytest
 from mlflow import MlflowClient
 
 from fmnist_exp.data import fashion_mnist as data
+from fmnist_exp.errors import ConfigError
 from fmnist_exp.tracking import active_run, liveness
 from fmnist_exp.tracking.liveness import HEARTBEAT_TAG, HOST_TAG, PID_START_TAG, PID_TAG
 from fmnist_exp.tracking.store import Store
@@ -478,6 +479,29 @@ def test_runs_of_another_machine_are_closed_once_their_heartbeat_is_older_than_t
         tmp_path,
     )
     assert_refused(refused, "mlflow.orphan_after_minutes: 1.0 must be 5 or more")
+
+
+def test_a_bound_under_the_heartbeat_closes_no_live_run_it_is_refused_first(tmp_path, tracking_uri):
+    """mlflow.orphan_after_minutes=-1 would make every run of another machine look lost: a sweep,
+    evaluate and the store itself refuse it before closing anything."""
+    live = foreign_run(tracking_uri, minutes_ago=2)
+    sweep = run_command(
+        RUN,
+        ["-m", "mlflow.orphan_after_minutes=-1", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        tmp_path,
+        {"MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert_refused(sweep, "mlflow.orphan_after_minutes: -1.0 must be 5 or more: live runs write a heartbeat")
+    evaluate = run_command(
+        "fmnist_exp.evaluate",
+        [f"model_uri={tmp_path / 'model'}", f"mlflow.tracking_uri={tracking_uri}", "mlflow.orphan_after_minutes=-1"],
+        tmp_path,
+    )
+    assert_refused(evaluate, "mlflow.orphan_after_minutes: -1.0 must be 5 or more", before_keras=False)
+    with pytest.raises(ConfigError, match="heartbeat every minute"):
+        Store(tracking_uri, orphan_after_minutes=0.5).reap_orphans()
+    assert status(tracking_uri, live).info.status == "RUNNING"
+    assert len(all_runs(tracking_uri)) == 1  # and no sweep parent was made
 
 
 def test_a_live_run_writes_its_heartbeat_between_epochs(tracking_uri):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import keras
 import mlflow
@@ -139,6 +141,30 @@ class Sabotage(keras.callbacks.Callback):
             self.model.set_weights([np.full_like(weight, self.value) for weight in self.model.get_weights()])
 
 
+# Where the docs say what a NaN or a collapse does to a run: (page, the words that begin the passage).
+# A passage runs to the next blank line or list item.
+STOPPED_RUN_PASSAGES = [
+    ("README.md", "If training collapses"),
+    ("docs/sweeps.md", "**Collapse and NaN.**"),
+    ("docs/reliability.md", "**Training that breaks stops.**"),
+    ("docs/production.md", "- status **"),
+    ("docs/design.md", "A run that stops itself"),
+]
+
+
+def assert_the_docs_say_a_stopped_run_ends(status: str) -> None:
+    """Each passage names `status` (what a real collapsed or NaN-stopped run ended with) and no other
+    status or exit 3, except in what it says of a NaN in the first epoch (no epoch to keep: FAILED)."""
+    root = Path(__file__).resolve().parent.parent
+    for page, start in STOPPED_RUN_PASSAGES:
+        text = root.joinpath(page).read_text(encoding="utf-8")
+        assert start in text, f"{page} no longer says {start!r}: update STOPPED_RUN_PASSAGES"
+        passage = re.split(r"\n\s*\n|\n\s*- ", text[text.index(start) + 1 :])[0]
+        claims = " ".join(part for part in re.split(r"(?<=[.;])\s+", passage) if "first epoch" not in part)
+        assert set(re.findall(r"\b(FINISHED|FAILED|KILLED)\b", claims)) == {status}, f"{page}: {passage}"
+        assert not re.search(r"exits? 3", claims), f"{page}: {passage}"
+
+
 @pytest.mark.parametrize("value, tag", [(0.0, "collapsed_at_epoch"), (math.nan, "diverged_at_epoch")])
 def test_a_collapse_or_a_nan_stop_keeps_the_best_epoch(tmp_path, tracking_uri, monkeypatch, value, tag):
     """Training learns for two epochs and breaks in the third: the run restores the best epoch's
@@ -170,6 +196,7 @@ def test_a_collapse_or_a_nan_stop_keeps_the_best_epoch(tmp_path, tracking_uri, m
 
     run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
+    assert_the_docs_say_a_stopped_run_ends(run.info.status)
     assert run.data.tags[tag] == "3"
     assert run.data.tags["mlflow.note.content"] == outcome.stopped
     assert run.data.metrics["objective"] == pytest.approx(history[best - 1])
@@ -191,6 +218,26 @@ def test_a_nan_in_the_first_epoch_leaves_nothing_to_keep_and_fails(tmp_path, tra
         [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("fmnist_exp").experiment_id]
     )
     assert run.info.status == "FAILED" and "test_accuracy" not in run.data.metrics
+
+
+def test_a_loss_that_explodes_at_chance_accuracy_stops_tagged_with_its_best_epoch(tmp_path, tracking_uri):
+    """Adam at learning rate 10 blows the loss up to about 1e19 at chance accuracy and never to NaN:
+    the run stops as a collapse does, keeps its best epoch, and says that its loss exploded."""
+    overrides = [*TINY_RUN, "epochs=4", "optimizer.learning_rate=10", "mlflow.log_model=false",
+                 f"mlflow.tracking_uri={tracking_uri}"]  # fmt: skip
+    outcome = experiment.run(typed_config(overrides), tmp_path / "run")
+    losses = outcome.history["loss"]
+    assert len(losses) < 4 and math.isfinite(losses[-1]) and losses[-1] > callbacks.EXPLODED_LOSS
+    assert outcome.history["accuracy"][-1] <= callbacks.COLLAPSED_ACCURACY
+    assert outcome.best_epoch is not None and f"keeps epoch {outcome.best_epoch}'s model" in outcome.stopped
+    run = mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["diverged_at_epoch"] == str(len(losses))
+    assert (
+        f"the training loss exploded to {losses[-1]:.3g} in epoch {len(losses)}" in run.data.tags["mlflow.note.content"]
+    )
+    assert run.data.metrics["best_epoch"] == outcome.best_epoch
+    assert run.data.metrics["objective"] == pytest.approx(outcome.history["val_accuracy"][outcome.best_epoch - 1])
 
 
 class InterruptAfter(keras.callbacks.Callback):

@@ -139,8 +139,9 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
     result = multirun([*TINY, "epochs=2", "optimizer.learning_rate=1e6,-1,0.001"], tracking_uri, tmp_path)
     parents, children = split(runs(tracking_uri))
     statuses = {child.data.params["optimizer.learning_rate"]: child.info.status for child in children}
-    # The diverging job ran and FAILED; the invalid one was refused before any run; the last ran.
-    assert statuses == {"1000000.0": "FAILED", "0.001": "FINISHED"}
+    # The diverging job ran and FAILED; the invalid one was refused before training, and is counted as
+    # a FAILED run that says why (tests/test_sweep_faults.py); the last ran.
+    assert statuses == {"1000000.0": "FAILED", "-1": "FAILED", "0.001": "FINISHED"}
     assert "job failed: optimizer.learning_rate: -1.0 must be a positive number" in result.stdout
     logs = "".join(path.read_text() for path in (tmp_path / "sweep").glob("*/run.log"))
     assert "job failed: the training loss became NaN or infinite" in logs  # the job's own log file says so
@@ -228,11 +229,21 @@ def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):
     assert {child.data.tags["trainer.threads"] for child in children} == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
-@pytest.mark.parametrize("arguments", [["sweep=0123"], ["mlflow.experiment_name=nothing"]])
-def test_report_refuses_unknown_names(tracking_uri, arguments, capsys):
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["sweep=0123"], "sweep: run '0123' is not a run in"),
+        (["mlflow.experiment_name=nothing"], "mlflow.experiment_name: no experiment named 'nothing'"),
+    ],
+)
+def test_report_refuses_unknown_names(tracking_uri, arguments, message, capsys):
+    from fmnist_exp.tracking.store import Store
+
+    Store(tracking_uri).experiment_id("fmnist_exp")  # a store that exists: report makes none
     with pytest.raises(SystemExit) as stopped:
         report.main([*arguments, f"mlflow.tracking_uri={tracking_uri}"])
     assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_a_trailing_job_is_pruned_from_the_shared_store(tmp_path, tracking_uri):
@@ -341,7 +352,7 @@ def test_the_study_counts_a_pruned_job_as_pruned():
     from hydra.core.utils import JobReturn, JobStatus
 
     from fmnist_exp.sweeps import study
-    from fmnist_exp.sweeps.sweep import JobResult
+    from fmnist_exp.sweeps.jobs import JobResult
 
     trials = optuna.create_study(direction="maximize")
     outcomes = [

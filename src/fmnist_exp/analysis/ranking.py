@@ -65,6 +65,9 @@ def row_of(run, swept_keys: Sequence[str] = ()) -> dict[str, Any]:
         # Runs without a validation set rank by training accuracy (objective_metric).
         "objective_metric": "val_accuracy" if "val_accuracy" in metrics else "accuracy",
         "swept": {key: params.get(key, "") for key in swept_keys},
+        # Why a run failed (store.run's tag, or a sweep's record of a job that left no run of its own).
+        "failure_reason": tags.get("failure_reason", ""),
+        "refused": tags.get("refused") == "true",  # a job refused as bad input (sweep.record_failed_job)
     }
 
 

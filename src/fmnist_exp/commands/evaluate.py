@@ -14,7 +14,8 @@ from pathlib import Path
 from omegaconf import MISSING
 
 from fmnist_exp.commands import hydra_app as commands
-from fmnist_exp.config.schema import DataConfig, check_positive
+from fmnist_exp.config.checks import check_positive
+from fmnist_exp.config.schema import DataConfig
 from fmnist_exp.model import backend
 from fmnist_exp.runtime import noise
 from fmnist_exp.tracking import registry
@@ -46,10 +47,11 @@ def evaluate(config: EvaluateConfig) -> float:
     check_positive("batch_size", config.batch_size, allow_none=True)
     check_positive("data.max_test_samples", config.data.max_test_samples, allow_none=True)
     from fmnist_exp.data import fashion_mnist as data
+    from fmnist_exp.tracking.registry import in_store
     from fmnist_exp.tracking.store import Store
 
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
-    store.check()
+    store.check(existing=in_store(config.model_uri))
     store.reap_orphans()
     run = registry.source_run(store, config.model_uri)
     logged = run.params if run else {}

@@ -94,12 +94,13 @@ def console() -> None:
 
 
 def predict(config: PredictConfig) -> list[tuple[str, str, float]]:
+    from fmnist_exp.tracking.registry import in_store
     from fmnist_exp.tracking.store import Store
 
     paths = image_paths(config.images)
     loaded = [load_image(path) for path in paths]
     store = Store(config.mlflow.tracking_uri)
-    store.check()
+    store.check(existing=in_store(config.model_uri))
     from fmnist_exp.tracking import logged_model
 
     with logged_model.fetched(config.model_uri, store) as path:  # the folder is checked first

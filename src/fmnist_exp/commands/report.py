@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fmnist_exp.analysis import ranking
 from fmnist_exp.analysis import seed_noise as compare
 from fmnist_exp.commands import hydra_app as commands
-from fmnist_exp.config import schema as config_module
+from fmnist_exp.config import checks
 from fmnist_exp.errors import UserError
 from fmnist_exp.runtime import noise
 from fmnist_exp.tracking import registry
@@ -48,6 +48,16 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, 
         if not parents:
             raise UserError(f"sweep: experiment {experiment_name!r} has no sweep; try sweep=all")
         sweep = parents[0].run_id
+    else:
+        try:
+            tags = store.get_run(sweep).tags
+        except UserError as error:
+            raise UserError(f"sweep: {error}; give a sweep's parent run id, latest or all") from error
+        if "sweep_key" not in tags:
+            raise UserError(
+                f"sweep: run {sweep} is no sweep (a single run, or a sweep's job); give a sweep's parent run id, "
+                "latest (the newest sweep) or all (every run of the experiment)"
+            )
     rows = sweeps.sweep_rows(store, sweep)
     keys = sweeps.swept_keys(dict(store.get_run(sweep).params))
     return rows, f"sweep {sweep} ({len(rows)} jobs)", keys, ui_link(store.uri, experiment_id, sweep)
@@ -67,9 +77,9 @@ def console() -> None:
 def report(config: ReportConfig) -> list[dict]:
     from fmnist_exp.tracking.store import Store
 
-    config_module.check_orphan_bound(config.mlflow.orphan_after_minutes)
+    checks.check_orphan_bound(config.mlflow.orphan_after_minutes)
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
-    store.check()
+    store.check(existing=True)
     rows, title, keys, link = rows_for(store, config.mlflow.experiment_name, config.sweep)
     print(f"{title}, best objective first (validation accuracy, or training accuracy without a validation set):\n")
     print(ranking.markdown_table(rows, keys))

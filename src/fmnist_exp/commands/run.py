@@ -38,9 +38,9 @@ def job(composed: DictConfig) -> float | int | dict:
     output_dir = Path(runtime.runtime.output_dir)
     if runtime.mode == RunMode.MULTIRUN:
         noise.quiet()  # again: under the joblib launcher this job runs in a worker process of its own
-        from fmnist_exp.sweeps import sweep
+        from fmnist_exp.sweeps import jobs
 
-        return sweep.job(composed, output_dir, runtime)
+        return jobs.job(composed, output_dir, runtime)
     return single_run(composed, output_dir, list(runtime.overrides.task))
 
 

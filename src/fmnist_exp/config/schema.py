@@ -1,15 +1,14 @@
-"""The experiment's typed config: dataclass schemas registered with Hydra, and semantic validation.
+"""The experiment's typed config: dataclass schemas registered with Hydra, their defaults, the
+knobs a model file names, and the config read back from a run's folder.
 
-Hydra checks key names and types at compose time against these schemas; `check_values()` then checks
+Hydra checks key names and types at compose time against these schemas; config/checks.py then checks
 what types cannot say (positive sizes, allowed names, ranges), before TensorFlow is imported or an
-MLflow run is started. Every message names the config key. This is the bottom layer: it imports no
-other module of the package but `errors` and `overrides`; the checks that need the layer registry or
-the backends live in `validation.py`, above it.
+MLflow run is started. This is the bottom layer: it imports no other module of the package but
+`errors`; the checks that need the layer registry or the backends live in model/validation.py.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -229,116 +228,6 @@ def register_schemas() -> None:
         OmegaConf.register_resolver("mul", lambda left, right: left * right)
 
 
-def _fail(key: str, message: str) -> None:
-    raise ConfigError(f"{key}: {message}")
-
-
-def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        _fail(key, f"{value!r} is not one of {', '.join(allowed)}")
-
-
-def check_positive(key: str, value: float | int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or not (value > 0) or not math.isfinite(value):
-        _fail(key, f"{value!r} must be a positive number")
-
-
-def check_orphan_bound(minutes: float) -> None:
-    """Live runs write a heartbeat every minute: a bound of a few minutes could close a live run."""
-    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes >= 5):
-        _fail(
-            "mlflow.orphan_after_minutes",
-            f"{minutes!r} must be 5 or more: live runs write a heartbeat every minute, and a run of "
-            "another machine is closed once its heartbeat is older than this",
-        )
-
-
-def check_values(config: ExperimentConfig) -> None:
-    """Raise ConfigError naming the first bad key among the values this schema can judge alone.
-
-    What needs the layer registry or the backends (validation.validate) is checked above this module."""
-    check_positive("batch_size", config.batch_size)
-    if config.batch_size > 65536:
-        _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
-    check_positive("epochs", config.epochs)
-    if not 1 <= config.replicates <= 100:
-        _fail("replicates", f"{config.replicates} must lie in [1, 100] (each replicate trains the config once more)")
-    if not 0 <= config.seed <= 2**32 - 1:
-        _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
-    if not config.mlflow.experiment_name.strip():
-        _fail("mlflow.experiment_name", "must not be empty")
-    check_orphan_bound(config.mlflow.orphan_after_minutes)
-    _validate_data(config.data)
-    _validate_optimizer(config.optimizer, config.epochs)
-    _validate_trainer(config.trainer, config.data)
-    if config.pruning.warmup_epochs < 1:
-        _fail("pruning.warmup_epochs", f"{config.pruning.warmup_epochs} must be 1 or more")
-    if config.pruning.min_jobs < 1:
-        _fail("pruning.min_jobs", f"{config.pruning.min_jobs} must be 1 or more")
-    _check_knobs(config.model)
-
-
-def _validate_data(data: DataConfig) -> None:
-    check_positive("data.max_train_samples", data.max_train_samples, allow_none=True)
-    check_positive("data.max_test_samples", data.max_test_samples, allow_none=True)
-    _check_choice("data.validation", data.validation, VALIDATION_SCHEMES)
-    if not 0.0 < data.validation_fraction < 1.0:
-        _fail("data.validation_fraction", f"{data.validation_fraction} must lie strictly between 0 and 1")
-
-
-def _validate_optimizer(optimizer: OptimizerConfig, epochs: int) -> None:
-    _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
-    check_positive("optimizer.learning_rate", optimizer.learning_rate)
-    check_positive("optimizer.clipnorm", optimizer.clipnorm, allow_none=True)
-    allowed = OPTIMIZER_PARAMS[optimizer.name]
-    for key in ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay", "momentum", "nesterov", "rho", "centered"):
-        value = getattr(optimizer, key)
-        if value is None:
-            continue
-        if key not in allowed:
-            _fail(f"optimizer.{key}", f"{optimizer.name} takes no {key}; it takes: {', '.join(allowed)}")
-        if key in ("beta_1", "beta_2", "rho", "momentum") and not 0.0 <= value < 1.0:
-            _fail(f"optimizer.{key}", f"{value} must lie in [0, 1)")
-        if key in ("epsilon", "weight_decay") and not value >= 0.0:
-            _fail(f"optimizer.{key}", f"{value} must be 0 or more")
-    schedule = optimizer.schedule
-    _check_choice("optimizer.schedule.name", schedule.name, SCHEDULES)
-    if not 0.0 <= schedule.warmup_epochs < epochs:
-        _fail("optimizer.schedule.warmup_epochs", f"{schedule.warmup_epochs} must lie in [0, epochs={epochs})")
-    if schedule.warmup_epochs and schedule.name != "cosine":
-        _fail(
-            "optimizer.schedule.warmup_epochs", f"a warm-up needs optimizer.schedule.name=cosine, not {schedule.name}"
-        )
-    if not 0.0 <= schedule.alpha <= 1.0:
-        _fail("optimizer.schedule.alpha", f"{schedule.alpha} must lie in [0, 1]")
-    if not 0.0 < schedule.decay_rate <= 1.0:
-        _fail("optimizer.schedule.decay_rate", f"{schedule.decay_rate} must lie in (0, 1]")
-    check_positive("optimizer.schedule.decay_epochs", schedule.decay_epochs)
-
-
-def _validate_trainer(trainer: TrainerConfig, data: DataConfig) -> None:
-    _check_choice("trainer.jit_compile", str(trainer.jit_compile).lower(), JIT_CHOICES)
-    _check_choice("trainer.precision", trainer.precision, PRECISIONS)
-    _check_choice("trainer.verbose", str(trainer.verbose), ("auto", "0", "1", "2"))
-    check_positive("trainer.threads", trainer.threads, allow_none=True)
-    _check_choice("trainer.distribute", trainer.distribute, ("none", "mirrored"))
-    stopping = trainer.early_stopping
-    check_positive("trainer.early_stopping.patience", stopping.patience, allow_none=True)
-    _check_choice("trainer.early_stopping.monitor", stopping.monitor, MONITORS)
-    if stopping.patience and stopping.monitor.startswith("val_") and data.validation == "none":
-        _fail("trainer.early_stopping.monitor", f"{stopping.monitor} needs a validation set, but data.validation=none")
-
-
-def _check_knobs(model: ModelConfig) -> None:
-    if not isinstance(model, ModelConfig):
-        raise TypeError("check_values() takes a config whose model went through model_config()")
-    for knob, value in model.knobs.items():
-        if not isinstance(value, (int, float, str, bool)) and value is not None:
-            _fail(f"model.{knob}", f"a knob must be a single value, got {value!r}")
-
-
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 
@@ -347,15 +236,15 @@ def model_config(node: Any) -> ModelConfig:
     if isinstance(node, ModelConfig):
         return node
     if not isinstance(node, dict):
-        _fail("model", f"must be a model file's mapping (name, layers, knobs), got {node!r}")
+        raise ConfigError(f"model: must be a model file's mapping (name, layers, knobs), got {node!r}")
     if not isinstance(node.get("name"), str) or not node["name"]:
-        _fail("model.name", "every model needs a name")
+        raise ConfigError("model.name: every model needs a name")
     layers = node.get("layers")
     if not isinstance(layers, list):
-        _fail("model.layers", f"must be a list of layers, got {layers!r}")
+        raise ConfigError(f"model.layers: must be a list of layers, got {layers!r}")
     augmentation = node.get("augmentation") or []
     if not isinstance(augmentation, list):
-        _fail("model.augmentation", f"must be a list of augmentation layers, got {augmentation!r}")
+        raise ConfigError(f"model.augmentation: must be a list of augmentation layers, got {augmentation!r}")
     knobs = {key: value for key, value in node.items() if key not in MODEL_FIELDS}
     return ModelConfig(name=node["name"], layers=layers, augmentation=augmentation, knobs=knobs)
 

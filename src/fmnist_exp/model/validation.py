@@ -9,7 +9,8 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from fmnist_exp.config.schema import ExperimentConfig, check_values, in_knob_terms, knob_references, model_config
+from fmnist_exp.config.checks import check_values
+from fmnist_exp.config.schema import ExperimentConfig, in_knob_terms, knob_references, model_config
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.model import backend
 from fmnist_exp.model import layers as models

@@ -7,7 +7,7 @@ PyTorch through FMNIST_GPU_MEMORY_FRACTION, which device.configure_gpus hands to
 torch.cuda.set_per_process_memory_fraction (TensorFlow grows its memory on demand). Without a GPU it
 packs one job at a time unless told otherwise. The chosen count is written into the sweep's config
 (hydra.launcher.n_jobs), so that each job's CPU threads are the cores divided among the jobs
-(sweep.threads_per_job, as for the joblib launcher), and the cap into each job's hydra.job.env_set.
+(jobs.threads_per_job, as for the joblib launcher), and the cap into each job's hydra.job.env_set.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import shutil
 import subprocess
 
 from omegaconf import DictConfig, open_dict, read_write
+
+from fmnist_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,40 @@ def jobs_to_pack(memory_mb: int | None, cores: int, job_memory_mb: int) -> int:
     if not memory_mb:
         return 1
     return max(1, min(cores, memory_mb // job_memory_mb))
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """The keys of this launcher (and n_jobs of Hydra's joblib launcher under it), checked before the
+    sweep starts: a count or a memory size that is zero, negative or not a number is refused by name."""
+    target = str(launcher.get("_target_", ""))
+    if not target.endswith("JoblibLauncher"):
+        return
+    n_jobs = launcher.get("n_jobs")
+    if target.endswith("GpuPackJoblibLauncher"):
+        if not (_whole(n_jobs) and n_jobs >= -1):
+            raise ConfigError(
+                f"hydra.launcher.n_jobs: {n_jobs!r} must be a whole number: 0 (as many as the GPU holds), "
+                "-1 (one per CPU core) or a count of jobs at a time"
+            )
+        memory = launcher.get("job_memory_mb")
+        if not (_whole(memory) and memory > 0):
+            raise ConfigError(f"hydra.launcher.job_memory_mb: {memory!r} must be a whole number of MiB above 0")
+        gpu = launcher.get("gpu_memory_mb")
+        if gpu is not None and not (_whole(gpu) and gpu > 0):
+            raise ConfigError(
+                f"hydra.launcher.gpu_memory_mb: {gpu!r} must be a whole number of MiB above 0, or null (nvidia-smi's)"
+            )
+        others = launcher.get("other_jobs")
+        if not (_whole(others) and others >= 0):
+            raise ConfigError(f"hydra.launcher.other_jobs: {others!r} must be a whole number, 0 or more")
+    elif n_jobs is not None and not (_whole(n_jobs) and n_jobs != 0):
+        raise ConfigError(
+            f"hydra.launcher.n_jobs: {n_jobs!r} must be a whole number other than 0 (-1: one per CPU core)"
+        )
 
 
 def memory_fraction(jobs: int) -> str:

@@ -12,9 +12,70 @@ otherwise train the lost job again, as a second MLflow run of the same trial.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fmnist_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+ADDRESS_KEY = "hydra.launcher.ray.init.address"
+ADDRESS_FORMS = (
+    "host:port of a running cluster (ray start --head prints it), ray://host:port (Ray Client), auto "
+    "(the cluster RAY_ADDRESS or the latest `ray start` on this machine names) or local (a new one here)"
+)
+CONNECT_SECONDS = 3.0  # a reachable cluster answers a TCP connect at once; Ray itself retries for minutes
+
+
+def check_launcher(launcher: DictConfig) -> None:
+    """The Ray launchers' cluster address, checked before the sweep starts: a malformed one is refused
+    by name, and one nothing answers at within CONNECT_SECONDS (Ray would retry for minutes)."""
+    if not str(launcher.get("_target_", "")).endswith("RayLauncher"):
+        return
+    if OmegaConf.is_missing(launcher.ray.init, "address"):
+        raise ConfigError(f"{ADDRESS_KEY}: required: {ADDRESS_FORMS}")
+    address = launcher.ray.init.get("address")
+    if address is None or address == "local":
+        return  # ray.init finds a cluster started here, or starts one in this process
+    where = str(address).strip()
+    if where == "auto":
+        where = os.environ.get("RAY_ADDRESS") or latest_cluster() or ""
+        if not where or where == "auto":
+            raise ConfigError(
+                f"{ADDRESS_KEY}: auto found no running Ray cluster (RAY_ADDRESS is unset and no `ray start` on "
+                "this machine left its address); start one with ray start --head, or give its host:port"
+            )
+    host, port = host_and_port(where.removeprefix("ray://"), str(address))
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_SECONDS):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{ADDRESS_KEY}: nothing answers at {host}:{port} within {CONNECT_SECONDS:g} s ({error}); start the "
+            "cluster (ray start --head) or give the address it printed"
+        ) from error
+
+
+def latest_cluster() -> str | None:
+    """The address the latest `ray start` on this machine wrote (Ray's ray_current_cluster file)."""
+    folder = Path(os.environ.get("RAY_TMPDIR") or "/tmp/ray")  # noqa: S108 (Ray's own default folder)
+    try:
+        return (folder / "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def host_and_port(address: str, given: str) -> tuple[str, int]:
+    host, separator, port = address.rpartition(":")
+    host = host.strip("[]")  # an IPv6 address is written [::1]:6379
+    if not separator or not host or "/" in address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{ADDRESS_KEY}: {given!r} is not a Ray address; give {ADDRESS_FORMS}")
+    return host, int(port)
+
 
 try:
     from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher

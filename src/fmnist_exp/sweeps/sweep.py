@@ -10,24 +10,27 @@ a reused run is recorded on the parent, so the summary and `report` list the sam
 from __future__ import annotations
 
 import atexit
-import dataclasses
+import contextlib
 import json
 import logging
 import math
-import os
+import re
 import statistics
-from dataclasses import asdict, dataclass, field
+import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.analysis import ranking
 from fmnist_exp.config import overrides as grammar
-from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, config_hash, sweep_key, trains_something
-from fmnist_exp.config.schema import ExperimentConfig
-from fmnist_exp.errors import RunStopped, UserError
+from fmnist_exp.config.checks import SWEEP_WIDE_KEYS, check_sweep_wide
+from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, sweep_key, trains_something
+from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, UserError, fail
+from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.sweeps import gpu_pack, ray_cluster
 from fmnist_exp.tracking.links import ui_link
 from fmnist_exp.tracking.liveness import owner_tags
 from fmnist_exp.tracking.store import Store
@@ -35,20 +38,6 @@ from fmnist_exp.tracking.store import Store
 log = logging.getLogger(__name__)
 
 REUSED_TAG_PREFIX = "reused."  # on the parent: one tag per earlier run a re-run sweep reused
-
-
-@dataclass
-class JobResult:
-    """What a job hands back to the sweeper: the objective, whether it was pruned, its run."""
-
-    objective: float  # with replicates: the mean over the config's seeds
-    run_id: str | None = None  # the first replicate's run
-    pruned: bool = False
-    curve: list[float] = field(default_factory=list)  # the objective's figure per epoch (mean over seeds)
-    run_ids: list[str] = field(default_factory=list)  # every replicate's run
-
-    def __float__(self) -> float:
-        return self.objective
 
 
 def sweep_params(config: DictConfig) -> dict[str, str]:
@@ -84,14 +73,49 @@ def swept_keys(parent_params: dict[str, str]) -> list[str]:
     return [GROUP_PARAMS.get(key) or key for key in swept(parent_params)]
 
 
+def varied_keys(config: DictConfig) -> list[str]:
+    """The keys a sweep varies: command-line overrides Hydra sweeps, and a sweeper's search space."""
+    keys = [grammar.key(item) for item in config.hydra.overrides.task if grammar.is_sweep(item)]
+    return keys + [str(key) for key in (OmegaConf.select(config, "hydra.sweeper.params") or {})]
+
+
+def sweep_wide_value(config: DictConfig, key: str) -> Any:
+    """A sweep-wide key's value; one that cannot be resolved (`${oc.env:UNSET}`) is a ConfigError."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.select(config, key)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"{key}: {' '.join(str(error).split())}") from error
+
+
 class SweepCallback(Callback):
     """Creates (or reuses) the sweep's parent run and writes its summary at the end."""
 
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self.store: Store | None = None
+        self.signals = contextlib.ExitStack()
+
+    def __getstate__(self) -> dict:
+        """A parallel launcher sends the callback to its workers; the signal handlers stay here."""
+        return {**self.__dict__, "signals": contextlib.ExitStack()}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns an exception raised here into a warning and runs every job anyway: bad input is
+        # answered here, in one line, before the parent run is made or any orphan is closed.
+        try:
+            check_sweep_wide({key: sweep_wide_value(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
+            for launcher in (gpu_pack, ray_cluster):  # each launcher module checks its own keys
+                launcher.check_launcher(config.hydra.launcher)
+            self.start(config)
+        except UserError as error:
+            fail(str(error))
+        # SIGTERM and SIGHUP between jobs (or while a parallel launcher waits) stop the sweep as Ctrl-C
+        # does, so that on_multirun_end ends the parent KILLED; a job's own run handles them within.
+        self.signals.enter_context(signals_as_interrupt())
+
+    def start(self, config: DictConfig) -> None:
         self.store = Store(config.mlflow.tracking_uri, config.mlflow.get("orphan_after_minutes", 15))
         self.store.check()
         experiment_id = self.store.experiment_id(config.mlflow.experiment_name)
@@ -126,20 +150,142 @@ class SweepCallback(Callback):
         atexit.register(self._end, "FAILED")
         log.info(f"Sweep parent run: {self.parent_run_id}")
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """A job that failed without a run of its own (refused, or a bug before its run started) is
+        recorded as a FAILED child run with its one-line reason, so that the parent counts every job.
+
+        Called in the process that ran the job (a worker, under a parallel launcher)."""
+        if job_return.status == JobStatus.COMPLETED:
+            result = job_return.return_value
+            if not isinstance(result, dict) or not result.get("failure") or result.get("run_ids"):
+                return
+            reason, refused = str(result["failure"]), bool(result.get("refused"))
+        else:
+            try:
+                job_return.return_value  # noqa: B018 (raises the job's exception)
+                return
+            except KeyboardInterrupt:
+                return  # the sweep stops; a run the job had started ended KILLED
+            except BaseException as error:  # noqa: BLE001 (a bug in the job: its traceback is in the job's log)
+                reason, refused = f"{type(error).__name__}: {error}".splitlines()[0][:1000], False
+        try:
+            record_failed_job(config, reason, refused)
+        except UserError as error:  # the job's store is what failed: nothing can be written to it
+            log.warning(f"the failed job could not be recorded on the sweep's parent run: {error}")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        in_flight = sys.exc_info()[1]  # Hydra calls this in a finally: what stopped the sweep, if anything
         if self.parent_run_id is None or self.store is None:  # both are set in on_multirun_start
+            self.signals.close()
             return
-        note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
-        parent = self.store.get_run(self.parent_run_id)
-        link = ui_link(self.store.uri, parent.experiment_id, self.parent_run_id)
-        log.info(f"{note}\nThe comparison (table, figures): {link}")
-        self._end("FINISHED")
+        status = ending_status(in_flight)
+        try:
+            note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
+            rows = sweep_rows(self.store, self.parent_run_id)
+            status, ending, code = sweep_ending(status, in_flight, rows, self.parent_run_id)
+            failures = failure_lines(rows)
+            if ending or failures:
+                note = "\n".join([*([ending] if ending else []), note, *failures])
+                self.store.set_tags(self.parent_run_id, {"mlflow.note.content": note})
+            parent = self.store.get_run(self.parent_run_id)
+            link = ui_link(self.store.uri, parent.experiment_id, self.parent_run_id)
+            log.info(f"{note}\nThe comparison (table, figures): {link}")
+        except BaseException:
+            status = "FAILED" if status == "FINISHED" else status
+            raise
+        finally:
+            self._end(status)
+            self.signals.close()
+        if code is not None:
+            fail(ending.splitlines()[0], code)
 
     def _end(self, status: str) -> None:
         if self.parent_run_id is None or self.store is None:
             return
         if self.store.get_run(self.parent_run_id).status == "RUNNING":
             self.store.set_terminated(self.parent_run_id, status)
+
+
+def ending_status(in_flight: BaseException | None) -> str:
+    """The parent's status from what stopped the sweep: an interrupt, a crash, or nothing."""
+    if isinstance(in_flight, KeyboardInterrupt):
+        return "KILLED"
+    return "FINISHED" if in_flight is None else "FAILED"
+
+
+def sweep_ending(
+    status: str, in_flight: BaseException | None, rows: list[dict], parent_run_id: str
+) -> tuple[str, str, int | None]:
+    """How the sweep ended: the parent's status, the line its note starts with ("" for a sweep
+    that ended well), and the exit code to end the process with (None: as it is ending already).
+
+    A crash keeps its traceback (None); an interrupt exits 130 with one line, as one run does; a
+    sweep whose jobs all failed ends FAILED and exits 2 when every one was refused as bad input, else 1.
+    """
+    if status == "KILLED":
+        signal_name = str(in_flight) or "Ctrl-C"
+        line = (
+            f"interrupted ({signal_name}) before the sweep ended, with {len(rows)} runs recorded; its parent run "
+            f"{parent_run_id} ended KILLED; run the same command again to continue it (configs that "
+            "FINISHED are skipped)"
+        )
+        return status, line, EXIT_INTERRUPTED
+    if isinstance(in_flight, SystemExit):  # a refusal or an exit code already on its way out
+        return status, f"The sweep stopped before it ended (exit {in_flight.code}).", None
+    if status == "FAILED":
+        return status, f"The sweep crashed before it ended ({type(in_flight).__name__}: {in_flight}).", None
+    counts = ranking.job_counts(rows)
+    if counts["finished"] + counts["pruned"]:
+        return status, "", None
+    if not rows:
+        return "FAILED", "no job of the sweep left a run; each job's log in the sweep's folder says why", 1
+    refused = sum(1 for row in rows if row["refused"])
+    if refused == len(rows):
+        line = f"every job of the sweep was refused as bad input ({refused} of {refused}), e.g. "
+        return "FAILED", line + rows[0]["failure_reason"], EXIT_USER_ERROR
+    example = next((row["failure_reason"] for row in rows if row["failure_reason"]), rows[0]["status"])
+    return "FAILED", f"every job of the sweep failed ({len(rows)} runs), e.g. {example}", 1
+
+
+def failure_lines(rows: list[dict]) -> list[str]:
+    """One line per run of the sweep that did not finish (FAILED, KILLED), with its reason if it has one."""
+    return [
+        f"{row['status'].capitalize()}: {row['run_name']}"
+        + (f": {row['failure_reason']}" if row["failure_reason"] else "")
+        for row in rows
+        if row["status"] != "FINISHED"
+    ]
+
+
+def record_failed_job(config: DictConfig, reason: str, refused: bool) -> None:
+    """A FAILED child run of the job's sweep for a job that left no run of its own, tagged with why."""
+    store = Store(config.mlflow.tracking_uri)
+    parent = store.first(config.mlflow.experiment_name, f"tags.sweep_dir = '{config.hydra.sweep.dir}'")
+    if parent is None:
+        return
+    folder = Path(str(config.hydra.runtime.output_dir)).resolve()
+    for child in store.children(parent.run_id):
+        made_here = child.tags.get("output_dir")
+        if made_here and Path(made_here).is_relative_to(folder):
+            return  # the job's own run records its failure
+    overrides = list(config.hydra.overrides.task)
+    run_id = store.create_run(parent.experiment_id, config.mlflow.get("run_name") or child_name(overrides, parent.tags))
+    tags = {
+        "mlflow.parentRunId": parent.run_id,
+        "failure_reason": reason,
+        "mlflow.note.content": reason,
+        "overrides": " ".join(overrides),
+        "output_dir": str(folder),
+        **({"refused": "true"} if refused else {}),
+    }
+    store.set_tags(run_id, tags)
+    chosen = [
+        item for item in overrides if trains_something(item) and grammar.key(item) not in ("data.dir", "data.mirror")
+    ]
+    store.log_params(
+        run_id, {GROUP_PARAMS.get(grammar.key(item)) or grammar.key(item): grammar.value(item) for item in chosen}
+    )
+    store.set_terminated(run_id, "FAILED")
 
 
 def sweep_rows(store: Store, parent_run_id: str) -> list[dict]:
@@ -243,136 +389,11 @@ def child_name(overrides: list[str], parent_tags: dict[str, str]) -> str:
     return ",".join(varying)[:250] or "default"
 
 
-def threads_per_job(launcher: DictConfig) -> int | None:
-    """Threads for one job of a parallel launcher, so that jobs do not oversubscribe the cores.
-
-    joblib: the cores shared among n_jobs; Ray: the CPUs each task reserves (1 unless
-    hydra.launcher.ray.remote.num_cpus says otherwise). None (the backend's default) otherwise.
-    """
-    target = str(launcher.get("_target_", ""))
-    cores = os.cpu_count() or 1
-    if "JoblibLauncher" in target:
-        jobs = int(launcher.get("n_jobs") or 1)
-        return max(1, cores // (cores if jobs < 0 else jobs))
-    if "RayLauncher" in target:
-        return int(OmegaConf.select(launcher, "ray.remote.num_cpus", default=None) or 1)
-    return None
+SEED_PART = re.compile(r"(^|,)seed=[^,]*(?=,|$)")
 
 
-def pruner_for(config: ExperimentConfig, store: Store, parent_run_id: str | None):
-    """The fit stage's extra callback that prunes this job against its sweep's others, or None."""
-    if not (config.pruning.enabled and parent_run_id):
-        return None
-
-    def make(run, objective_metric: str) -> dict:
-        from fmnist_exp.sweeps.pruning import SweepPruner
-
-        return {"pruner": SweepPruner(store, run, parent_run_id, objective_metric, config.pruning)}
-
-    return make
-
-
-def job(composed: DictConfig, output_dir: Path, runtime: Any) -> dict | int:
-    """One job of a sweep, from Hydra's composed config and its runtime (HydraConfig): validated once
-    here; a bad combination, or a store its config names that cannot be used, fails this job only
-    (its log says why) and the sweep goes on."""
-    from fmnist_exp.model.validation import to_experiment_config
-    from fmnist_exp.training import dry_run, run_folder
-
-    try:
-        config = to_experiment_config(composed)
-        if config.dry_run:
-            run_folder.discard_unused(output_dir)
-            return dry_run.describe(config)
-        Store(config.mlflow.tracking_uri).check()  # a store set in a config file, not on the command line
-    except UserError as error:
-        log.error(f"job failed: {error}")
-        return asdict(JobResult(objective=math.nan))
-    config.trainer.threads = config.trainer.threads or threads_per_job(runtime.launcher)
-    return run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
-
-
-def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sweep_dir: str) -> dict:
-    """One job of a sweep: its config trained `replicates` times (seeds seed, seed+1, ...), each a
-    child run (a config that already FINISHED is reused, not retrained).
-
-    Returns a JobResult as a dict (what every launcher can carry back): the objective is the mean
-    over the replicates that produced one, NaN if none did, so that the sweep (and a sweeper) go on.
-    A replicate that is pruned stops the config's other replicates: they would be pruned too.
-    """
-    store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
-    parent = store.first(config.mlflow.experiment_name, f"tags.sweep_dir = '{sweep_dir}'")
-    name = config.mlflow.run_name or child_name(overrides, parent.tags if parent else {})
-    results = []
-    for index in range(config.replicates):
-        replica = dataclasses.replace(config, seed=config.seed + index, mlflow=dataclasses.replace(config.mlflow))
-        folder = output_dir
-        if config.replicates > 1:
-            replica.mlflow.run_name = f"{name},seed={replica.seed}"
-            folder = output_dir / f"seed-{replica.seed}"
-        else:
-            replica.mlflow.run_name = name
-        result = run_replicate(replica, folder, overrides, store, parent, index if config.replicates > 1 else None)
-        results.append(result)
-        if result.pruned:
-            break
-    return asdict(mean_result(results))
-
-
-def mean_result(results: list[JobResult]) -> JobResult:
-    """The replicates of one config as one result: mean objective and mean curve over those with one."""
-    scored = [result for result in results if not math.isnan(result.objective)]
-    if not scored:
-        return JobResult(objective=math.nan, run_id=results[0].run_id, run_ids=[r.run_id for r in results if r.run_id])
-    length = min(len(result.curve) for result in scored)
-    return JobResult(
-        objective=statistics.fmean(result.objective for result in scored),
-        run_id=scored[0].run_id,
-        pruned=any(result.pruned for result in results),
-        curve=[statistics.fmean(result.curve[epoch] for result in scored) for epoch in range(length)],
-        run_ids=[result.run_id for result in results if result.run_id],
-    )
-
-
-def run_replicate(
-    config: ExperimentConfig, output_dir: Path, overrides: list[str], store: Store, parent, replicate: int | None
-) -> JobResult:
-    """Train one seed of a job as a child run, or reuse its FINISHED run; NaN for a failed one."""
-    from fmnist_exp.training import experiment
-
-    name = config.mlflow.experiment_name
-    digest = config_hash(config)
-    if not config.force:
-        done = store.first(name, f"tags.config_hash = '{digest}' and attributes.status = 'FINISHED'")
-        if done is not None:
-            if parent is not None and done.tags.get("mlflow.parentRunId") != parent.run_id:
-                store.set_tags(parent.run_id, {REUSED_TAG_PREFIX + done.run_id: digest})
-            log.info(f"skipped: this config already FINISHED as run {done.run_id} (force=true reruns it)")
-            return JobResult(
-                objective=float(done.metrics.get("objective", math.nan)),
-                run_id=done.run_id,
-                pruned=done.tags.get("pruned") == "true",
-                curve=ranking.objective_curve(store.histories(done.run_id)),
-            )
-    parent_run_id = parent.run_id if parent else None
-    extra_tags = {"replicate": str(replicate)} if replicate is not None else {}
-    try:
-        outcome = experiment.run(
-            config,
-            output_dir,
-            overrides,
-            parent_run_id=parent_run_id,
-            store=store,
-            extra_callbacks=pruner_for(config, store, parent_run_id),
-            extra_tags=extra_tags,
-        )
-    except (UserError, RunStopped) as error:
-        log.error(f"job failed: {error}")
-        return JobResult(objective=math.nan)
-    log.info(experiment.result_line(outcome))
-    return JobResult(
-        objective=outcome.objective,
-        run_id=outcome.run_id,
-        pruned=outcome.pruned_at is not None,
-        curve=ranking.objective_curve(outcome.history),
-    )
+def replicate_name(name: str, seed: int) -> str:
+    """A replicate's run name: the job's, its own seed in place of any seed the job's name gives
+    (a seed sweep's job `seed=1` trains seeds 1 and 2, named `seed=1` and `seed=2`)."""
+    rest = SEED_PART.sub("", name).strip(",")
+    return f"{rest},seed={seed}" if rest and rest != "default" else f"seed={seed}"

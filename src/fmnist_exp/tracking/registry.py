@@ -11,6 +11,11 @@ from fmnist_exp.runtime.private_api import MODEL_VERSIONS_TAG
 from fmnist_exp.tracking.store import RunRecord, Store
 
 
+def in_store(model_uri: str) -> bool:
+    """Whether a model URI is looked up in the store (runs:/, models:/), not a local folder."""
+    return model_uri.startswith(("runs:/", "models:/"))
+
+
 def logged_model_id(model_uri: str) -> str | None:
     """The LoggedModel id of a `models:/<model_id>` URI (MLflow 3 ids are `m-` and 32 hex digits)."""
 

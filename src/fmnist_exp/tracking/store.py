@@ -104,8 +104,11 @@ class Store:
                     self._client = client
         return self._client
 
-    def check(self, key: str = "mlflow.tracking_uri", timeout: float = 5.0) -> None:
-        """Fail in seconds with one line naming the URI, before any training, if the store is unusable."""
+    def check(self, key: str = "mlflow.tracking_uri", timeout: float = 5.0, existing: bool = False) -> None:
+        """Fail in seconds with one line naming the URI, before any training, if the store is unusable.
+
+        `existing`: for a command that only reads, a SQLite file that is not there is refused (its path
+        is likely mistyped; reading would create an empty store there)."""
         check_database_reachable(self.uri, key, timeout)
         if self.uri.startswith(("http://", "https://")):
             try:
@@ -120,14 +123,19 @@ class Store:
         if database is not None:
             if database.exists() and not database.is_file():
                 raise TrackingError(f"{key}: {database} is not a file")
+            if not database.exists() and existing:
+                raise TrackingError(
+                    f"{key}: no MLflow store at {database}; this command only reads a store and makes "
+                    "none (check the path; a run makes a new store)"
+                )
             if not database.exists():
                 # A new store is made by the first run, once nothing can refuse it any more: a refused
                 # command leaves no database (nor its folder) behind. Here: could it be made?
-                existing = next(folder for folder in database.parents if folder.exists())
-                if not existing.is_dir():
-                    raise TrackingError(f"{key}: cannot create {database.parent}: {existing} is not a folder")
-                if not os.access(existing, os.W_OK | os.X_OK):
-                    raise TrackingError(f"{key}: the folder {existing} is not writable, so {database} cannot be made")
+                nearest = next(folder for folder in database.parents if folder.exists())
+                if not nearest.is_dir():
+                    raise TrackingError(f"{key}: cannot create {database.parent}: {nearest} is not a folder")
+                if not os.access(nearest, os.W_OK | os.X_OK):
+                    raise TrackingError(f"{key}: the folder {nearest} is not writable, so {database} cannot be made")
                 return
             if not os.access(database.parent, os.W_OK):
                 raise TrackingError(f"{key}: the folder {database.parent} is not writable")
@@ -169,6 +177,9 @@ class Store:
 
     def reap_orphans(self) -> list[str]:
         """End this store's runs whose process is gone as KILLED (liveness.reap_orphans); their ids."""
+        from fmnist_exp.config.checks import check_orphan_bound
+
+        check_orphan_bound(self.orphan_after_minutes)  # a bound under the heartbeat period closes live runs
         return liveness.reap_orphans(self.client, self.uri, self.orphan_after_minutes)
 
     # -- runs and their records -------------------------------------------------------------------

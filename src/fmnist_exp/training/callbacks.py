@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 # training accuracy then falls to within this much of chance (1 / 10 classes).
 LEARNED_ACCURACY = 0.5
 COLLAPSED_ACCURACY = 2.0 / NUM_CLASSES
+# A run "exploded" when an epoch's training accuracy is within COLLAPSED_ACCURACY of chance and its
+# finite training loss is above this: hundreds of times the cross-entropy of a uniform guess (ln 10,
+# about 2.3) plus any weight penalty of a sound model. A diverging optimizer (Adam at learning rate
+# 10) reaches 1e19 and more without ever producing a NaN.
+EXPLODED_LOSS = 1000.0
 
 
 def is_better(monitor: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
@@ -166,23 +171,30 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 class StopOnCollapse(keras.callbacks.Callback):
-    """Stops a run whose training accuracy fell back to about chance after it had learned.
+    """Stops a run whose training accuracy fell back to about chance after it had learned, or sits
+    at chance with an exploded loss (above EXPLODED_LOSS) whether it had learned or not.
 
-    A collapse keeps a finite loss, so the NaN check cannot see it. The epoch's mean training
-    accuracy is used, not a validation figure: a brief spike inside an epoch that recovers does not
-    pull a whole epoch's mean down to chance.
+    Both keep a finite loss, so the NaN check cannot see them. The epoch's mean training accuracy is
+    used, not a validation figure: a brief spike inside an epoch that recovers does not pull a whole
+    epoch's mean down to chance.
     """
 
     def __init__(self, best_so_far: float = 0.0):
         super().__init__()
         self.best = best_so_far
         self.collapsed_at: int | None = None
+        self.exploded_at: int | None = None
+        self.exploded_loss: float | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        accuracy = (logs or {}).get("accuracy")
+        accuracy, loss = (logs or {}).get("accuracy"), (logs or {}).get("loss")
         if accuracy is None or not np.isfinite(accuracy):
             return
-        if self.best >= LEARNED_ACCURACY and accuracy <= COLLAPSED_ACCURACY:
+        at_chance = accuracy <= COLLAPSED_ACCURACY
+        if at_chance and loss is not None and np.isfinite(loss) and loss > EXPLODED_LOSS:
+            self.exploded_at, self.exploded_loss = epoch + 1, float(loss)
+            self.model.stop_training = True
+        elif self.best >= LEARNED_ACCURACY and at_chance:
             self.collapsed_at = epoch + 1
             self.model.stop_training = True
         self.best = max(self.best, float(accuracy))

@@ -230,6 +230,15 @@ def why_broken(config: ExperimentConfig, chosen: dict) -> Broken | None:
             epoch,
             TrainingDiverged(f"the training loss became NaN or infinite in epoch {epoch}; {advice}"),
         )
+    if (epoch := chosen["collapse"].exploded_at) is not None:  # a finite loss blown up, at chance accuracy
+        return Broken(
+            "diverged_at_epoch",
+            epoch,
+            TrainingDiverged(
+                f"the training loss exploded to {chosen['collapse'].exploded_loss:.3g} in epoch {epoch} with the "
+                f"training accuracy at chance level; {advice}"
+            ),
+        )
     if (epoch := chosen["collapse"].collapsed_at) is not None:
         return Broken(
             "collapsed_at_epoch",
