@@ -11,12 +11,30 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FULL_DATA_DIR, SMALL_RUN, free_port, stop_process_group, typed_config, wait_for_http
+from helpers import (
+    FULL_DATA_DIR,
+    SMALL_RUN,
+    free_port,
+    ray_cluster_is_up,
+    stop_process_group,
+    typed_config,
+    wait_for_http,
+)
 
 # MLflow 3 sends usage telemetry unless told not to; tests send traffic to loopback only.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # The decoded-data cache of the whole session (and its subprocesses) stays out of the user's home.
 os.environ.setdefault("FMNIST_CACHE_DIR", tempfile.mkdtemp(prefix="fmnist-exp-cache-"))
+
+
+# A test marked slow (a cluster, the browser, the full data set) may take minutes on a loaded machine.
+SLOW_TIMEOUT = 1800
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
 @pytest.fixture
@@ -76,3 +94,31 @@ def mlflow_server(tmp_path):
     finally:
         stop_process_group(process)
         log.close()
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` on 127.0.0.1 with two CPUs (two workers at a time), in its own process
+    group, stopped by the test."""
+    import subprocess
+    import time
+
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path_factory.mktemp('ray')}",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not ray_cluster_is_up(address):
+            assert process.poll() is None, process.stdout.read()[-2000:]
+            assert time.monotonic() < deadline, "the Ray head did not come up in 120 s"
+            time.sleep(1)
+        yield address
+    finally:
+        stop_process_group(process)

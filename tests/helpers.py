@@ -28,24 +28,24 @@ SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
 
 FULL_DATA_DIR = os.environ.get("FMNIST_DATA_DIR")
 
+
 # The shrunken real config that fast tests train: 1 epoch on 1,000 real images.
-SMALL_RUN = [
-    f"data.dir={SUBSET_DIR}",
-    "data.max_train_samples=1000",
-    "data.max_test_samples=300",
-    "epochs=1",
-    "batch_size=64",
-    "trainer.verbose=0",
-]
+def small_run(train_images: int, test_images: int, *settings: str) -> list[str]:
+    """The one shape of a test's small config: the real subset, cut to a few hundred images."""
+    return [
+        f"data.dir={SUBSET_DIR}",
+        f"data.max_train_samples={train_images}",
+        f"data.max_test_samples={test_images}",
+        *settings,
+    ]
+
+
+# One epoch of the default model on 1,000 images: the end-to-end runs and the shared finished run.
+SMALL_RUN = small_run(1000, 300, "epochs=1", "batch_size=64", "trainer.verbose=0")
 # Smaller still, for the fault tests that start several trainings: 400 images, no model logged.
-TINY_RUN = [
-    f"data.dir={SUBSET_DIR}",
-    "data.max_train_samples=400",
-    "data.max_test_samples=200",
-    "batch_size=50",
-    "trainer.verbose=2",
-    "trainer.threads=1",
-]
+TINY_RUN = small_run(400, 200, "batch_size=50", "trainer.verbose=2", "trainer.threads=1")
+# A sweep's jobs: 600 images, one epoch, deterministic, so that a rerun of a config gives its figures.
+SWEEP_RUN = small_run(600, 200, "epochs=1", "trainer.verbose=0", "deterministic=true")
 # Generous: the test machine may be shared and slow.
 PROCESS_TIMEOUT = 600
 
@@ -206,6 +206,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def ray_cluster_is_up(address: str) -> bool:
+    try:
+        status = subprocess.run(["ray", "status", f"--address={address}"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return False
+    return status.returncode == 0 and "Resources" in status.stdout
 
 
 def wait_for_http(url: str, process, seconds: float = 90) -> None:

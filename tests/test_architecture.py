@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 
 from fmnist_exp.config import schema as config_module
 
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
+
 PACKAGE = Path(config_module.__file__).parents[1]
 # The layers are the package's folders, from the bottom up: a module imports from its own folder or
 # the folders below it. errors.py (at the top of the package) is below them all; the top's other

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fmnist_exp.model import keras_model
 from helpers import SUBSET_DIR, typed_config
 
@@ -15,6 +17,7 @@ BN_STACK = [
 ]
 
 
+@pytest.mark.unit
 def test_a_long_epoch_keeps_keras_momentum_and_a_short_one_settles_within_it():
     assert keras_model.settling_momentum(1875) == 0.99  # the full set at batch 32
     short = keras_model.settling_momentum(85)  # 2,700 training images at batch 32
@@ -22,6 +25,7 @@ def test_a_long_epoch_keeps_keras_momentum_and_a_short_one_settles_within_it():
     assert (short + 0.001) ** 85 > keras_model.SETTLED_SHARE  # the largest such momentum, to 3 decimals
 
 
+@pytest.mark.unit
 def test_unset_momentum_is_fitted_and_a_configured_one_is_kept_but_named():
     model = keras_model.build(BN_STACK)
     lines = keras_model.settle_batch_norm(model, BN_STACK, steps_per_epoch=85)

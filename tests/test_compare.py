@@ -11,6 +11,8 @@ from scipy import stats
 
 from fmnist_exp.analysis import seed_noise as compare
 
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
+
 
 def row(group: str, objective: float, seed: int, status: str = "FINISHED", pruned_at="", test=None) -> dict:
     return {

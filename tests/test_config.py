@@ -7,6 +7,8 @@ import pytest
 from fmnist_exp.config.schema import ExperimentConfig
 from helpers import CONF_DIR, typed_config
 
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
+
 
 def group_options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))

@@ -5,49 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import mlflow
 import pytest
 
 from fmnist_exp.tracking.store import Store
-from helpers import SUBSET_DIR, free_port, stop_process_group
+from helpers import SUBSET_DIR
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
 pytestmark = pytest.mark.slow  # a real Ray cluster and tracking server: minutes (CI's second step)
-
-
-def cluster_is_up(address: str) -> bool:
-    try:
-        status = subprocess.run(["ray", "status", f"--address={address}"], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        return False
-    return status.returncode == 0 and "Resources" in status.stdout
-
-
-@pytest.fixture
-def ray_head(tmp_path_factory):
-    """`ray start --head --block` on 127.0.0.1 in its own process group, stopped by the test."""
-    port = free_port()
-    temp_dir = tmp_path_factory.mktemp("ray")
-    process = subprocess.Popen(
-        [
-            "ray", "start", "--head", "--block",
-            "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not cluster_is_up(address):
-            assert process.poll() is None, process.stdout.read()[-2000:]
-            assert time.monotonic() < deadline, "the Ray head did not come up in 120 s"
-            time.sleep(1)
-        yield address
-    finally:
-        stop_process_group(process)
 
 
 def test_ray_sweep_logs_through_the_tracking_server(tmp_path, ray_head, mlflow_server):

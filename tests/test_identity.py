@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fmnist_exp.config import identity
 from fmnist_exp.config import overrides as grammar
 from fmnist_exp.sweeps import sweep
 from helpers import typed_config
+
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
 
 LAYERS = "[{type:conv2d,filters:8,kernel_size:3},{type:flatten},{type:dense,units:10,activation:softmax}]"
 

@@ -10,6 +10,8 @@ from fmnist_exp.model import keras_model
 from fmnist_exp.model import layers as models
 from helpers import SUBSET_DIR, typed_config
 
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
+
 # The article's model: 320 + 25,632 + 18,496 + 102,464 (convolutions) + 524,800 + 5,130 (dense).
 SEED_CNN_PARAMETERS = 676_842
 

@@ -7,6 +7,8 @@ import pytest
 from fmnist_exp.model import optim
 from helpers import typed_config
 
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
+
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
 def test_each_optimizer_builds_with_its_parameters(name):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fmnist_exp.tracking.params import run_params, run_tags_of_config
 from helpers import SUBSET_DIR, typed_config
+
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
 
 COUNTS = {"data.train_images": 899, "data.validation_images": 101, "data.test_images": 300, "model.parameters": 1}
 

@@ -9,6 +9,8 @@ from matplotlib import collections, pyplot
 
 from fmnist_exp.analysis import plots
 
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
+
 # Config a: three seeds over 3 epochs. Config b: one seed trained all 3 epochs, one pruned after
 # epoch 2. Config c: two seeds, one stopped early after epoch 2. Config d: its only run was pruned.
 CURVES = {

@@ -136,34 +136,6 @@ def test_a_run_killed_in_epoch_2_on_a_postgresql_store_is_closed_by_the_next_com
     assert f"process {process.pid} on " in closed.data.tags["killed_reason"]
 
 
-@pytest.fixture
-def ray_head(tmp_path_factory):
-    """`ray start --head --block` on 127.0.0.1 with two CPUs: two workers at a time."""
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path_factory.mktemp('ray')}",
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            status = subprocess.run(
-                ["ray", "status", f"--address={address}"], capture_output=True, text=True, timeout=30
-            )
-            if status.returncode == 0 and "Resources" in status.stdout:
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "the Ray head did not come up"
-            time.sleep(1)
-        yield address
-    finally:
-        stop_process_group(process)
-
-
 def test_a_sweep_on_ray_over_postgresql_loses_one_trial_to_a_killed_worker(
     tmp_path, postgres, postgres_server, ray_head
 ):

@@ -13,6 +13,8 @@ import pytest
 
 from fmnist_exp.runtime import private_api
 
+pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
+
 SRC = Path(private_api.__file__).parent
 
 # Each internal, and the one module allowed to touch it.

@@ -14,16 +14,7 @@ import pytest
 
 from fmnist_exp.commands import report
 from fmnist_exp.training import experiment
-from helpers import SUBSET_DIR, typed_config
-
-TINY = [
-    f"data.dir={SUBSET_DIR}",
-    "data.max_train_samples=600",
-    "data.max_test_samples=200",
-    "epochs=1",
-    "trainer.verbose=0",
-    "deterministic=true",
-]
+from helpers import SWEEP_RUN, typed_config
 
 
 def multirun(arguments: list[str], tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -51,7 +42,7 @@ def split(all_runs: list) -> tuple[list, list]:
 
 
 def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
-    grid = [*TINY, "batch_size=32,64", "optimizer=adam,sgd"]
+    grid = [*SWEEP_RUN, "batch_size=32,64", "optimizer=adam,sgd"]
     multirun(grid, tracking_uri, tmp_path)
     parents, children = split(runs(tracking_uri))
     (parent,) = parents
@@ -91,7 +82,7 @@ def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
         single = experiment.run(
             typed_config(
                 [
-                    *TINY,
+                    *SWEEP_RUN,
                     f"batch_size={size}",
                     f"optimizer={name}",
                     "mlflow.tracking_uri=sqlite:///" + str(tmp_path / "single.db"),
@@ -115,7 +106,7 @@ def test_grid_sweep_parent_children_summary_and_resume(tmp_path, tracking_uri):
 
 
 def test_optuna_search_names_the_best_trial(tmp_path, tracking_uri):
-    result = multirun([*TINY, "hparams_search=optuna", "hydra.sweeper.n_trials=3"], tracking_uri, tmp_path)
+    result = multirun([*SWEEP_RUN, "hparams_search=optuna", "hydra.sweeper.n_trials=3"], tracking_uri, tmp_path)
     assert "Best parameters:" in result.stderr + result.stdout
     parents, children = split(runs(tracking_uri))
     (parent,) = parents
@@ -136,7 +127,7 @@ def test_optuna_search_names_the_best_trial(tmp_path, tracking_uri):
 
 
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
-    result = multirun([*TINY, "epochs=2", "optimizer.learning_rate=1e6,-1,0.001"], tracking_uri, tmp_path)
+    result = multirun([*SWEEP_RUN, "epochs=2", "optimizer.learning_rate=1e6,-1,0.001"], tracking_uri, tmp_path)
     parents, children = split(runs(tracking_uri))
     statuses = {child.data.params["optimizer.learning_rate"]: child.info.status for child in children}
     # The diverging job ran and FAILED; the invalid one was refused before training, and is counted as
@@ -149,7 +140,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(tmp_path, tracking_uri):
 
 
 def test_sweep_without_validation_ranks_by_training_accuracy_and_says_so(tmp_path, tracking_uri):
-    multirun([*TINY, "data.validation=none", "seed=1,2"], tracking_uri, tmp_path)
+    multirun([*SWEEP_RUN, "data.validation=none", "seed=1,2"], tracking_uri, tmp_path)
     (parent,), children = split(runs(tracking_uri))
     best = max(children, key=lambda child: child.data.metrics["accuracy"])
     # A seed sweep is one config's replicates: the best objective is their mean.
@@ -163,7 +154,7 @@ def test_sweep_without_validation_ranks_by_training_accuracy_and_says_so(tmp_pat
 
 
 def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_noise(tmp_path, tracking_uri, capsys):
-    result = multirun([*TINY, "optimizer.learning_rate=0.001,0.003", "replicates=2"], tracking_uri, tmp_path)
+    result = multirun([*SWEEP_RUN, "optimizer.learning_rate=0.001,0.003", "replicates=2"], tracking_uri, tmp_path)
     parents, children = split(runs(tracking_uri))
     (parent,) = parents
     assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
@@ -205,7 +196,7 @@ def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_
 
 def test_replicates_without_a_sweep_are_refused_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist_exp.run", *TINY, "replicates=3"],
+        [sys.executable, "-m", "fmnist_exp.run", *SWEEP_RUN, "replicates=3"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2
@@ -218,7 +209,7 @@ def test_replicates_without_a_sweep_are_refused_in_one_line(tmp_path):
 
 def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):
     result = multirun(
-        [*TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2,3,4"], tracking_uri, tmp_path
+        [*SWEEP_RUN, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2,3,4"], tracking_uri, tmp_path
     )
     assert "database is locked" not in result.stderr
     parents, children = split(runs(tracking_uri))
@@ -248,7 +239,7 @@ def test_report_refuses_unknown_names(tracking_uri, arguments, message, capsys):
 
 def test_a_trailing_job_is_pruned_from_the_shared_store(tmp_path, tracking_uri):
     # Jobs run in order; the last one (a learning rate far too small) trails the three before it.
-    sweep = [*TINY, "epochs=3", "pruning.enabled=true", "pruning.min_jobs=3",
+    sweep = [*SWEEP_RUN, "epochs=3", "pruning.enabled=true", "pruning.min_jobs=3",
              "optimizer.learning_rate=0.003,0.002,0.001,0.0000001"]  # fmt: skip
     result = multirun(sweep, tracking_uri, tmp_path)
     parents, children = split(runs(tracking_uri))
@@ -271,7 +262,9 @@ def test_a_trailing_job_is_pruned_from_the_shared_store(tmp_path, tracking_uri):
 
 def test_pruning_is_off_unless_asked(tmp_path, tracking_uri):
     multirun(
-        [*TINY, "epochs=2", "pruning.min_jobs=1", "optimizer.learning_rate=0.003,0.0000001"], tracking_uri, tmp_path
+        [*SWEEP_RUN, "epochs=2", "pruning.min_jobs=1", "optimizer.learning_rate=0.003,0.0000001"],
+        tracking_uri,
+        tmp_path,
     )
     _, children = split(runs(tracking_uri))
     assert all("pruned" not in child.data.tags for child in children)
@@ -287,7 +280,7 @@ def study_of(tracking_uri: str):
 
 
 def test_optuna_study_is_stored_and_a_rerun_continues_it(tmp_path, tracking_uri):
-    search = [*TINY, "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=2"]
+    search = [*SWEEP_RUN, "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=2"]
     multirun(search, tracking_uri, tmp_path)
     study = study_of(tracking_uri)
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
@@ -309,7 +302,7 @@ def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, t
     import signal
     import time
 
-    search = [*TINY, "epochs=2", "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=3",
+    search = [*SWEEP_RUN, "epochs=2", "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=3",
               f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
     from fmnist_exp.tracking.store import Store
 

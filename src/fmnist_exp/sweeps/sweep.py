@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.analysis import ranking
@@ -154,7 +156,11 @@ class SweepCallback(Callback):
         """A job that failed without a run of its own (refused, or a bug before its run started) is
         recorded as a FAILED child run with its one-line reason, so that the parent counts every job.
 
-        Called in the process that ran the job (a worker, under a parallel launcher)."""
+        Called in the process that ran the job (a worker, under a parallel launcher), for a single run
+        too (the callback is the config's): only a sweep's job that completed or raised is recorded;
+        one that exited (a refusal's SystemExit) or was interrupted has said what it had to say."""
+        if HydraConfig.get().mode != RunMode.MULTIRUN or job_return.status == JobStatus.UNKNOWN:
+            return
         if job_return.status == JobStatus.COMPLETED:
             result = job_return.return_value
             if not isinstance(result, dict) or not result.get("failure") or result.get("run_ids"):
