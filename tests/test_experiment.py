@@ -73,3 +73,12 @@ def test_mirrored_strategy_runs_on_one_cpu_device(tmp_path, tracking_uri):
     outcome = experiment.run(typed_config(overrides), tmp_path)
     assert mlflow.MlflowClient(tracking_uri).get_run(outcome.run_id).info.status == "FINISHED"
     assert 0.1 < outcome.test_accuracy <= 1.0
+
+
+def test_a_run_records_where_its_time_went(finished_run):
+    """From the run's start: the start-up, the first epoch's end, the result; and the training alone."""
+    _, run, _, _ = finished_run
+    metrics = run.data.metrics
+    startup, first, result = (metrics[f"time/{key}_seconds"] for key in ("startup", "to_first_epoch", "to_result"))
+    assert 0 < startup < first < result
+    assert metrics["train_seconds"] < result - startup

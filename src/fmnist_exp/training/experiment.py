@@ -48,12 +48,30 @@ def prepare(
 ) -> Prepared:
     """What the data can get wrong fails here, before Keras and before a run. The config arrives
     validated (model.validation.to_experiment_config at the command's boundary), its store checked."""
+    started_at = job_start()
     store = store or Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     splits = data.load(config.data, config.seed)
     data.check_splits(splits, held_out=config.data.validation == "holdout")
     output_dir = run_folder.make(Path(output_dir))
     run_folder.write_inputs(output_dir, config_module.to_yaml(config), list(overrides))
-    return Prepared(config, output_dir, list(overrides), splits, store)
+    return Prepared(config, output_dir, list(overrides), splits, store, started_at)
+
+
+# Whether this process has started a run already: the first run's clock starts with the command (its
+# imports and start-up count), a later one's (a sweep's next job under the in-process launcher) with
+# its own preparation.
+_RAN_BEFORE = False
+
+
+def job_start() -> float:
+    """When this run began, as time.time(): the process's start for its first run, now for a later one."""
+    global _RAN_BEFORE
+    if _RAN_BEFORE:
+        return time.time()
+    _RAN_BEFORE = True
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def start_keras(config: ExperimentConfig):
@@ -136,7 +154,7 @@ def fit(
     batches = streams.training_pipeline(images, labels, config.batch_size, config.seed, first_epoch, last_epoch, stream)
     validation = prepared.splits.validation
     callbacks = callbacks_for(prepared, run, first_epoch, extra_callbacks)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     model.fit(
         batches,
         validation_data=streams.pipeline(*validation, config.batch_size) if validation else None,
@@ -149,7 +167,7 @@ def fit(
     )
     seconds = time.perf_counter() - started
     pruned_at = next((c.pruned_at for c in callbacks.values() if getattr(c, "pruned_at", None) is not None), None)
-    fitted = Fitted(history=run.histories(), seconds=seconds, pruned_at=pruned_at)
+    fitted = Fitted(run.histories(), seconds, pruned_at=pruned_at, first_epoch=first_epoch, started_at=started_at)
     broken = why_broken(config, callbacks)
     if broken is not None:
         keep_best_epoch(prepared, model, run, fitted, broken)
@@ -278,7 +296,7 @@ def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Out
     from fmnist_exp.training import streams
 
     config, output_dir = prepared.config, prepared.output_dir
-    run.log_metrics({"train_seconds": fitted.seconds})
+    run.log_metrics({"train_seconds": fitted.seconds, **time_to_first_epoch(prepared, fitted)})
     model_id = None  # the LoggedModel the test metrics belong to, logged first so they can name it
     if config.mlflow.log_model or config.register:
         model_id = logged_model.log(run, model, prepared.splits.test[0][:2], output_dir)
@@ -294,6 +312,8 @@ def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Out
     run.log_artifact(plots.learning_curves(fitted.history, output_dir / "learning_curves.png"), "plots")
     if config.register:
         registry.register_model(prepared.store, run.run_id, config.mlflow.registered_model_name)
+    # Where the time went, for a person reading the run: see time_to_first_epoch and train_seconds.
+    run.log_metrics({"time/to_result_seconds": time.time() - prepared.started_at})
     return Outcome(
         run_id=run.run_id,
         objective=objective,
@@ -304,6 +324,16 @@ def evaluate_and_log(prepared: Prepared, model, run: Run, fitted: Fitted) -> Out
         pruned_at=fitted.pruned_at,
         stopped=fitted.stopped,
     )
+
+
+def time_to_first_epoch(prepared: Prepared, fitted: Fitted) -> dict[str, float]:
+    """Seconds from the run's start (the command's, for its first run) to the end of the first epoch
+    this process trained: start-up, data, build and the first epoch with its compile."""
+    epochs = fitted.history.get("epoch_seconds", [])
+    if fitted.started_at is None or len(epochs) <= fitted.first_epoch:
+        return {}
+    first = fitted.started_at - prepared.started_at + epochs[fitted.first_epoch]
+    return {"time/to_first_epoch_seconds": first, "time/startup_seconds": fitted.started_at - prepared.started_at}
 
 
 # -- whole runs ---------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ class Prepared:
     overrides: list[str]
     splits: Splits
     store: Store
+    started_at: float = 0.0  # time.time() when the command, or this job of a sweep, began (experiment.job_start)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -34,6 +35,8 @@ class Fitted:
     best_epoch: int | None = None  # with early stopping: the epoch whose weights the model holds
     pruned_at: int | None = None
     stopped: str | None = None  # a collapse or NaN stop that kept the best epoch: what happened, plainly
+    first_epoch: int = 0  # the epochs done before this process's fit (a resume's)
+    started_at: float | None = None  # time.time() when this process's fit began; None: nothing was fitted
 
 
 @dataclass
