@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import mlflow
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fmnist_exp.analysis import per_class
+from fmnist_exp.commands import evaluate, predict
 from fmnist_exp.data import fashion_mnist as data
 from fmnist_exp.tracking import logged_model, registry
 from fmnist_exp.tracking.store import Store
@@ -56,27 +55,40 @@ def test_run_logs_the_four_evaluation_artifacts(finished_run):
             assert image.size[0] > 400
 
 
-def run_module(module: str, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *arguments], capture_output=True, text=True, timeout=300, env=dict(os.environ)
-    )
+COMMANDS = {"fmnist_exp.evaluate": evaluate.main, "fmnist_exp.predict": predict.main}
 
 
-def test_evaluate_reproduces_the_logged_accuracy(finished_run):
+def run_in_process(capsys, module: str, *arguments: str) -> subprocess.CompletedProcess:
+    """A command in this process, through its main(argv): its exit code, stdout and stderr."""
+    capsys.readouterr()
+    try:
+        COMMANDS[module](list(arguments))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([module, *arguments], code, out, err)
+
+
+def test_evaluate_reproduces_the_logged_accuracy(finished_run, capsys):
     outcome, run, uri, _ = finished_run
-    result = run_module("fmnist_exp.evaluate", f"model_uri=runs:/{run.info.run_id}/model", f"mlflow.tracking_uri={uri}")
+    result = run_in_process(
+        capsys, "fmnist_exp.evaluate", f"model_uri=runs:/{run.info.run_id}/model", f"mlflow.tracking_uri={uri}"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"test_accuracy={outcome.test_accuracy:.4f}" in result.stdout
     assert "matches the run's logged test_accuracy" in result.stdout
 
 
-def test_evaluate_refuses_an_unknown_run(finished_run):
+def test_evaluate_refuses_an_unknown_run(finished_run, capsys):
     _, _, uri, _ = finished_run
-    result = run_module("fmnist_exp.evaluate", "model_uri=runs:/0123456789abcdef/model", f"mlflow.tracking_uri={uri}")
+    result = run_in_process(
+        capsys, "fmnist_exp.evaluate", "model_uri=runs:/0123456789abcdef/model", f"mlflow.tracking_uri={uri}"
+    )
     assert result.returncode == 2 and "model_uri:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_predict_names_the_class_of_test_images(finished_run, tmp_path):
+def test_predict_names_the_class_of_test_images(finished_run, tmp_path, capsys):
     _, run, uri, _ = finished_run
     images, _ = data.load(typed_config(SMALL_RUN).data, seed=0).test
     paths = []
@@ -88,7 +100,13 @@ def test_predict_names_the_class_of_test_images(finished_run, tmp_path):
     )
     model = logged_model.load(f"runs:/{run.info.run_id}/model", Store(uri))
     expected = model.predict(images[:3], verbose=0)
-    result = run_module("fmnist_exp.predict", f"model_uri=runs:/{run.info.run_id}/model", f"images={tmp_path}")
+    result = run_in_process(
+        capsys,
+        "fmnist_exp.predict",
+        f"model_uri=runs:/{run.info.run_id}/model",
+        f"images={tmp_path}",
+        f"mlflow.tracking_uri={uri}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = {line.split("\t")[0]: line.split("\t") for line in result.stdout.strip().splitlines()}
     for index, path in enumerate(paths):
@@ -98,11 +116,15 @@ def test_predict_names_the_class_of_test_images(finished_run, tmp_path):
     assert "converted RGB to grayscale; resized 56x56 to 28x28" in lines[str(tmp_path / "big_colour.png")][2]
 
 
-def test_predict_refuses_a_file_that_is_no_image(finished_run, tmp_path):
-    _, run, _, _ = finished_run
+def test_predict_refuses_a_file_that_is_no_image(finished_run, tmp_path, capsys):
+    _, run, uri, _ = finished_run
     (tmp_path / "notes.png").write_text("not an image")
-    result = run_module(
-        "fmnist_exp.predict", f"model_uri=runs:/{run.info.run_id}/model", f"images={tmp_path / 'notes.png'}"
+    result = run_in_process(
+        capsys,
+        "fmnist_exp.predict",
+        f"model_uri=runs:/{run.info.run_id}/model",
+        f"images={tmp_path / 'notes.png'}",
+        f"mlflow.tracking_uri={uri}",
     )
     assert result.returncode == 2
     assert "notes.png is not a readable image" in result.stderr
@@ -118,7 +140,7 @@ def test_pyfunc_predicts_on_raw_pixels(finished_run):
     assert float((probabilities.argmax(axis=1) == labels).mean()) == pytest.approx(outcome.test_accuracy)
 
 
-def test_registry_champion_alias_loads(finished_run):
+def test_registry_champion_alias_loads(finished_run, capsys):
     outcome, run, uri, _ = finished_run
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
@@ -126,7 +148,9 @@ def test_registry_champion_alias_loads(finished_run):
     assert first.run_id == run.info.run_id  # filed by register=true
     version = registry.register_model(Store(uri), run.info.run_id, "fmnist_cnn", alias="champion")
     assert str(client.get_model_version_by_alias("fmnist_cnn", "champion").version) == version
-    result = run_module("fmnist_exp.evaluate", "model_uri=models:/fmnist_cnn@champion", f"mlflow.tracking_uri={uri}")
+    result = run_in_process(
+        capsys, "fmnist_exp.evaluate", "model_uri=models:/fmnist_cnn@champion", f"mlflow.tracking_uri={uri}"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"test_accuracy={outcome.test_accuracy:.4f}" in result.stdout
 
