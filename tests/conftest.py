@@ -37,6 +37,16 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
+@pytest.fixture(scope="session")
+def zygote():
+    """One process per test worker that forks the commands of the bad-input table (helpers.Zygote)."""
+    from helpers import Zygote
+
+    forks = Zygote()
+    yield forks
+    forks.close()
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     """A fresh SQLite MLflow store for one test."""

@@ -121,6 +121,57 @@ def run_cli(arguments: list[str], tracking_uri: str, cwd: Path, env: dict[str, s
     )
 
 
+ZYGOTE = Path(__file__).parent / "zygote.py"
+
+
+class Zygote:
+    """Commands as forked children of one process that imported Hydra, OmegaConf and NumPy once
+    (tests/zygote.py): real processes with their own environment and exit code, started in
+    milliseconds. `run` answers as run_command does; its result's `imported` lists the frameworks
+    (TensorFlow, Keras, PyTorch, JAX) the command imported."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ZYGOTE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def run(self, module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None):
+        import json
+        import select
+        import tempfile
+
+        timeout = timeout or PROCESS_TIMEOUT
+        with tempfile.TemporaryDirectory(prefix="zygote-") as scratch:
+            files = {name: str(Path(scratch) / name) for name in ("stdout", "stderr", "imported")}
+            request = {"module": module, "argv": arguments, "cwd": str(cwd), "env": {**os.environ, **(env or {})}}
+            self.process.stdin.write(json.dumps({**request, **files}) + "\n")
+            self.process.stdin.flush()
+            pid = json.loads(self.process.stdout.readline())["pid"]
+            if not select.select([self.process.stdout], [], [], timeout)[0]:
+                os.kill(pid, signal.SIGKILL)
+                self.process.stdout.readline()
+                raise AssertionError(f"{module} {arguments} ran past {timeout} s")
+            code = json.loads(self.process.stdout.readline())["returncode"]
+            texts = [
+                Path(files[name]).read_text() if Path(files[name]).exists() else "" for name in ("stdout", "stderr")
+            ]
+            result = subprocess.CompletedProcess([module, *arguments], code, *texts)
+            imported = Path(files["imported"])
+            result.imported = json.loads(imported.read_text()) if imported.is_file() else None
+        return result
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            stop_process_group(self.process)
+
+
 def wait_for(condition, process: subprocess.Popen | None = None, timeout: float = PROCESS_TIMEOUT, what: str = ""):
     """Poll `condition()` until it returns something true; fail if the process ends first or time runs out."""
     deadline = time.monotonic() + timeout
@@ -191,7 +242,9 @@ def assert_refused(result: subprocess.CompletedProcess, message: str, before_ker
     assert "Traceback" not in result.stderr, shown
     assert len(lines) == 1 and lines[0].startswith("fmnist_exp: error: "), f"not one line:\n{shown}"
     assert message in lines[0], f"{message!r} not in:\n{lines[0]}"
-    if before_keras:
+    if before_keras and getattr(result, "imported", None) is not None:  # a Zygote's child says what it imported
+        assert result.imported == [], f"{', '.join(result.imported)} imported before the refusal"
+    elif before_keras:
         imported = FRAMEWORKS.search(result.stderr)
         assert imported is None, f"{imported.group(1)} was imported before the refusal"
     return lines[0]

@@ -26,7 +26,6 @@ from helpers import (
     hostile_saved_model,
     png_claiming_size,
     run_cli,
-    run_command,
     write_idx,
 )
 
@@ -471,7 +470,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[case.id for case in BAD_INPUTS])
-def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri):
+def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri, zygote):
     def fill(text: str) -> str:
         return text.replace("{tmp}", str(tmp_path))
 
@@ -486,10 +485,10 @@ def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri):
             arguments.append(f"{folder_key}={output}")
     elif not any(argument.startswith("mlflow.tracking_uri=") for argument in arguments):
         arguments.append(f"mlflow.tracking_uri={tracking_uri}")
-    environment = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPROFILEIMPORTTIME": "1"}
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri}
     environment.update({key: fill(value) for key, value in case.env})
 
-    result = run_command(case.command, arguments, tmp_path, environment)
+    result = zygote.run(case.command, arguments, tmp_path, environment)  # a forked process of its own
 
     assert_refused(result, fill(case.message), case.before_keras)
     assert all_runs(tracking_uri) == []
