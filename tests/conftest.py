@@ -106,6 +106,11 @@ def mlflow_server(tmp_path):
         log.close()
 
 
+# Two heads may start at once (test_distributed and test_postgres, one per worker) on a loaded 2-core
+# machine: each took 120 s and more there.
+RAY_START_SECONDS = 300
+
+
 @pytest.fixture
 def ray_head(tmp_path_factory):
     """`ray start --head --block` on 127.0.0.1 with two CPUs (two workers at a time), in its own process
@@ -115,19 +120,22 @@ def ray_head(tmp_path_factory):
 
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the sweeps extra is not installed")
     port = free_port()
-    process = subprocess.Popen(
-        [
-            "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={tmp_path_factory.mktemp('ray')}",
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("ray")
+    log = folder / "head.log"  # a file, not a pipe: a full pipe would stop the head mid-write
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [
+                "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={folder}",
+            ],
+            stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
     address = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + RAY_START_SECONDS
         while not ray_cluster_is_up(address):
-            assert process.poll() is None, process.stdout.read()[-2000:]
-            assert time.monotonic() < deadline, "the Ray head did not come up in 120 s"
+            assert process.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, f"the Ray head did not come up in {RAY_START_SECONDS} s"
             time.sleep(1)
         yield address
     finally:
