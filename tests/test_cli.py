@@ -341,6 +341,17 @@ BAD_INPUTS = [
         ("-m", "mlflow.experiment_name=one,two"),
         "mlflow.experiment_name: cannot be swept: a sweep's parent run and its jobs share one experiment",
     ),
+    # The study sweeper's heartbeat, checked before the sweep starts.
+    Bad(
+        "search heartbeat 0",
+        ("-m", "hparams_search=optuna", "hydra.sweeper.heartbeat_interval=0"),
+        "hydra.sweeper.heartbeat_interval: 0 must be a whole number of seconds, 1 or more",
+    ),
+    Bad(
+        "search grace shorter than two beats",
+        ("-m", "hparams_search=optuna", "hydra.sweeper.grace_period=90"),
+        "hydra.sweeper.grace_period: 90 must be at least twice hydra.sweeper.heartbeat_interval (60)",
+    ),
     # Launcher settings, checked by the launcher's module before the sweep starts.
     *[
         Bad(f"gpu_pack {key}={value}", ("-m", "hydra/launcher=gpu_pack", f"hydra.launcher.{key}={value}"), message)

@@ -3,9 +3,11 @@ a real `mlflow server` in front of it, and a run killed with SIGKILL that the ne
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -204,3 +206,89 @@ def test_a_sweep_on_ray_over_postgresql_loses_one_trial_to_a_killed_worker(
     assert f"sweep {parent.info.run_id} (6 jobs)" in report.stdout
     assert report.stdout.count("KILLED") == 1 and report.stdout.count("FINISHED") == 5
     print(f"the sweep with its servers took {time.monotonic() - started:.0f} s")
+
+
+def shared_search(postgres: str, study: str, sweep_dir: Path) -> list[str]:
+    """The search command each machine runs on one study in PostgreSQL, shrunk: 4 trials of 1 epoch
+    on 300 images, heartbeats every second and a grace period of 3 s."""
+    return [
+        "-m", "hparams_search=optuna", "model=fast_cnn", f"hydra.sweeper.storage='{postgres}/optuna'",
+        f"hydra.sweeper.study_name={study}", "hydra.sweeper.n_trials=4", "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=3", f"data.dir={SUBSET_DIR}", "data.max_train_samples=300",
+        "data.max_test_samples=100", "epochs=1", "trainer.verbose=0", "trainer.threads=1", "mlflow.log_model=false",
+        f"mlflow.experiment_name={study}", f"hydra.sweep.dir={sweep_dir}",
+    ]  # fmt: skip
+
+
+def test_two_searches_share_a_study_and_only_a_killed_ones_trial_is_failed(tmp_path, postgres, tracking_uri):
+    """Two searches started at once on one study in PostgreSQL (the same command on two machines) run
+    4 trials in total, none failed by the other. Then two more on a second study, one killed with
+    SIGKILL in a trial: the other fails that trial only, once its heartbeat is older than the grace
+    period, and trains its replacement, so the study again ends with 4 trials that count."""
+    import optuna
+
+    from fmnist_exp.sweeps.shared_study import INTERRUPTED_ATTR, SEARCH_ATTR
+    from fmnist_exp.sweeps.study import counted_trials
+    from fmnist_exp.tracking.store import Store
+
+    started = time.monotonic()
+    Store(tracking_uri).client  # noqa: B018 (the MLflow store's schema, made once before two searches share it)
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri}
+    # The study's tables, made once: two searches that start at once on an empty database would race to.
+    storage = optuna.storages.RDBStorage(f"{postgres}/optuna")
+
+    def searches(study: str) -> list[subprocess.Popen]:
+        return [
+            start_command(
+                "fmnist_exp.run", shared_search(postgres, study, tmp_path / f"{study}-{n}"), tmp_path, environment
+            )
+            for n in (1, 2)
+        ]
+
+    first, second = searches("shared")
+    results = [finish(first), finish(second)]
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+    output = "".join(result.stdout + result.stderr for result in results)
+    study = optuna.load_study(study_name="shared", storage=storage)
+    states = [trial.state.name for trial in study.trials]
+    assert "no heartbeat" not in output, output[-3000:]
+    assert states.count("COMPLETE") == 4 and counted_trials(study) == 4, states
+    assert states.count("FAIL") == output.count("given back"), states  # only a trial its own search gave back
+    owners = {trial.user_attrs[SEARCH_ATTR] for trial in study.trials if trial.state.name == "COMPLETE"}
+    assert owners == {f"process {process.pid} on {socket.gethostname()}" for process in (first, second)}, owners
+    print(f"two searches sharing a study: {time.monotonic() - started:.0f} s")
+
+    victim, survivor = searches("killed")
+    victim_search = f"process {victim.pid} on {socket.gethostname()}"
+
+    def a_trial_of_the_victim():
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).trials
+        except KeyError:  # the study is not made yet
+            return None
+        return [trial for trial in trials if trial.user_attrs.get(SEARCH_ATTR) == victim_search]
+
+    wait_for(a_trial_of_the_victim, victim, what="a trial of the first search")
+    time.sleep(2)  # into its training
+    os.killpg(victim.pid, signal.SIGKILL)
+    killed_at = datetime.datetime.now()
+    given_back = finish(victim).stdout.count("given back")
+    result = finish(survivor)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    lost = [trial for trial in study.trials if trial.user_attrs.get(SEARCH_ATTR) == victim_search]
+    unfinished = [trial for trial in lost if trial.state.name != "COMPLETE"]
+    assert len(unfinished) == 1, [(trial.number, trial.state.name) for trial in lost]
+    (killed,) = unfinished
+    assert killed.state.name == "FAIL" and killed.user_attrs[INTERRUPTED_ATTR] is True
+    # Failed once its last heartbeat (at most 1 s before the kill) was more than 3 s old.
+    assert (killed.datetime_complete - killed_at).total_seconds() >= 3 - 1, (killed.datetime_complete, killed_at)
+    assert (
+        f"trial {killed.number} of {victim_search} failed: no heartbeat for more than" in result.stdout + result.stderr
+    )
+    others = [trial.state.name for trial in study.trials if trial.number != killed.number]
+    given_back += (result.stdout + result.stderr).count("given back")
+    assert others.count("COMPLETE") == 4 and others.count("FAIL") == given_back, others
+    assert counted_trials(study) == 4
+    print(f"both studies: {time.monotonic() - started:.0f} s")

@@ -15,7 +15,7 @@ from fmnist_exp.runtime import private_api
 
 pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
 
-SRC = Path(private_api.__file__).parent
+SRC = Path(private_api.__file__).parents[1]  # the package, every sub-package
 
 # Each internal, and the one module allowed to touch it.
 ALLOWED = {
@@ -26,6 +26,7 @@ ALLOWED = {
     r"\bkeras\.src\b": "private_api.py",
     r"\._available\b": "private_api.py",
     r"\._storage\b": None,  # nowhere: Optuna's public storage API instead
+    r"\.record_heartbeat\b": "private_api.py",  # Optuna's heartbeat outside Study.optimize
     r"\._trial_id\b": None,
     r"\bhydra_optuna_sweeper\._impl\b": "study.py",
     r"\bhydra_ray_launcher\._launcher_util\b": "ray_cluster.py",
@@ -39,7 +40,7 @@ def changed(what: str, detail: str) -> str:
 @pytest.mark.parametrize("pattern, allowed", ALLOWED.items())
 def test_each_internal_is_touched_in_its_one_place_only(pattern, allowed):
     where = sorted(
-        path.name for path in SRC.glob("*.py") if re.search(pattern, path.read_text()) and path.name != allowed
+        path.name for path in SRC.rglob("*.py") if re.search(pattern, path.read_text()) and path.name != allowed
     )
     assert not where, f"{pattern} is used in {where}; keep it in {allowed or 'no module (use the public API)'}"
 
@@ -134,17 +135,47 @@ def test_the_ray_launcher_plugin_still_has_what_the_per_job_launcher_calls():
         assert found == parameters, changed(f"hydra_ray_launcher._launcher_util.{name}", f"takes {found}")
 
 
-def test_abandoned_trials_end_through_optunas_public_storage_api(tmp_path):
+def test_optunas_heartbeat_kept_by_the_study_sweeper_fails_only_the_stale_trials(tmp_path):
+    """Optuna records a heartbeat only inside Study.optimize (optuna/optuna#3293); the study sweeper
+    asks and tells, and records it itself with RDBStorage.record_heartbeat. Still there, still read by
+    the public fail_stale_trials, and Study.ask still warns with the message we silence."""
+    import time
+    import warnings
+
     import optuna
     from optuna.trial import TrialState
 
-    from fmnist_exp.sweeps.study import INTERRUPTED_ATTR, counted_trials, end_abandoned_trials
+    from fmnist_exp.sweeps import shared_study
+    from fmnist_exp.sweeps.study import INTERRUPTED_ATTR, counted_trials
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
+    assert callable(getattr(optuna.storages.RDBStorage, "record_heartbeat", None)), changed(
+        "optuna.storages.RDBStorage.record_heartbeat", "gone"
+    )
+    assert callable(getattr(optuna.storages, "fail_stale_trials", None)), changed(
+        "optuna.storages.fail_stale_trials", "gone"
+    )
+    stale = shared_study.StaleTrials(grace_period=2)
+    storage = shared_study.heartbeat_storage(f"sqlite:///{tmp_path}/optuna.db", 1, 2, stale)
     study = optuna.create_study(study_name="probe", storage=storage)
-    study.tell(study.ask(), 0.5)
-    study.ask()  # left RUNNING, as by a search that died
-    assert end_abandoned_trials(study, storage) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.tell(study.ask(), 0.5)  # trial 0: plain ask-and-tell warns that no heartbeat is recorded
+        legacy = study.ask()  # trial 1: as an earlier release left it (RUNNING, no heartbeat, no owner)
+    assert any(str(warning.message) == private_api.OPTUNA_ASK_HEARTBEAT_WARNING for warning in caught), changed(
+        "Study.ask's warning for ask-and-tell with a heartbeat", [str(warning.message) for warning in caught]
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (live, live_id), (lost, lost_id) = shared_study.ask_trials(study, storage, 2)  # trials 2 and 3
+    assert not caught, [str(warning.message) for warning in caught]
+    assert study.trials[2].user_attrs == {INTERRUPTED_ATTR: True, shared_study.SEARCH_ATTR: shared_study.this_search()}
+
+    with shared_study.heartbeat(storage, [live_id], interval=1):  # trial 2 beats; trial 3's search was lost
+        time.sleep(3.2)
+        ended = shared_study.end_stale_trials(study, storage, grace_period=2, stale=stale)
+        assert sorted(ended) == [legacy.number, lost.number], changed("fail_stale_trials", f"failed {ended}")
+        assert study.trials[live.number].state == TrialState.RUNNING
+    # Trial 2 was not told when its block ended (as on Ctrl-C): it ends as interrupted at once.
     states = [(trial.state, trial.user_attrs.get(INTERRUPTED_ATTR)) for trial in study.get_trials()]
-    assert states == [(TrialState.COMPLETE, None), (TrialState.FAIL, True)]
+    assert states == [(TrialState.COMPLETE, None), *[(TrialState.FAIL, True)] * 3]
     assert counted_trials(study) == 1

@@ -302,7 +302,9 @@ def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, t
     import signal
     import time
 
+    # Heartbeats every second: the killed search's trial is stale 2 s after its last one.
     search = [*SWEEP_RUN, "epochs=2", "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=3",
+              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2",
               f"hydra.sweep.dir={tmp_path}/sweep"]  # fmt: skip
     from fmnist_exp.tracking.store import Store
 
@@ -328,6 +330,7 @@ def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, t
         process.wait(timeout=30)
     assert [trial.state.name for trial in study_of(tracking_uri).trials] == ["COMPLETE", "RUNNING"]
 
+    time.sleep(3)  # past the grace period, so the next search fails the killed one's trial as it starts
     again = multirun(search[:-1], tracking_uri, tmp_path)
     assert "1 of 3 trials done; 1 interrupted trial(s) marked failed and not counted" in again.stdout
     states = [trial.state.name for trial in study_of(tracking_uri).trials]

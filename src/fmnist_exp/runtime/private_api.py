@@ -1,4 +1,4 @@
-"""The one place the package touches MLflow and Keras internals that have no public API.
+"""The one place the package touches MLflow, Keras and Optuna internals that have no public API.
 
 Each use is named here, with why and the upstream issue where there is one, and is checked by
 tests/test_private_api.py, which fails with a plain message when an upgrade moves or changes it.
@@ -8,6 +8,7 @@ ray_cluster.py, the subclasses that need them).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 # MLflow's reserved tag names (mlflow.utils.mlflow_tags, an internal module). MLflow's UI reads them:
@@ -64,3 +65,27 @@ def keep_keras_off_tensorflow() -> None:
     handle = getattr(module_utils, "tensorflow", None)
     if handle is not None and getattr(handle, "module", None) is None and hasattr(handle, "_available"):
         handle._available = False
+
+
+# Optuna's heartbeat with ask-and-tell (upstream: optuna/optuna#3293, "Supporting heartbeat in
+# Ask-and-tell", closed without a public API). An RDBStorage made with heartbeat_interval records a
+# trial's heartbeat only inside Study.optimize (a thread around the objective); Study.ask warns with
+# this message and records none. The study sweeper asks and tells, so it records the heartbeat of the
+# trials it trains itself, with RDBStorage.record_heartbeat (a public method of a public class, whose
+# use outside Study.optimize Optuna documents as unsupported), and fails stale trials with the public
+# optuna.storages.fail_stale_trials.
+OPTUNA_ASK_HEARTBEAT_WARNING = "Heartbeat of storage is supposed to be used with Study.optimize."
+
+
+def record_trial_heartbeat(storage: Any, trial_id: int) -> None:
+    """Write a trial's heartbeat (the database's clock) into an optuna.storages.RDBStorage."""
+    storage.record_heartbeat(trial_id)
+
+
+def ask_without_heartbeat_warning(study: Any):
+    """study.ask(), without Optuna's warning that ask-and-tell records no heartbeat (we record it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(OPTUNA_ASK_HEARTBEAT_WARNING))
+        return study.ask()

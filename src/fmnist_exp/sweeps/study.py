@@ -3,7 +3,9 @@
 On top of hydra-optuna-sweeper it
 - stores the study in SQLite beside the MLflow store (`optuna.db`), named after the sweep (its
   `sweep_key`), so the same search command continues the study: n_trials in total, not n_trials more;
-- ends trials left RUNNING by a search that died as FAIL, so they are not counted;
+- lets several searches (processes, machines) share the study: each records its trials' heartbeats,
+  a trial whose search was lost (no heartbeat for `grace_period` seconds) is failed as interrupted and
+  not counted, and together they run n_trials in total (shared_study.py);
 - reports each job's per-epoch objective to the trial and marks a job the runner pruned as PRUNED;
 - tags each MLflow child run with its trial number, and each trial with its MLflow run id.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +29,12 @@ from omegaconf import OmegaConf
 
 from fmnist_exp.config.schema import PROJECT_ROOT
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.sweeps import shared_study
+from fmnist_exp.sweeps.shared_study import INTERRUPTED_ATTR
 from fmnist_exp.tracking.location import sqlite_path
 from fmnist_exp.tracking.store import Store
 
 log = logging.getLogger(__name__)
-
-INTERRUPTED_ATTR = "interrupted"
 
 
 def default_storage(tracking_uri: str) -> str:
@@ -45,6 +48,11 @@ def default_storage(tracking_uri: str) -> str:
 class StudySweeperConf(OptunaSweeperConf):
     _target_: str = "fmnist_exp.sweeps.study.StudySweeper"
     # null: sqlite beside the MLflow store. study_name null: named after the sweep.
+    # Seconds between the heartbeats a search writes into the study for each trial it trains.
+    heartbeat_interval: int = 60
+    # A RUNNING trial whose heartbeat is older than this many seconds lost its search, and any search
+    # on the study fails it (as interrupted: not counted). At least twice heartbeat_interval.
+    grace_period: int = 300
 
 
 def register() -> None:
@@ -52,10 +60,11 @@ def register() -> None:
 
 
 class StudySweeper(OptunaSweeper):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, heartbeat_interval: int = 60, grace_period: int = 300, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if kwargs.get("custom_search_space"):
             raise ConfigError("hydra.sweeper.custom_search_space is not supported by the study sweeper")
+        shared_study.check_heartbeat(heartbeat_interval, grace_period)
         plain = self.sweeper
         self.sweeper = stored_study_class()(
             plain.sampler,
@@ -68,6 +77,8 @@ class StudySweeper(OptunaSweeper):
             None,
             plain.params,
         )
+        self.sweeper.heartbeat_interval = heartbeat_interval
+        self.sweeper.grace_period = grace_period
 
 
 def stored_study_class():
@@ -84,7 +95,7 @@ def stored_study_class():
 
 
 def sweep_stored_study(self, arguments: list[str]) -> None:
-    """The plugin's `sweep`, with the study stored, continued, pruned trials marked and runs tagged."""
+    """The plugin's `sweep`, with the study stored, continued, shared, pruned trials marked and runs tagged."""
     import optuna
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
@@ -101,9 +112,14 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
         distributions.pop(name, None)
     store = Store(self.config.mlflow.tracking_uri)
     storage = self.storage or default_storage(store.uri)
-    # The storage object made here (what optuna.create_study makes of a URL), so that the study's
-    # abandoned trials are ended through Optuna's public storage API, not the study's private _storage.
-    backend = optuna.storages.RDBStorage(storage) if isinstance(storage, str) else storage
+    # The storage object made here (what optuna.create_study makes of a URL), with Optuna's heartbeat
+    # on, so that trials are written through Optuna's public storage API, not the study's _storage.
+    stale = shared_study.StaleTrials(self.grace_period)
+    backend = (
+        shared_study.heartbeat_storage(storage, self.heartbeat_interval, self.grace_period, stale)
+        if isinstance(storage, str)
+        else storage
+    )
     study_name = self.study_name or f"{self.config.mlflow.experiment_name}-{sweep_key(self.config)}"
     study = optuna.create_study(
         study_name=study_name,
@@ -112,66 +128,87 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
         direction=directions[0],
         load_if_exists=True,
     )
-    abandoned = end_abandoned_trials(study, backend)
+    abandoned = shared_study.end_stale_trials(study, backend, self.grace_period, stale)
     if study.trials:
         # A seeded sampler would start its random stream again and propose the finished trials'
         # values once more; a continued study draws fresh ones (so it is not bit-for-bit reproducible).
         study.sampler.reseed_rng()
-    done = counted_trials(study)
+    elsewhere = len(shared_study.open_trials(study))
     log.info(
-        f"Study {study_name} in {storage}: {done} of {self.n_trials} trials done"
-        + (f"; {abandoned} interrupted trial(s) marked failed and not counted" if abandoned else "")
+        f"Study {study_name} in {storage}: {counted_trials(study)} of {self.n_trials} trials done"
+        + (f"; {len(abandoned)} interrupted trial(s) marked failed and not counted" if abandoned else "")
+        + (f"; {elsewhere} trial(s) running in other searches" if elsewhere else "")
     )
-    to_go = self.n_trials - done
-    while to_go > 0:
-        batch = min(to_go, self.n_jobs)
-        trials = [study.ask() for _ in range(batch)]
-        overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
-        returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-        self.job_idx += len(returns)
-        failures = sum(
-            not tell(study, trial, job, store, study_name) for trial, job in zip(trials, returns, strict=True)
-        )
-        if failures / len(returns) > self.max_failure_rate:
-            for job in returns:
-                job.return_value  # noqa: B018 (raises the job's own exception with its traceback)
-            raise RuntimeError(f"{failures} of {len(returns)} trials failed (max_failure_rate={self.max_failure_rate})")
-        to_go -= batch
+    waiting_for: set[int] = set()
+    while True:
+        # Other searches on the study may have ended trials, or died, since the last batch.
+        shared_study.end_stale_trials(study, backend, self.grace_period, stale)
+        running = shared_study.open_trials(study)
+        to_go = self.n_trials - counted_trials(study) - len(running)
+        if to_go <= 0:
+            if not running:
+                break
+            # The rest are other searches' trials: wait for them, and take over those whose search dies.
+            if {trial.number for trial in running} != waiting_for:
+                waiting_for = {trial.number for trial in running}
+                log.info(f"waiting for trial(s) {sorted(waiting_for)} of other searches on the study")
+            time.sleep(self.heartbeat_interval)
+            continue
+        asked = shared_study.ask_trials(study, backend, min(to_go, self.n_jobs))
+        with shared_study.heartbeat(backend, [trial_id for _, trial_id in asked], self.heartbeat_interval):
+            trials = []
+            for trial, trial_id in asked:
+                if shared_study.beyond_n_trials(study, trial, self.n_trials, counts):
+                    log.info(f"trial {trial.number} given back: another search took the last trial at the same moment")
+                    shared_study.give_back(backend, trial_id)
+                else:
+                    trials.append(trial)
+            if not trials:
+                continue
+            overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            failures = sum(
+                not tell(study, trial, job, store, study_name) for trial, job in zip(trials, returns, strict=True)
+            )
+            if failures / len(returns) > self.max_failure_rate:
+                for job in returns:
+                    job.return_value  # noqa: B018 (raises the job's own exception with its traceback)
+                raise RuntimeError(
+                    f"{failures} of {len(returns)} trials failed (max_failure_rate={self.max_failure_rate})"
+                )
     finish(study, Path(self.config.hydra.sweep.dir))
 
 
-def end_abandoned_trials(study, storage) -> int:
-    """Trials a search that died left RUNNING end as FAIL (marked interrupted); returns how many.
-
-    `storage` is the study's optuna.storages.BaseStorage: its public methods find a trial's id by its
-    number and write it (study.tell cannot mark a WAITING trial, nor set a user attribute by number)."""
+def counts(trial) -> bool:
+    """Whether an ended trial counts towards n_trials: completed, pruned, or failed other than by
+    interruption (a lost search, Ctrl-C, a trial given back)."""
     from optuna.trial import TrialState
 
-    abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in abandoned:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, INTERRUPTED_ATTR, True)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    return len(abandoned)
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED_ATTR)
+    )
 
 
 def counted_trials(study) -> int:
-    """Trials that count towards n_trials: completed, pruned, and failed other than by interruption."""
-    from optuna.trial import TrialState
-
-    return sum(
-        1
-        for trial in study.get_trials(deepcopy=False)
-        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (trial.state == TrialState.FAIL and not trial.user_attrs.get(INTERRUPTED_ATTR))
-    )
+    """Trials that count towards n_trials."""
+    return sum(1 for trial in study.get_trials(deepcopy=False) if counts(trial))
 
 
 def tell(study, trial, job, store: Store, study_name: str) -> bool:
     """Hand a job's result to the study; returns False for a failed trial."""
+    import optuna
     from optuna.trial import TrialState
 
+    try:
+        trial.set_user_attr(INTERRUPTED_ATTR, False)  # it ran to its end: told, whatever its result
+    except optuna.exceptions.UpdateFinishedTrialError:
+        log.warning(
+            f"trial {trial.number} was failed by another search while it ran (its heartbeat was older than "
+            "hydra.sweeper.grace_period: raise it if the study's database is often slow or unreachable); "
+            "its job's run stays in MLflow, the study does not count it"
+        )
+        return True
     try:
         result = job.return_value
     except Exception as error:  # noqa: BLE001 (a job's own exception fails its trial only)

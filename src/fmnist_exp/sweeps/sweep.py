@@ -32,7 +32,7 @@ from fmnist_exp.config.checks import SWEEP_WIDE_KEYS, check_sweep_wide
 from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, sweep_key, trains_something
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
-from fmnist_exp.sweeps import gpu_pack, ray_cluster
+from fmnist_exp.sweeps import gpu_pack, ray_cluster, shared_study
 from fmnist_exp.tracking.links import ui_link
 from fmnist_exp.tracking.liveness import owner_tags
 from fmnist_exp.tracking.store import Store
@@ -110,6 +110,8 @@ class SweepCallback(Callback):
             check_sweep_wide({key: sweep_wide_value(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
             for launcher in (gpu_pack, ray_cluster):  # each launcher module checks its own keys
                 launcher.check_launcher(config.hydra.launcher)
+            if "heartbeat_interval" in config.hydra.sweeper:  # the study sweeper's (hparams_search=optuna)
+                shared_study.check_heartbeat(config.hydra.sweeper.heartbeat_interval, config.hydra.sweeper.grace_period)
             self.start(config)
         except UserError as error:
             fail(str(error))
@@ -124,10 +126,15 @@ class SweepCallback(Callback):
         self.store.reap_orphans()
         overrides = list(config.hydra.overrides.task)
         key = sweep_key(config)
+        # A parent still RUNNING once the orphans are reaped belongs to a live sweep of the same command
+        # (another machine searching the same study): this one gets a parent of its own, since the jobs
+        # find their parent by its sweep_dir tag, which reusing the parent would overwrite.
         previous = (
             []
             if config.get("force")
-            else self.store.search(config.mlflow.experiment_name, f"tags.sweep_key = '{key}'", 1)
+            else self.store.search(
+                config.mlflow.experiment_name, f"tags.sweep_key = '{key}' and attributes.status != 'RUNNING'", 1
+            )
         )
         tags = {
             "sweep_dir": str(config.hydra.sweep.dir),
