@@ -8,7 +8,7 @@ import pytest
 
 from fmnist_exp.config import identity
 from fmnist_exp.config import overrides as grammar
-from fmnist_exp.sweeps import sweep
+from fmnist_exp.sweeps import comparison, sweep
 from helpers import typed_config
 
 pytestmark = pytest.mark.unit  # no training, no subprocess: the inner loop (pytest -m unit)
@@ -18,8 +18,8 @@ LAYERS = "[{type:conv2d,filters:8,kernel_size:3},{type:flatten},{type:dense,unit
 
 def test_a_fixed_layer_list_is_not_a_swept_key():
     params = {"model.layers": LAYERS, "batch_size": "32,64", "sweeper": "basic", "launcher": "basic"}
-    assert sweep.swept(params) == {"batch_size": "32,64"}
-    assert sweep.swept_keys({**params, "model": "seed_cnn,fast_cnn"}) == ["batch_size", "model.name"]
+    assert comparison.swept(params) == {"batch_size": "32,64"}
+    assert comparison.swept_keys({**params, "model": "seed_cnn,fast_cnn"}) == ["batch_size", "model.name"]
 
 
 def test_a_fixed_layer_list_stays_out_of_the_job_names():
@@ -29,7 +29,7 @@ def test_a_fixed_layer_list_stays_out_of_the_job_names():
 
 def test_the_sweep_and_the_command_line_agree_on_what_sweeps():
     for override in ("a=1,2", "a=range(1,4)", "a=choice(x,y)", "a=interval(0.1,0.5)", "a=[1,2]", "a=1", LAYERS):
-        assert sweep.swept({"a": grammar.value(override)}) == (
+        assert comparison.swept({"a": grammar.value(override)}) == (
             {"a": grammar.value(override)} if grammar.is_sweep(override) else {}
         ), override
 

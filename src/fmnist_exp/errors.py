@@ -34,7 +34,7 @@ class ModelUriError(UserError):
 class RunStopped(Exception):
     """Training stopped itself with no sound epoch to keep (a NaN in the first epoch): the run ends
     FAILED, the process exits 3. With a best epoch to keep, a NaN, a collapse or an exploded loss does
-    not raise this: the run keeps that epoch and ends FINISHED, tagged (experiment.keep_best_epoch)."""
+    not raise this: the run keeps that epoch and ends FINISHED, tagged (training/best_epoch.keep_best_epoch)."""
 
 
 EXIT_USER_ERROR = 2

@@ -32,7 +32,7 @@ class ReportConfig:
 
 def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, list[str], str]:
     """The rows, a title, the swept keys (columns of their own) and the UI link to look at them."""
-    from fmnist_exp.sweeps import sweep as sweeps
+    from fmnist_exp.sweeps import comparison
     from fmnist_exp.tracking.links import ui_link
 
     store.reap_orphans()  # in every experiment of the store, not only the one reported
@@ -58,8 +58,8 @@ def rows_for(store, experiment_name: str, sweep: str) -> tuple[list[dict], str, 
                 f"sweep: run {sweep} is no sweep (a single run, or a sweep's job); give a sweep's parent run id, "
                 "latest (the newest sweep) or all (every run of the experiment)"
             )
-    rows = sweeps.sweep_rows(store, sweep)
-    keys = sweeps.swept_keys(dict(store.get_run(sweep).params))
+    rows = comparison.sweep_rows(store, sweep)
+    keys = comparison.swept_keys(dict(store.get_run(sweep).params))
     return rows, f"sweep {sweep} ({len(rows)} jobs)", keys, ui_link(store.uri, experiment_id, sweep)
 
 

@@ -19,7 +19,8 @@ from fmnist_exp.analysis import ranking
 from fmnist_exp.config.identity import config_hash
 from fmnist_exp.config.schema import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
-from fmnist_exp.sweeps.sweep import REUSED_TAG_PREFIX, child_name, replicate_name
+from fmnist_exp.sweeps.comparison import REUSED_TAG_PREFIX
+from fmnist_exp.sweeps.sweep import child_name, replicate_name
 from fmnist_exp.tracking.store import Store
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,7 @@ import atexit
 import contextlib
 import json
 import logging
-import math
 import re
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,50 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist_exp.analysis import ranking
 from fmnist_exp.config import overrides as grammar
 from fmnist_exp.config.checks import SWEEP_WIDE_KEYS, check_sweep_wide
-from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, sweep_key, trains_something
+from fmnist_exp.config.identity import GROUP_PARAMS, sweep_key, trains_something
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
 from fmnist_exp.sweeps import gpu_pack, ray_cluster, shared_study
+from fmnist_exp.sweeps.comparison import summarize, sweep_params, sweep_rows
 from fmnist_exp.tracking.links import ui_link
 from fmnist_exp.tracking.liveness import owner_tags
 from fmnist_exp.tracking.store import Store
 
 log = logging.getLogger(__name__)
-
-REUSED_TAG_PREFIX = "reused."  # on the parent: one tag per earlier run a re-run sweep reused
-
-
-def sweep_params(config: DictConfig) -> dict[str, str]:
-    """The parent run's params: each key of the command (swept ones with their value set or range,
-    fixed ones with their value), the search space of a sweeper, the sweeper, launcher and replicates."""
-    params: dict[str, str] = {}
-    for override in config.hydra.overrides.task:
-        key = grammar.key(override)
-        if trains_something(override) and key not in PATH_KEYS:
-            params[key] = override.partition("=")[2]
-    for key, value in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items():
-        params[str(key)] = str(value)
-    choices = OmegaConf.select(config, "hydra.runtime.choices") or {}
-    params["sweeper"] = str(choices.get("hydra/sweeper", "basic"))
-    params["launcher"] = str(choices.get("hydra/launcher", "basic"))
-    if "n_trials" in (OmegaConf.select(config, "hydra.sweeper") or {}):
-        params["n_trials"] = str(config.hydra.sweeper.n_trials)
-    params["replicates"] = str(config.get("replicates", 1))
-    return params
-
-
-def swept(parent_params: dict[str, str]) -> dict[str, str]:
-    """The keys the sweep varies, with their value set or search space, from the parent's params."""
-    return {
-        key: value
-        for key, value in parent_params.items()
-        if key not in ("sweeper", "launcher", "n_trials", "replicates") and grammar.is_sweep(f"{key}={value}")
-    }
-
-
-def swept_keys(parent_params: dict[str, str]) -> list[str]:
-    """The param each job logs for a key the sweep varies (`model=a,b` is logged as model.name)."""
-    return [GROUP_PARAMS.get(key) or key for key in swept(parent_params)]
 
 
 def varied_keys(config: DictConfig) -> list[str]:
@@ -299,91 +263,6 @@ def record_failed_job(config: DictConfig, reason: str, refused: bool) -> None:
         run_id, {GROUP_PARAMS.get(grammar.key(item)) or grammar.key(item): grammar.value(item) for item in chosen}
     )
     store.set_terminated(run_id, "FAILED")
-
-
-def sweep_rows(store: Store, parent_run_id: str) -> list[dict]:
-    """Every child of the parent and every earlier run it reused, best first."""
-    parent = store.get_run(parent_run_id)
-    runs = {run.run_id: run for run in store.children(parent_run_id)}
-    for tag in parent.tags:
-        if tag.startswith(REUSED_TAG_PREFIX):
-            run_id = tag[len(REUSED_TAG_PREFIX) :]
-            runs.setdefault(run_id, store.get_run(run_id))
-    keys = swept_keys(dict(parent.params))
-    return ranking.best_first([ranking.row_of(run, keys) for run in runs.values()])
-
-
-def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
-    """Make the parent run the sweep's comparison; returns its note.
-
-    Logged on the parent: the jobs' table (CSV, Markdown, and a table the MLflow UI shows as one),
-    the configs' mean +- sd over seeds with the within-noise verdicts, the figures (each config's mean
-    objective by epoch in its seed band, each swept param against the objective, the jobs as bars, Optuna's
-    plots that the study sweeper left in the folder), the best figures and the job counts as
-    metrics, and a note (MLflow's run description) naming the winner, its margin and its command.
-    """
-    from fmnist_exp.analysis import plots
-    from fmnist_exp.analysis import seed_noise as compare
-
-    parent = store.get_run(parent_run_id)
-    keys = swept_keys(dict(parent.params))
-    rows = sweep_rows(store, parent_run_id)
-    curves = {row["run_id"]: store.metric_history(row["run_id"], row["objective_metric"]) for row in rows}
-    configs = compare.by_config(rows)
-    folder = sweep_dir / "summary"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep_summary.md").write_text(ranking.markdown_table(rows, keys))
-    (folder / "sweep_summary.csv").write_text(ranking.csv_table(rows, keys))
-    (folder / "configs.md").write_text(compare.noise_table(configs))
-    plots.sweep_comparison(rows, folder / "sweep_comparison.png")
-    plots.sweep_curves(rows, curves, folder / "objective_by_epoch.png")
-    if keys:
-        plots.params_against_objective(rows, keys, folder / "params_vs_objective.png")
-    store.log_artifacts(parent_run_id, folder, "summary")
-    # The UI's table view reads a dotted column name as a path into nested objects (empty cells).
-    columns = {name.replace(".", "/"): values for name, values in ranking.table_columns(rows, keys).items()}
-    store.log_table(parent_run_id, columns, "summary/jobs.json")
-    counts = ranking.job_counts(rows)
-    metrics: dict[str, float] = {f"jobs_{kind}": count for kind, count in counts.items()}
-    tags: dict[str, Any] = {"sweep_jobs": len(rows), "sweep_pruned": counts["pruned"]}
-    if configs:
-        best = configs[0]
-        best_row = next(row for row in rows if row["run_id"] == best.run_ids[0])
-        tags.update(best_run_id=best_row["run_id"], best_overrides=best_row["overrides"], best_config=best.label)
-        metrics.update(best_objective=best.mean, best_test_accuracy=best.test_mean)
-        if not math.isnan(best_row["val_accuracy"]):  # none without a validation set: no pretend figure
-            metrics["best_val_accuracy"] = statistics.fmean(
-                row["val_accuracy"] for row in rows if row["run_id"] in best.run_ids
-            )
-    note = sweep_note(parent.params, rows, configs, counts)
-    store.log_metrics(parent_run_id, metrics)
-    store.set_tags(parent_run_id, {**tags, "mlflow.note.content": note})
-    return note
-
-
-def sweep_note(parent_params: dict[str, str], rows: list[dict], configs: list, counts: dict[str, int]) -> str:
-    """What the sweep's parent says in words: what was swept, the winner and its margin, the command."""
-    from fmnist_exp.analysis import seed_noise as compare
-
-    varied = [f"{key} in {value}" for key, value in swept(parent_params).items()]
-    replicates = int(parent_params.get("replicates", "1") or 1)
-    lines = [
-        f"Swept: {'; '.join(varied) or 'nothing (one config)'}"
-        + (f", {replicates} seeds per config" if replicates > 1 else "")
-        + f". {len(rows)} runs: {counts['finished']} finished, {counts['pruned']} pruned, {counts['failed']} failed.",
-        *compare.winner_lines(configs),
-    ]
-    if configs:
-        lines.append(f"Re-run the winner: {rerun_command(configs[0].overrides, replicates)}")
-    return "\n".join(lines)
-
-
-def rerun_command(overrides: str, replicates: int) -> str:
-    """The command that trains the winning config again (a search preset left out: it only searches)."""
-    kept = [item for item in overrides.split() if grammar.key(item) not in ("hparams_search", "replicates")]
-    if replicates > 1:
-        return "python -m fmnist_exp.run -m " + " ".join([*kept, f"replicates={replicates}"])
-    return "python -m fmnist_exp.run " + " ".join(kept)
 
 
 def child_name(overrides: list[str], parent_tags: dict[str, str]) -> str:
