@@ -318,6 +318,36 @@ def test_a_signal_a_finalizer_swallowed_still_stops_the_run_at_its_next_write(tm
     assert run.info.status == "KILLED"
 
 
+# A SIGTERM that lands while a C extension is being imported (matplotlib's Agg backend, in the test
+# pass): the import machinery turns its KeyboardInterrupt into ImportError "initialization failed".
+SIGNAL_IN_AN_IMPORT = """
+import os, signal, sys, time
+from fmnist_exp.runtime.interrupts import signals_as_interrupt
+from fmnist_exp.tracking import active_run
+from fmnist_exp.tracking.store import Store
+
+with signals_as_interrupt():
+    try:
+        with active_run.start(Store(sys.argv[1]), "fmnist_exp", "importing", {}):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed") from None  # what the cut-short import raises
+    except KeyboardInterrupt as error:
+        print(f"interrupted: {error}", flush=True)
+"""
+
+
+def test_a_signal_that_cut_an_import_short_still_ends_the_run_killed(tracking_uri):
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_AN_IMPORT, tracking_uri], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.splitlines() == ["interrupted: SIGTERM"], result.stderr[-2000:]
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "KILLED"
+
+
 def status(tracking_uri: str, run_id: str):
     return MlflowClient(tracking_uri).get_run(run_id)
 

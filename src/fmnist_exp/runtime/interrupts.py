@@ -30,6 +30,15 @@ def check() -> None:
         raise KeyboardInterrupt(_pending)
 
 
+def as_interrupt(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt behind `error`: itself, or, while a signal is pending, the KeyboardInterrupt the
+    signal raised before something turned it into another exception on its way up (a C extension
+    whose import it cut short raises ImportError "initialization failed"). None for a plain error."""
+    if isinstance(error, KeyboardInterrupt):
+        return error
+    return KeyboardInterrupt(_pending) if _pending else None
+
+
 def delivered() -> None:
     """The interrupt reached the code that ends the run: nothing is pending any more."""
     global _pending

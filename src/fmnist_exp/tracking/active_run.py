@@ -48,12 +48,15 @@ def start(
     try:
         with liveness.heartbeats(store.client, run_id):
             yield Run(store, run_id)
-    except KeyboardInterrupt as interrupt:
-        interrupts.delivered()
-        release_interrupted_writes(interrupt)
-        store.client.set_terminated(run_id, "KILLED")
-        raise
     except BaseException as error:
+        interrupt = interrupts.as_interrupt(error)
+        if interrupt is not None:
+            interrupts.delivered()
+            release_interrupted_writes(error)
+            store.client.set_terminated(run_id, "KILLED")
+            if interrupt is error:
+                raise
+            raise interrupt from error
         release_interrupted_writes(error)
         store.client.set_tag(run_id, "failure_reason", f"{type(error).__name__}: {error}"[:5000])
         store.client.set_terminated(run_id, "FAILED")
