@@ -154,7 +154,10 @@ class SweepCallback(Callback):
         """A job that failed without a run of its own (refused, or a bug before its run started) is
         recorded as a FAILED child run with its one-line reason, so that the parent counts every job.
 
-        Called in the process that ran the job (a worker, under a parallel launcher)."""
+        Called in the process that ran the job (a worker, under a parallel launcher); Hydra calls it
+        for a single run too, where there is no sweep to record anything on (nor a store to make)."""
+        if self.parent_run_id is None:
+            return
         if job_return.status == JobStatus.COMPLETED:
             result = job_return.return_value
             if not isinstance(result, dict) or not result.get("failure") or result.get("run_ids"):
