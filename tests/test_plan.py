@@ -1,12 +1,23 @@
-"""A sweep's plan before launch (`plan=true`): the power arithmetic against SciPy and textbook values."""
+"""A sweep's plan before launch (`plan=true`).
+
+The power arithmetic against SciPy and textbook values; the plan's words on a store of known runs
+made with the MLflow client (no training); that a plan leaves no folder and no store.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
+import mlflow
 import pytest
 
 from fmnist_exp.analysis import power
+from helpers import SUBSET_DIR
 
 # -- the power of the paired t-test -----------------------------------------------------------------
 
@@ -54,3 +65,115 @@ def test_the_power_agrees_with_the_normal_approximation_and_scipys_simulation():
         kwargs={"popmean": 0.0},
     ).power
     assert power.paired_power(0.006, 0.0042, 5) == pytest.approx(float(numpy.ravel(simulated)[0]), abs=0.015)
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+PLANNED = ["model=fast_cnn", "batch_size=64", "epochs=3", "data.max_train_samples=600", "model.dropout=0.2,0.4"]
+
+
+def plan(arguments: list[str], cwd: Path, tracking_uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fmnist_exp.run", "-m", "plan=true", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+
+
+def known_run(client, experiment_id: str, group: str, objective: float, **changes) -> str:
+    """A FINISHED run as the runner logs one: 2 epochs of 2.0 and 1.0 s in a run 5.5 s long."""
+    params = {
+        "model.name": "fast_cnn",
+        "batch_size": "64",
+        "data.max_train_samples": "600",
+        "data.validation": "holdout",
+    }
+    params.update(changes.pop("params", {}))
+    tags = {"config_group": group, "fmnist_exp.host": changes.pop("host", socket.gethostname())}
+    run = client.create_run(experiment_id, start_time=1_000_000, tags=tags)
+    run_id = run.info.run_id
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    for step, seconds in ((1, 2.0), (2, 1.0)):
+        client.log_metric(run_id, "epoch_seconds", seconds, step=step)
+    client.log_metric(run_id, "objective", objective)
+    client.set_terminated(run_id, "FINISHED", end_time=1_005_500)
+    return run_id
+
+
+def test_the_plan_counts_times_and_sizes_a_sweep_from_the_store(tmp_path, tracking_uri):
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("fmnist_exp")
+    used = [
+        known_run(client, experiment_id, "a", 0.80),
+        known_run(client, experiment_id, "a", 0.82),
+        known_run(client, experiment_id, "b", 0.70),
+        known_run(client, experiment_id, "b", 0.72),
+    ]
+    # Not for the estimate: another host, another batch size, another data size (nor for the spread).
+    known_run(client, experiment_id, "c", 0.5, host="elsewhere")
+    known_run(client, experiment_id, "d", 0.6, params={"batch_size": "32"})
+    other_data = known_run(client, experiment_id, "e", 0.1, params={"data.max_train_samples": "6000"})
+    known_run(client, experiment_id, "e", 0.9, params={"data.max_train_samples": "6000"})
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    before = database.stat().st_mtime_ns
+
+    result = plan([*PLANNED, "replicates=3", "plan_difference=0.01"], tmp_path, tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout
+    host = socket.gethostname()
+    assert "Plan: 2 jobs x 3 seeds = 6 runs (the basic sweeper's grid: 2 model.dropout)" in text
+    # 1.5 s an epoch (the mean of 2.0 and 1.0) x 3 epochs + 2.5 s outside them = 7 s a run; 6 runs.
+    assert "Time: ~42 s for the 6 runs one after another" in text
+    assert (
+        "  fast_cnn, batch size 64, 3 epochs, 600 training images (validation holdout): ~7 s a run "
+        f"(1.5 s an epoch x 3 + 2.5 s outside the epochs), from 4 finished runs on {host}: "
+    ) in text
+    assert all(run_id[:8] in text for run_id in used) and other_data[:8] not in text
+    # Groups a and b spread by sd 0.0141 each (the groups of the other data, 0.1 and 0.9, are left out).
+    assert (
+        "Seed noise: sd 0.0141 of the objective across seeds, pooled over 2 configs (4 runs) of fast_cnn in the "
+        "store with two or more seeds: a (2); b (2);"
+    ) in text
+    assert "sd x sqrt(2) = 0.0200" in text
+    smallest = power.smallest_difference(0.02, 3)
+    assert (
+        "With 3 seeds per config, a paired t-test (two-sided, 5% level) with 80% power resolves a difference "
+        f"of {smallest:.4f} ({100 * smallest:.2f} points) or more."
+    ) in text
+    # 0.01 against a per-seed sd of 0.02 is d = 0.5: 34 seeds, as the table says.
+    chance = power.paired_power(0.01, 0.02, 3)
+    assert (
+        f"A difference of 0.01 (1.00 points) needs 34 seeds per config (replicates=34); 3 seeds find it {100 * chance:.0f}%"
+        in text
+    )
+    assert not (tmp_path / "multirun").exists() and database.stat().st_mtime_ns == before
+    assert len(client.search_runs([experiment_id])) == 8  # no parent run was made
+
+
+def test_a_plan_leaves_no_folder_and_no_store(tmp_path):
+    tracking_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    result = plan([*PLANNED, "replicates=2"], tmp_path, tracking_uri)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Time: no estimate (the store {tmp_path / 'mlruns' / 'mlflow.db'} does not exist yet)" in result.stdout
+    assert "sd 0.0030 of the objective across seeds, the default 0.003" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # no multirun/ folder, no mlruns/, no database
+
+    search = plan(["hparams_search=optuna", "hydra.sweeper.n_trials=4", "replicates=2"], tmp_path, tracking_uri)
+    assert search.returncode == 0, search.stderr[-3000:]
+    assert "Plan: 4 jobs x 2 seeds = 8 runs (n_trials=4 trials of the study sweeper)" in search.stdout
+    assert list(tmp_path.iterdir()) == []
+
+    single = subprocess.run(
+        [sys.executable, "-m", "fmnist_exp.run", f"data.dir={SUBSET_DIR}", "plan=true"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert single.returncode == 2 and "plan: true plans a sweep" in single.stderr
+    assert list(tmp_path.iterdir()) == []

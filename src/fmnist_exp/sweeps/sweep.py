@@ -30,7 +30,7 @@ from fmnist_exp.config.checks import SWEEP_WIDE_KEYS, check_sweep_wide
 from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, sweep_key, trains_something
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
-from fmnist_exp.sweeps import gpu_pack, ray_cluster
+from fmnist_exp.sweeps import gpu_pack, plan, ray_cluster
 from fmnist_exp.tracking.links import ui_link
 from fmnist_exp.tracking.liveness import owner_tags
 from fmnist_exp.tracking.store import Store
@@ -108,6 +108,9 @@ class SweepCallback(Callback):
             check_sweep_wide({key: sweep_wide_value(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
             for launcher in (gpu_pack, ray_cluster):  # each launcher module checks its own keys
                 launcher.check_launcher(config.hydra.launcher)
+            if config.get("plan"):  # before the sweeper makes its folder and the parent run its store
+                print(plan.describe(config, kwargs.get("config_name") or "config"))
+                sys.exit(0)
             self.start(config)
         except UserError as error:
             fail(str(error))
