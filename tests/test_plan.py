@@ -1,11 +1,13 @@
-"""A sweep's plan before launch (`plan=true`).
+"""A sweep's plan before launch (`plan=true`) and its progress line while it runs.
 
 The power arithmetic against SciPy and textbook values; the plan's words on a store of known runs
-made with the MLflow client (no training); that a plan leaves no folder and no store.
+made with the MLflow client (no training); that a plan leaves no folder and no store; and the progress
+line on one tiny real sweep.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -17,6 +19,7 @@ import mlflow
 import pytest
 
 from fmnist_exp.analysis import power
+from fmnist_exp.sweeps import progress
 from helpers import SUBSET_DIR
 
 # -- the power of the paired t-test -----------------------------------------------------------------
@@ -177,3 +180,48 @@ def test_a_plan_leaves_no_folder_and_no_store(tmp_path):
     )
     assert single.returncode == 2 and "plan: true plans a sweep" in single.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the progress line -----------------------------------------------------------------------------
+
+
+def test_the_progress_line_counts_down_and_names_the_best():
+    ended = [{"label": "model.dropout=0.2", "objective": 0.8935}, {"label": "model.dropout=0.4", "objective": None}]
+    assert (
+        progress.line(ended[:1], 12, started=0.0, now=120.0)
+        == "job 1/12 done, 11 to go, ~22 min left, best so far model.dropout=0.2 0.8935"
+    )
+    assert progress.line(ended[1:], None, 0.0, 5.0) == "job 1 done, no objective yet"
+    assert progress.line(ended, 2, 0.0, 5.0) == "job 2/2 done, 0 to go, best so far model.dropout=0.2 0.8935"
+
+
+def test_a_sweep_logs_its_progress_after_each_job(tmp_path, tracking_uri):
+    tiny = [f"data.dir={SUBSET_DIR}", "data.max_train_samples=400", "data.max_test_samples=200", "epochs=1",
+            "trainer.verbose=0", "mlflow.log_model=false", "model=fast_cnn", "model.dropout=0.2,0.4"]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_exp.run", "-m", *tiny, f"hydra.sweep.dir={tmp_path}/sweep"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("job ")]
+    assert len(lines) == 2, result.stdout[-3000:]
+    assert lines[0].startswith("job 1/2 done, 1 to go, ~") and " left, best so far model.dropout=0.2 " in lines[0]
+    assert lines[1].startswith("job 2/2 done, 0 to go, best so far model.dropout=")
+    children = [
+        run
+        for run in mlflow.MlflowClient(tracking_uri).search_runs(
+            [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("fmnist_exp").experiment_id]
+        )
+        if "mlflow.parentRunId" in run.data.tags
+    ]
+    best = max(children, key=lambda run: run.data.metrics["objective"])
+    assert lines[1].endswith(f"best so far {best.info.run_name} {best.data.metrics['objective']:.4f}")
+    # Hydra's log of each job holds its line; the sweep's folder the jobs' ends.
+    assert "job 1/2 done" in (tmp_path / "sweep" / "0" / "run.log").read_text()
+    assert "job 2/2 done" in (tmp_path / "sweep" / "1" / "run.log").read_text()
+    entries = [json.loads(line) for line in (tmp_path / "sweep" / progress.PROGRESS_FILE).read_text().splitlines()]
+    assert [entry["label"] for entry in entries] == ["model.dropout=0.2", "model.dropout=0.4"]

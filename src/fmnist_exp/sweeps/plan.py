@@ -3,7 +3,7 @@ what the store has seen, and the difference its seeds can resolve (analysis/powe
 
 SweepCallback.on_multirun_start prints it and exits 0 before the sweeper starts, so nothing is made:
 no parent run, no sweep folder (Hydra's sweeper makes it later), and no store (a SQLite file that is
-not there is not opened).
+not there is not opened). The count of jobs is also what the progress line counts down from.
 
 - Jobs: the basic sweeper's grid (the product of each swept override's values, `hydra.sweeper.params`
   included), or a search's `hydra.sweeper.n_trials`; runs are jobs x replicates.
@@ -137,6 +137,14 @@ def sweep_of(config: DictConfig) -> Sweep:
     jobs = math.prod(len(values) for values in options.values())
     grid = " x ".join(f"{len(values)} {key}" for key, values in options.items()) or "no swept key"
     return Sweep(jobs, replicates, f"the basic sweeper's grid: {grid}", shapes)
+
+
+def job_count(config: DictConfig) -> int | None:
+    """The sweep's number of jobs, or None when it cannot be told (the progress line's total)."""
+    try:
+        return sweep_of(config).jobs
+    except Exception:  # noqa: BLE001 (a sweep the plan cannot read is Hydra's to refuse; no total then)
+        return None
 
 
 def shape_of(overrides: list[str], config_name: str) -> Shape:

@@ -31,6 +31,7 @@ from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, sweep_key, train
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
 from fmnist_exp.sweeps import gpu_pack, plan, ray_cluster
+from fmnist_exp.sweeps.progress import Progress
 from fmnist_exp.tracking.links import ui_link
 from fmnist_exp.tracking.liveness import owner_tags
 from fmnist_exp.tracking.store import Store
@@ -95,6 +96,7 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self.store: Store | None = None
+        self.progress: Progress | None = None  # the count of jobs ended, for the line after each
         self.signals = contextlib.ExitStack()
 
     def __getstate__(self) -> dict:
@@ -114,6 +116,7 @@ class SweepCallback(Callback):
             self.start(config)
         except UserError as error:
             fail(str(error))
+        self.progress = Progress(plan.job_count(config), given=list(config.hydra.overrides.task))
         # SIGTERM and SIGHUP between jobs (or while a parallel launcher waits) stop the sweep as Ctrl-C
         # does, so that on_multirun_end ends the parent KILLED; a job's own run handles them within.
         self.signals.enter_context(signals_as_interrupt())
@@ -161,6 +164,10 @@ class SweepCallback(Callback):
         for a single run too, where there is no sweep to record anything on (nor a store to make)."""
         if self.parent_run_id is None:
             return
+        if self.progress is not None and not config.get("dry_run"):
+            given = {"sweep_overrides_json": json.dumps(self.progress.given)}  # what a job's name leaves out
+            label = child_name(list(config.hydra.overrides.task), given)
+            self.progress.job_ended(Path(config.hydra.sweep.dir), label, job_return)
         if job_return.status == JobStatus.COMPLETED:
             result = job_return.return_value
             if not isinstance(result, dict) or not result.get("failure") or result.get("run_ids"):
