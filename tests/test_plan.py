@@ -86,8 +86,8 @@ def plan(arguments: list[str], cwd: Path, tracking_uri: str) -> subprocess.Compl
     )
 
 
-def known_run(client, experiment_id: str, group: str, objective: float, **changes) -> str:
-    """A FINISHED run as the runner logs one: 2 epochs of 2.0 and 1.0 s in a run 5.5 s long."""
+def known_run(client, experiment_id: str, group: str, objective: float, start: float = 1000.0, **changes) -> str:
+    """A FINISHED run as the runner logs one: 2 epochs of 2.0 and 1.0 s in a run 5.5 s long from `start`."""
     params = {
         "model.name": "fast_cnn",
         "batch_size": "64",
@@ -96,25 +96,28 @@ def known_run(client, experiment_id: str, group: str, objective: float, **change
     }
     params.update(changes.pop("params", {}))
     tags = {"config_group": group, "fmnist_exp.host": changes.pop("host", socket.gethostname())}
-    run = client.create_run(experiment_id, start_time=1_000_000, tags=tags)
+    tags.update(changes.pop("tags", {}))
+    run = client.create_run(experiment_id, start_time=int(start * 1000), tags=tags)
     run_id = run.info.run_id
     for key, value in params.items():
         client.log_param(run_id, key, value)
     for step, seconds in ((1, 2.0), (2, 1.0)):
         client.log_metric(run_id, "epoch_seconds", seconds, step=step)
     client.log_metric(run_id, "objective", objective)
-    client.set_terminated(run_id, "FINISHED", end_time=1_005_500)
+    client.set_terminated(run_id, "FINISHED", end_time=int((start + 5.5) * 1000))
     return run_id
 
 
 def test_the_plan_counts_times_and_sizes_a_sweep_from_the_store(tmp_path, tracking_uri):
     client = mlflow.MlflowClient(tracking_uri)
     experiment_id = client.create_experiment("fmnist_exp")
+    # One process, started at 1000 s: its first run 12 s later, each next one 3 s after the last ended.
+    process = {"tags": {"fmnist_exp.pid": "4242", "fmnist_exp.pid_start": "1000.00"}}
     used = [
-        known_run(client, experiment_id, "a", 0.80),
-        known_run(client, experiment_id, "a", 0.82),
-        known_run(client, experiment_id, "b", 0.70),
-        known_run(client, experiment_id, "b", 0.72),
+        known_run(client, experiment_id, "a", 0.80, start=1012.0, **process),
+        known_run(client, experiment_id, "a", 0.82, start=1020.5, **process),
+        known_run(client, experiment_id, "b", 0.70, start=1029.0, **process),
+        known_run(client, experiment_id, "b", 0.72, start=1037.5, **process),
     ]
     # Not for the estimate: another host, another batch size, another data size (nor for the spread).
     known_run(client, experiment_id, "c", 0.5, host="elsewhere")
@@ -129,11 +132,12 @@ def test_the_plan_counts_times_and_sizes_a_sweep_from_the_store(tmp_path, tracki
     text = result.stdout
     host = socket.gethostname()
     assert "Plan: 2 jobs x 3 seeds = 6 runs (the basic sweeper's grid: 2 model.dropout)" in text
-    # 1.5 s an epoch (the mean of 2.0 and 1.0) x 3 epochs + 2.5 s outside them = 7 s a run; 6 runs.
-    assert "Time: ~42 s for the 6 runs one after another" in text
+    # 1.5 s an epoch (the mean of 2.0 and 1.0) x 3 epochs + 2.5 s outside them + 3 s between runs =
+    # 10 s a run; 6 runs, and 12 s of the process's start-up once.
+    assert "Time: ~72 s for the 6 runs one after another, 12 s of it the process's start-up" in text
     assert (
-        "  fast_cnn, batch size 64, 3 epochs, 600 training images (validation holdout): ~7 s a run "
-        f"(1.5 s an epoch x 3 + 2.5 s outside the epochs), from 4 finished runs on {host}: "
+        "  fast_cnn, batch size 64, 3 epochs, 600 training images (validation holdout): ~10 s a run "
+        f"(1.5 s an epoch x 3 + 2.5 s outside the epochs + 3.0 s between runs), from 4 finished runs on {host}: "
     ) in text
     assert all(run_id[:8] in text for run_id in used) and other_data[:8] not in text
     # Groups a and b spread by sd 0.0141 each (the groups of the other data, 0.1 and 0.9, are left out).

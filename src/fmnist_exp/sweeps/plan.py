@@ -10,8 +10,11 @@ not there is not opened). The count of jobs is also what the progress line count
 - Time: for each shape of job (model name, batch size, epochs, data.max_train_samples, data.validation),
   the store's latest FINISHED runs of the same model name, batch size, data and host: the mean of
   their `epoch_seconds` history times the epochs, plus their mean time outside the epochs (the run's
-  length less its epochs: evaluating, logging the model). A shape without such runs gets no estimate,
-  and the plan says so. A search's trials are weighed as if each listed option were drawn equally.
+  length less its epochs: evaluating, logging the model), plus the mean time their process spent
+  between the end of its previous run and theirs (a job's data and model, read from the pid tags),
+  plus once the process's start-up before its first run (imports). A shape without such runs gets no
+  estimate, and the plan says so. A search's trials are weighed as if each listed option were drawn
+  equally.
 - Seed spread: the sd of the objective across the seeds of one config (runs sharing a config_group
   tag), pooled over the store's configs of the sweep's models on the same data; else
   power.DEFAULT_SEED_SD, named as such.
@@ -31,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from fmnist_exp.analysis import power
 from fmnist_exp.config.checks import MAX_REPLICATES, check_plan_difference
 from fmnist_exp.errors import ConfigError
-from fmnist_exp.tracking.liveness import HOST_TAG
+from fmnist_exp.tracking.liveness import HOST_TAG, PID_START_TAG, PID_TAG
 from fmnist_exp.tracking.location import sqlite_path
 from fmnist_exp.tracking.store import RunRecord, Store
 
@@ -178,11 +181,43 @@ def history(store: Store | None, experiment: str, shape: Shape, host: str) -> li
     return [run for run in found if shape.same_data(run) and run.end_time and run.start_time][:HISTORY_RUNS]
 
 
-def run_seconds(store: Store, runs: list[RunRecord], epochs: int) -> tuple[float, float, float] | None:
-    """(seconds a run of `epochs` epochs takes, mean epoch seconds, mean seconds outside the epochs)
-    from the runs' epoch_seconds histories and lengths; None if none logged an epoch."""
+@dataclass
+class Timing:
+    """What a shape's runs took, from the store: means over its latest finished runs."""
+
+    epoch: float  # seconds an epoch (their epoch_seconds histories)
+    outside: float  # seconds of a run outside its epochs (evaluating, logging the model)
+    between: float | None  # seconds from the end of the process's previous run to the run's start
+    start_up: float | None  # seconds from the process's start to its first run's start (imports, data)
+
+    def per_run(self, epochs: int) -> float:
+        return self.epoch * epochs + self.outside + (self.between or 0.0)
+
+
+def before_run(store: Store, experiment: str, run: RunRecord) -> tuple[str, float] | None:
+    """What the run's process spent before the run began, by the runs of the same process (the pid
+    and process start tags): ("between", seconds since its previous run ended) or, for its first run,
+    ("start-up", seconds since the process started); None when the run does not say."""
+    pid, process_start = run.tags.get(PID_TAG), run.tags.get(PID_START_TAG)
+    if not pid or not process_start or not run.start_time:
+        return None
+    query = f"tags.`{PID_TAG}` = '{pid}' and tags.`{PID_START_TAG}` = '{process_start}'"
+    ends = [
+        other.end_time
+        for other in store.search(experiment, query)
+        if other.run_id != run.run_id and other.end_time and other.end_time <= run.start_time
+    ]
+    if ends:
+        return "between", (run.start_time - max(ends)) / 1000
+    return "start-up", max(0.0, run.start_time / 1000 - float(process_start))
+
+
+def timing_of(store: Store, experiment: str, runs: list[RunRecord]) -> Timing | None:
+    """The shape's Timing from its runs' epoch_seconds histories, lengths and processes; None if
+    none logged an epoch."""
     epoch_times: list[float] = []
     outside: list[float] = []
+    gaps: dict[str, list[float]] = {"between": [], "start-up": []}
     for run in runs:
         epochs_of_run = store.metric_history(run.run_id, "epoch_seconds")
         if not epochs_of_run:
@@ -190,10 +225,17 @@ def run_seconds(store: Store, runs: list[RunRecord], epochs: int) -> tuple[float
         epoch_times += epochs_of_run
         length = ((run.end_time or 0) - (run.start_time or 0)) / 1000
         outside.append(max(0.0, length - sum(epochs_of_run)))
+        before = before_run(store, experiment, run)
+        if before is not None:
+            gaps[before[0]].append(before[1])
     if not epoch_times:
         return None
-    epoch, rest = statistics.fmean(epoch_times), statistics.fmean(outside)
-    return epoch * epochs + rest, epoch, rest
+    return Timing(
+        statistics.fmean(epoch_times),
+        statistics.fmean(outside),
+        statistics.fmean(gaps["between"]) if gaps["between"] else None,
+        statistics.fmean(gaps["start-up"]) if gaps["start-up"] else None,
+    )
 
 
 def seed_spread(store: Store | None, experiment: str, shapes: Counter | list[Shape]) -> tuple[float, dict[str, int]]:
@@ -262,29 +304,36 @@ def time_lines(store: Store | None, missing: str, experiment: str, shapes: Count
     lines: list[str] = []
     unknown: list[str] = []
     total = 0.0
+    start_ups: list[float] = []  # the process's start before its first run: once per sweep
     combinations = sum(shapes.values())  # the grid (or a search drawing evenly) gives each as many runs
     for shape, count in shapes.items():
         share = (sweep.runs or 0) * count / combinations
         runs = history(store, experiment, shape, host)
-        timing = run_seconds(store, runs, shape.epochs) if store is not None and runs else None
+        timing = timing_of(store, experiment, runs) if store is not None and runs else None
         if timing is None:
             unknown.append(str(shape))
             continue
-        seconds, epoch, rest = timing
-        total += share * seconds
+        total += share * timing.per_run(shape.epochs)
+        if timing.start_up is not None:
+            start_ups.append(timing.start_up)
         named = ", ".join(run.run_id[:8] for run in runs[:LISTED]) + (
             f" and {len(runs) - LISTED} more" if len(runs) > LISTED else ""
         )
+        between = f" + {timing.between:.1f} s between runs" if timing.between is not None else ""
         lines.append(
-            f"  {shape}: ~{duration(seconds)} a run ({epoch:.1f} s an epoch x {shape.epochs} + {rest:.1f} s "
-            f"outside the epochs), from {len(runs)} finished run{'s' if len(runs) != 1 else ''} on {host}: {named}"
+            f"  {shape}: ~{duration(timing.per_run(shape.epochs))} a run ({timing.epoch:.1f} s an epoch x "
+            f"{shape.epochs} + {timing.outside:.1f} s outside the epochs{between}), from {len(runs)} finished "
+            f"run{'s' if len(runs) != 1 else ''} on {host}: {named}"
         )
     where = missing or f"the store has no finished run of the same model, batch size and data on {host}"
     if sweep.runs is None:
         return ["Time: no estimate: the number of jobs is not known before the sweeper runs.", *lines]
     if unknown and not lines:
         return [f"Time: no estimate ({where}): {'; '.join(unknown)}."]
-    head = f"Time: ~{duration(total)} for the {sweep.runs} runs one after another"
+    once = max(start_ups, default=0.0)
+    head = f"Time: ~{duration(total + once)} for the {sweep.runs} runs one after another"
+    if start_ups:
+        head += f", {duration(once)} of it the process's start-up"
     if unknown:
         head += f", not counting the {len(unknown)} shape(s) with no history ({'; '.join(unknown)})"
     return [head + "; per shape of job:", *lines]
