@@ -321,6 +321,13 @@ BAD_INPUTS = [
     Bad("sweep replicates -1", ("-m", "replicates=-1"), "replicates: -1 must be a whole number from 1 to 100"),
     Bad("sweep replicates huge", ("-m", "replicates=100000"), "replicates: 100000 must be a whole number from 1"),
     Bad("sweep replicates swept", ("-m", "replicates=1,2"), "replicates: cannot be swept"),
+    Bad("plan without a sweep", ("plan=true",), "plan: true plans a sweep (its jobs, time and the difference"),
+    Bad("sweep plan swept", ("-m", "plan=true,false"), "plan: cannot be swept: it says whether the whole sweep runs"),
+    Bad(
+        "sweep plan difference 0",
+        ("-m", "plan=true", "plan_difference=0"),
+        "plan_difference: 0.0 must lie between 0 and 1, in the objective's units",
+    ),
     Bad(
         "sweep replicates unresolved",
         ("-m", "replicates=${oc.env:FMNIST_NO_SUCH_VARIABLE}"),

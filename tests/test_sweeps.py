@@ -195,9 +195,10 @@ def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_
 
 
 def test_replicates_without_a_sweep_are_refused_in_one_line(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"  # the refusal must not make it
     result = subprocess.run(
         [sys.executable, "-m", "fmnist_exp.run", *SWEEP_RUN, "replicates=3"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": store},
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

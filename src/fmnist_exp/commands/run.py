@@ -49,6 +49,7 @@ def single_run(composed: DictConfig, output_dir: Path, overrides: list[str]) -> 
     config = None
     try:
         config = to_experiment_config(composed)
+        refuse_plan_without_a_sweep(config.plan)
         if config.dry_run:
             run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
             from fmnist_exp.training import dry_run
@@ -85,6 +86,14 @@ def refuse_replicates_without_a_sweep(replicates: int) -> None:
         raise UserError(
             f"replicates: {replicates} trains the config {replicates} times as a sweep; "
             "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
+        )
+
+
+def refuse_plan_without_a_sweep(plan: bool) -> None:
+    if plan:
+        raise UserError(
+            "plan: true plans a sweep (its jobs, time and the difference its seeds resolve); add -m "
+            "(python -m fmnist_exp.run -m ... plan=true)"
         )
 
 

@@ -60,6 +60,8 @@ SWEEP_WIDE_KEYS = {
     "mlflow.experiment_name": "a sweep's parent run and its jobs share one experiment; run one sweep per experiment",
     "mlflow.orphan_after_minutes": "it applies to the whole sweep from its start",
     "replicates": "it sets the seeds per config of the whole sweep; sweep seed= instead",
+    "plan": "it says whether the whole sweep runs or is only planned",
+    "plan_difference": "the plan is one for the whole sweep",
 }
 
 
@@ -72,6 +74,17 @@ def check_replicates(replicates: Any) -> None:
         )
 
 
+def check_plan_difference(difference: Any) -> None:
+    """A difference to plan for is a part of the objective's range, an accuracy in [0, 1]."""
+    if difference is None:
+        return
+    if isinstance(difference, bool) or not isinstance(difference, (int, float)) or not 0 < difference < 1:
+        _fail(
+            "plan_difference",
+            f"{difference!r} must lie between 0 and 1, in the objective's units (0.003 is 0.3 points of accuracy)",
+        )
+
+
 def check_sweep_wide(values: dict[str, Any], swept: list[str]) -> None:
     """Before a sweep's parent run is made or any orphan closed: the keys the sweep's `swept` list
     varies may not be sweep-wide ones, and the sweep-wide `values` ({dotted key: value}) must be sound."""
@@ -79,6 +92,7 @@ def check_sweep_wide(values: dict[str, Any], swept: list[str]) -> None:
         if key in SWEEP_WIDE_KEYS:
             _fail(key, f"cannot be swept: {SWEEP_WIDE_KEYS[key]}")
     check_replicates(values["replicates"])
+    check_plan_difference(values["plan_difference"])
     check_orphan_bound(values["mlflow.orphan_after_minutes"])
     if not str(values["mlflow.experiment_name"]).strip():
         _fail("mlflow.experiment_name", "must not be empty")
@@ -93,6 +107,7 @@ def check_values(config: ExperimentConfig) -> None:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
     check_positive("epochs", config.epochs)
     check_replicates(config.replicates)
+    check_plan_difference(config.plan_difference)
     if not 0 <= config.seed <= 2**32 - 1:
         _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")
     if not config.mlflow.experiment_name.strip():

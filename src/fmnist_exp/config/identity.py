@@ -22,7 +22,10 @@ GROUP_PARAMS = {"model": "model.name", "optimizer": "optimizer.name", "data": No
 PATH_KEYS = ("data.dir", "data.mirror")
 
 # Keys that do not change what is trained: they stay out of the config hash and the run's name.
-UNTRAINED_KEYS = ("mlflow", "trainer.verbose", "resume", "register", "force", "dry_run", "replicates", "hydra")
+UNTRAINED_KEYS = (
+    "mlflow", "trainer.verbose", "resume", "register", "force", "dry_run", "replicates", "plan", "plan_difference",
+    "hydra",
+)  # fmt: skip
 
 
 def config_hash(config: ExperimentConfig, without: tuple[str, ...] = ()) -> str:
@@ -67,6 +70,8 @@ def sweep_key(config: DictConfig) -> str:
     """
     base = cast(dict[str, Any], OmegaConf.to_container(config, resolve=False))
     base.pop("hydra", None)
+    for planning in ("plan", "plan_difference"):  # a planned sweep never runs; left out, an earlier
+        base.pop(planning, None)  # sweep's command still finds its parent run
     overrides = sorted(config.hydra.overrides.task)
     text = json.dumps([config.mlflow.experiment_name, overrides, base], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -210,6 +210,12 @@ class ExperimentConfig:
     dry_run: bool = False
     # In a sweep: train each config this many times, with seeds seed, seed+1, ... (the seed noise).
     replicates: int = 1
+    # With -m: print the sweep's plan (jobs, runs, time from the store's history, the difference its
+    # seeds can resolve) and exit without training or making a run, a folder or a store.
+    plan: bool = False
+    # With plan=true: also say how many seeds a true difference of this size (in objective units,
+    # e.g. 0.003 for 0.3 points of accuracy) needs.
+    plan_difference: float | None = None
     data: DataConfig = field(default_factory=DataConfig)
     # A model file of conf/model/ (a ModelConfig once validated); a mapping here so that each model
     # file can declare its own knobs beside its layers.

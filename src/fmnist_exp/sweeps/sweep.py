@@ -18,10 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fmnist_exp.analysis import ranking
@@ -30,8 +28,9 @@ from fmnist_exp.config.checks import SWEEP_WIDE_KEYS, check_sweep_wide
 from fmnist_exp.config.identity import GROUP_PARAMS, sweep_key, trains_something
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
-from fmnist_exp.sweeps import gpu_pack, ray_cluster, shared_study
+from fmnist_exp.sweeps import gpu_pack, plan, ray_cluster, shared_study
 from fmnist_exp.sweeps.comparison import summarize, sweep_params, sweep_rows
+from fmnist_exp.sweeps.progress import Progress
 from fmnist_exp.tracking.links import ui_link
 from fmnist_exp.tracking.liveness import owner_tags
 from fmnist_exp.tracking.store import Store
@@ -61,6 +60,7 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self.store: Store | None = None
+        self.progress: Progress | None = None  # the count of jobs ended, for the line after each
         self.signals = contextlib.ExitStack()
 
     def __getstate__(self) -> dict:
@@ -76,9 +76,13 @@ class SweepCallback(Callback):
                 launcher.check_launcher(config.hydra.launcher)
             if "heartbeat_interval" in config.hydra.sweeper:  # the study sweeper's (hparams_search=optuna)
                 shared_study.check_heartbeat(config.hydra.sweeper.heartbeat_interval, config.hydra.sweeper.grace_period)
+            if config.get("plan"):  # before the sweeper makes its folder and the parent run its store
+                print(plan.describe(config, kwargs.get("config_name") or "config"))
+                sys.exit(0)
             self.start(config)
         except UserError as error:
             fail(str(error))
+        self.progress = Progress(plan.job_count(config), given=list(config.hydra.overrides.task))
         # SIGTERM and SIGHUP between jobs (or while a parallel launcher waits) stop the sweep as Ctrl-C
         # does, so that on_multirun_end ends the parent KILLED; a job's own run handles them within.
         self.signals.enter_context(signals_as_interrupt())
@@ -127,11 +131,16 @@ class SweepCallback(Callback):
         """A job that failed without a run of its own (refused, or a bug before its run started) is
         recorded as a FAILED child run with its one-line reason, so that the parent counts every job.
 
-        Called in the process that ran the job (a worker, under a parallel launcher), for a single run
-        too (the callback is the config's): only a sweep's job that completed or raised is recorded;
-        one that exited (a refusal's SystemExit) or was interrupted has said what it had to say."""
-        if HydraConfig.get().mode != RunMode.MULTIRUN or job_return.status == JobStatus.UNKNOWN:
+        Called in the process that ran the job (a worker, under a parallel launcher); Hydra calls it
+        for a single run too, where there is no sweep to record anything on (nor a store to make).
+        Only a job that completed or raised is recorded; one that exited (a refusal's SystemExit) or
+        was interrupted has said what it had to say."""
+        if self.parent_run_id is None or job_return.status == JobStatus.UNKNOWN:
             return
+        if self.progress is not None and not config.get("dry_run"):
+            given = {"sweep_overrides_json": json.dumps(self.progress.given)}  # what a job's name leaves out
+            label = child_name(list(config.hydra.overrides.task), given)
+            self.progress.job_ended(Path(config.hydra.sweep.dir), label, job_return)
         if job_return.status == JobStatus.COMPLETED:
             result = job_return.return_value
             if not isinstance(result, dict) or not result.get("failure") or result.get("run_ids"):

@@ -49,6 +49,7 @@ class RunRecord:
     params: dict[str, str]
     metrics: dict[str, float]  # each metric's latest value
     tags: dict[str, str]
+    end_time: int | None = None  # milliseconds since the epoch; None while the run is RUNNING
 
     @classmethod
     def of(cls, run) -> RunRecord:
@@ -62,6 +63,7 @@ class RunRecord:
             params=dict(data.params),
             metrics=dict(data.metrics),
             tags=dict(data.tags),
+            end_time=info.end_time,
         )
 
 
