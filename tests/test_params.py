@@ -62,3 +62,11 @@ def test_machine_paths_are_tags():
     tags = run_tags_of_config(config)
     assert tags["data.dir"] == str(SUBSET_DIR) and tags["mlflow.tracking_uri"] == config.mlflow.tracking_uri
     assert tags["trainer.threads"] == "2"
+
+
+def test_a_swept_layer_stack_key_is_a_param_of_each_job():
+    """`-m model.layers.0.filters=16,32`: each job logs the key it was given, so the parent's comparison
+    has its column (a number part of a key indexes the layer list, as in Hydra)."""
+    overrides = ["model.layers.0.filters=16", "model.layers.4.kernel_size=5"]
+    params = run_params(typed_config(overrides), overrides)
+    assert params["model.layers.0.filters"] == 16 and params["model.layers.4.kernel_size"] == 5

@@ -103,11 +103,15 @@ def given_params(config: ExperimentConfig, overrides: list[str], chosen: dict[st
 
 
 def lookup(tree: dict, dotted: str) -> Any:
+    """The value at a dotted key; a number part indexes a list (`model.layers.0.filters`), as Hydra's keys do."""
     node: Any = tree
     for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
             return None
-        node = node[part]
     return node
 
 
