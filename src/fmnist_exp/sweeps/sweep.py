@@ -16,7 +16,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -28,12 +28,13 @@ from fmnist_exp.config.checks import SWEEP_WIDE_KEYS, check_sweep_wide
 from fmnist_exp.config.identity import GROUP_PARAMS, sweep_key, trains_something
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, ConfigError, UserError, fail
 from fmnist_exp.runtime.interrupts import signals_as_interrupt
-from fmnist_exp.sweeps import gpu_pack, plan, ray_cluster, shared_study
-from fmnist_exp.sweeps.comparison import summarize, sweep_params, sweep_rows
-from fmnist_exp.sweeps.progress import Progress
+from fmnist_exp.sweeps import gpu_pack, ray_cluster
 from fmnist_exp.tracking.links import ui_link
 from fmnist_exp.tracking.liveness import owner_tags
 from fmnist_exp.tracking.store import Store
+
+if TYPE_CHECKING:
+    from fmnist_exp.sweeps.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class SweepCallback(Callback):
         return {**self.__dict__, "signals": contextlib.ExitStack()}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Imported here, not with the module: Hydra makes this callback for every run, a single one too.
+        from fmnist_exp.sweeps import plan, shared_study
+        from fmnist_exp.sweeps.progress import Progress
+
         # Hydra turns an exception raised here into a warning and runs every job anyway: bad input is
         # answered here, in one line, before the parent run is made or any orphan is closed.
         try:
@@ -122,6 +127,8 @@ class SweepCallback(Callback):
         from fmnist_exp.tracking.params import git_tags
 
         self.store.set_tags(self.parent_run_id, {**git_tags(), **tags})
+        from fmnist_exp.sweeps.comparison import sweep_params
+
         self.store.log_params(self.parent_run_id, sweep_params(config))
         # A sweep that dies (an exception in Hydra, Ctrl-C) must not leave its parent RUNNING.
         atexit.register(self._end, "FAILED")
@@ -166,6 +173,8 @@ class SweepCallback(Callback):
             return
         status = ending_status(in_flight)
         try:
+            from fmnist_exp.sweeps.comparison import summarize, sweep_rows
+
             note = summarize(self.store, self.parent_run_id, Path(config.hydra.sweep.dir))
             rows = sweep_rows(self.store, self.parent_run_id)
             status, ending, code = sweep_ending(status, in_flight, rows, self.parent_run_id)
