@@ -129,6 +129,10 @@ def ray_head(tmp_path_factory):
                 "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={folder}",
             ],
             stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            # Ray 2.60 turns token authentication on for a head when ~/.ray/auth_token exists (a
+            # local ray.init can leave one), and `ray status` and the sweep's clients would then be
+            # refused: a test cluster on loopback runs without it.
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         )  # fmt: skip
     address = f"127.0.0.1:{port}"
     try:
