@@ -228,6 +228,19 @@ def test_every_schema_key_has_a_commented_default_in_conf():
     assert uncommented == [], f"conf/config.yaml: no comment beside {uncommented}"
 
 
+def test_rooms_stay_small():
+    """No source file over 400 lines and no function over 60: a room one reads in one sitting."""
+    too_long = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 60:
+                too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
+
+
 def print_graph() -> None:
     """`python tests/test_architecture.py`: the package's import graph, layer by layer, top first."""
     for name in sorted(MODULES, key=lambda name: (-level(name), name)):

@@ -96,10 +96,7 @@ def stored_study_class():
 
 def sweep_stored_study(self, arguments: list[str]) -> None:
     """The plugin's `sweep`, with the study stored, continued, shared, pruned trials marked and runs tagged."""
-    import optuna
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
-    from fmnist_exp.config.identity import sweep_key
 
     directions = self._get_directions()
     if len(directions) != 1:
@@ -111,34 +108,7 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
     for name in fixed_params:
         distributions.pop(name, None)
     store = Store(self.config.mlflow.tracking_uri)
-    storage = self.storage or default_storage(store.uri)
-    # The storage object made here (what optuna.create_study makes of a URL), with Optuna's heartbeat
-    # on, so that trials are written through Optuna's public storage API, not the study's _storage.
-    stale = shared_study.StaleTrials(self.grace_period)
-    backend = (
-        shared_study.heartbeat_storage(storage, self.heartbeat_interval, self.grace_period, stale)
-        if isinstance(storage, str)
-        else storage
-    )
-    study_name = self.study_name or f"{self.config.mlflow.experiment_name}-{sweep_key(self.config)}"
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=backend,
-        sampler=self.sampler,
-        direction=directions[0],
-        load_if_exists=True,
-    )
-    abandoned = shared_study.end_stale_trials(study, backend, self.grace_period, stale)
-    if study.trials:
-        # A seeded sampler would start its random stream again and propose the finished trials'
-        # values once more; a continued study draws fresh ones (so it is not bit-for-bit reproducible).
-        study.sampler.reseed_rng()
-    elsewhere = len(shared_study.open_trials(study))
-    log.info(
-        f"Study {study_name} in {storage}: {counted_trials(study)} of {self.n_trials} trials done"
-        + (f"; {len(abandoned)} interrupted trial(s) marked failed and not counted" if abandoned else "")
-        + (f"; {elsewhere} trial(s) running in other searches" if elsewhere else "")
-    )
+    study, backend, stale = open_study(self, store, directions[0])
     waiting_for: set[int] = set()
     while True:
         # Other searches on the study may have ended trials, or died, since the last batch.
@@ -163,21 +133,57 @@ def sweep_stored_study(self, arguments: list[str]) -> None:
                     shared_study.give_back(backend, trial_id)
                 else:
                     trials.append(trial)
-            if not trials:
-                continue
-            overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
-            failures = sum(
-                not tell(study, trial, job, store, study_name) for trial, job in zip(trials, returns, strict=True)
-            )
-            if failures / len(returns) > self.max_failure_rate:
-                for job in returns:
-                    job.return_value  # noqa: B018 (raises the job's own exception with its traceback)
-                raise RuntimeError(
-                    f"{failures} of {len(returns)} trials failed (max_failure_rate={self.max_failure_rate})"
-                )
+            if trials:
+                overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
+                launch_batch(self, study, trials, overrides, store)
     finish(study, Path(self.config.hydra.sweep.dir))
+
+
+def open_study(self, store: Store, direction):
+    """The stored study (created, or continued), its storage with Optuna's heartbeat on, and the
+    record of stale trials; the trials of searches that died are failed first. Returns all three."""
+    import optuna
+
+    from fmnist_exp.config.identity import sweep_key
+
+    storage = self.storage or default_storage(store.uri)
+    # The storage object made here (what optuna.create_study makes of a URL), with Optuna's heartbeat
+    # on, so that trials are written through Optuna's public storage API, not the study's _storage.
+    stale = shared_study.StaleTrials(self.grace_period)
+    backend = (
+        shared_study.heartbeat_storage(storage, self.heartbeat_interval, self.grace_period, stale)
+        if isinstance(storage, str)
+        else storage
+    )
+    study_name = self.study_name or f"{self.config.mlflow.experiment_name}-{sweep_key(self.config)}"
+    study = optuna.create_study(
+        study_name=study_name, storage=backend, sampler=self.sampler, direction=direction, load_if_exists=True
+    )
+    abandoned = shared_study.end_stale_trials(study, backend, self.grace_period, stale)
+    if study.trials:
+        # A seeded sampler would start its random stream again and propose the finished trials'
+        # values once more; a continued study draws fresh ones (so it is not bit-for-bit reproducible).
+        study.sampler.reseed_rng()
+    elsewhere = len(shared_study.open_trials(study))
+    log.info(
+        f"Study {study_name} in {storage}: {counted_trials(study)} of {self.n_trials} trials done"
+        + (f"; {len(abandoned)} interrupted trial(s) marked failed and not counted" if abandoned else "")
+        + (f"; {elsewhere} trial(s) running in other searches" if elsewhere else "")
+    )
+    return study, backend, stale
+
+
+def launch_batch(self, study, trials: list, overrides: list, store: Store) -> None:
+    """Run one batch of trials through the launcher and tell the study their results."""
+    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+    self.job_idx += len(returns)
+    failures = sum(
+        not tell(study, trial, job, store, study.study_name) for trial, job in zip(trials, returns, strict=True)
+    )
+    if failures / len(returns) > self.max_failure_rate:
+        for job in returns:
+            job.return_value  # noqa: B018 (raises the job's own exception with its traceback)
+        raise RuntimeError(f"{failures} of {len(returns)} trials failed (max_failure_rate={self.max_failure_rate})")
 
 
 def counts(trial) -> bool:
