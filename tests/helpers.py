@@ -172,6 +172,20 @@ class Zygote:
             stop_process_group(self.process)
 
 
+def multirun(arguments: list[str], tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m fmnist_exp.run -m <arguments>` in `cwd`, its store in MLFLOW_TRACKING_URI; it must exit 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist_exp.run", "-m", *arguments, f"hydra.sweep.dir={cwd}/sweep"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def wait_for(condition, process: subprocess.Popen | None = None, timeout: float = PROCESS_TIMEOUT, what: str = ""):
     """Poll `condition()` until it returns something true; fail if the process ends first or time runs out."""
     deadline = time.monotonic() + timeout

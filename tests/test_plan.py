@@ -20,7 +20,7 @@ import pytest
 
 from fmnist_exp.analysis import power
 from fmnist_exp.sweeps import progress
-from helpers import SUBSET_DIR
+from helpers import SUBSET_DIR, multirun, small_run
 
 # -- the power of the paired t-test -----------------------------------------------------------------
 
@@ -200,17 +200,8 @@ def test_the_progress_line_counts_down_and_names_the_best():
 
 
 def test_a_sweep_logs_its_progress_after_each_job(tmp_path, tracking_uri):
-    tiny = [f"data.dir={SUBSET_DIR}", "data.max_train_samples=400", "data.max_test_samples=200", "epochs=1",
-            "trainer.verbose=0", "mlflow.log_model=false", "model=fast_cnn", "model.dropout=0.2,0.4"]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist_exp.run", "-m", *tiny, f"hydra.sweep.dir={tmp_path}/sweep"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    tiny = small_run(400, 200, "epochs=1", "trainer.verbose=0", "mlflow.log_model=false")
+    result = multirun([*tiny, "model=fast_cnn", "model.dropout=0.2,0.4"], tracking_uri, tmp_path)
     lines = [line for line in result.stdout.splitlines() if line.startswith("job ")]
     assert len(lines) == 2, result.stdout[-3000:]
     assert lines[0].startswith("job 1/2 done, 1 to go, ~") and " left, best so far model.dropout=0.2 " in lines[0]

@@ -14,20 +14,7 @@ import pytest
 
 from fmnist_exp.commands import report
 from fmnist_exp.training import experiment
-from helpers import SWEEP_RUN, typed_config
-
-
-def multirun(arguments: list[str], tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist_exp.run", "-m", *arguments, f"hydra.sweep.dir={cwd}/sweep"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+from helpers import SWEEP_RUN, multirun, typed_config
 
 
 def runs(tracking_uri: str) -> list:
