@@ -54,3 +54,26 @@ def test_bench_says_where_it_looked_for_missing_data(monkeypatch, tmp_path, caps
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert "data.dir:" in error and "lacks train-images-idx3-ubyte.gz" in error  # a named folder is all or nothing
+
+
+@pytest.mark.slow  # two real commands of about 20 s each
+def test_time_to_accuracy_times_each_seed_as_its_own_command(monkeypatch, capsys):
+    """Two seeds of the speedrun preset, each a real `python -m fmnist_exp.run` process, on the subset."""
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(SUBSET_DIR))
+    result = bench.main(["time_to_accuracy=speedrun", "seeds=2", "target=0.5"])
+    assert result["seeds"] == [1, 2] and len(result["per_seed"]) == 2
+    for run in result["per_seed"]:
+        # Read from the run's own record: a start-up, three epochs, a test accuracy per epoch.
+        assert len(run["test_accuracy_by_epoch"]) == 3 and 0.5 <= run["final_test_accuracy"] <= 1
+        assert 0 < run["seconds_to_target"] <= run["to_result_seconds"] < run["command_seconds"]
+        assert run["training_images_per_second"] > 0 and 0 < run["fraction_of_matmul_peak"] < 1.5
+    assert result["all_reached"] and result["command_seconds_worst"] >= result["command_seconds_mean"]
+    assert result["final_test_accuracy_worst"] <= result["final_test_accuracy_mean"]
+    printed = capsys.readouterr().out
+    assert "seed 1: 50.00% after epoch" in printed and "seed 2:" in printed and "worst" in printed
+
+
+def test_time_to_accuracy_refuses_a_bad_seed_count_before_training(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["time_to_accuracy=speedrun", "seeds=0"])
+    assert stopped.value.code == 2 and "seeds: 0 must be a whole number from 1 to 10" in capsys.readouterr().err

@@ -53,7 +53,7 @@ def test_help_lists_the_groups(tmp_path, tracking_uri):
     )
     assert {"seed_cnn", "modern_cnn", "fast_cnn", "wide_cnn"} <= set(groups["model"].split(", "))
     assert groups["optimizer"] == "adam, adamw, rmsprop, sgd"
-    assert set(groups["experiment"].split(", ")) == {"article", "fast", "strong", "best"}
+    assert set(groups["experiment"].split(", ")) == {"article", "fast", "speedrun", "strong", "best"}
     assert "python -m fmnist_exp.run -m key=a,b" in result.stdout
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
 import tempfile
@@ -24,12 +23,15 @@ from typing import Any
 from omegaconf import MISSING
 
 from fmnist_exp.commands import hydra_app as commands
+from fmnist_exp.commands import time_to_accuracy as timed_presets
+from fmnist_exp.commands.machine import compose, machine, matmul_peak_flops
 from fmnist_exp.config.schema import MODEL_FIELDS
 from fmnist_exp.errors import ConfigError
 from fmnist_exp.runtime import noise
 from fmnist_exp.tracking import active_run
 
 ARTICLE_ACCURACY = 0.9052
+MAX_SEEDS = 10
 
 
 @dataclass
@@ -58,17 +60,8 @@ class BenchConfig:
     # A preset of conf/experiment/: measure the wall seconds until its test accuracy reaches `target`.
     time_to_accuracy: str | None = None
     target: float = ARTICLE_ACCURACY
+    seeds: int = 1  # with time_to_accuracy: seeds 1..N, each its own command
     output: str | None = None  # a .json file for the figures
-
-
-def machine() -> str:
-    model_name = ""
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    return f"{os.cpu_count()} cores, {model_name or platform.processor()}, {platform.system()}"
 
 
 class Timed:
@@ -102,35 +95,6 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def matmul_peak_flops(dtype: str = "float32", size: int | None = None, trials: int = 5) -> float:
-    """Best FLOP/s of a square matmul in `dtype` on the running backend's default device, measured now.
-
-    Through keras.ops, so it runs on whichever backend is active. 2048 on a CPU, 8192 on an
-    accelerator (where a 2048 product takes well under a millisecond). Each trial ends by copying one
-    number to the host, which waits for the device.
-    """
-    import keras
-
-    from fmnist_exp.model import backend
-
-    size = size or (8192 if backend.has_accelerator() else 2048)
-    left = keras.random.normal((size, size), dtype=dtype, seed=1)
-    right = keras.random.normal((size, size), dtype=dtype, seed=2)
-
-    def wait(product) -> None:
-        keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.cast(product[:1], "float32")))
-
-    wait(keras.ops.matmul(left, right))  # warm-up
-    best = 0.0
-    for _ in range(trials):
-        started = time.perf_counter()
-        for _ in range(4):
-            product = keras.ops.matmul(left, right)
-        wait(product)
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - started))
-    return best
-
-
 def load_seconds() -> dict:
     """Loading all 70,000 images, verified: once into an empty decoded-data cache, then from it."""
     from fmnist_exp.data import fashion_mnist as data
@@ -152,18 +116,6 @@ def load_seconds() -> dict:
             else:
                 os.environ[idx.CACHE_ENV] = previous
     return timings
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from fmnist_exp.config.schema import CONF_DIR, register_schemas
-    from fmnist_exp.model.validation import to_experiment_config
-
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
-        return to_experiment_config(hydra_compose(config_name="config", overrides=overrides))
 
 
 def throughput(arguments: dict) -> dict:
@@ -255,25 +207,6 @@ def figures(config, runner_model, stream: str, images: int, runner: list[Timed],
     }
 
 
-def time_to_accuracy(preset: str, target: float, overrides: list[str]) -> dict:
-    """Train a preset with the test set as validation (the article's way) and find when it first reaches `target`."""
-    from fmnist_exp.training import experiment
-
-    with tempfile.TemporaryDirectory() as scratch:
-        config = compose([f"experiment={preset}", "data.validation=test", "mlflow.log_model=false",
-                          f"mlflow.tracking_uri=sqlite:///{scratch}/mlflow.db", *overrides])  # fmt: skip
-        outcome = experiment.run(config, Path(scratch) / "output")
-    elapsed, reached = 0.0, None
-    for epoch, (seconds, accuracy) in enumerate(
-        zip(outcome.history["epoch_seconds"], outcome.history["val_accuracy"], strict=True), start=1
-    ):
-        elapsed += seconds
-        if accuracy >= target and reached is None:
-            reached = {"epoch": epoch, "seconds": elapsed, "test_accuracy": accuracy}
-    return {"machine": machine(), "preset": preset, "target": target, "reached": reached,
-            "final_test_accuracy": outcome.test_accuracy, "epochs": len(outcome.history["val_accuracy"])}  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> dict | None:
     """The command line (`argv`, else sys.argv): prints and returns the figures."""
     from fmnist_exp.config.schema import register_schemas
@@ -300,6 +233,8 @@ def bench(config: BenchConfig) -> dict:
         raise ConfigError("repeats must be at least 1 and images at least one batch")
     if config.compare_stream == config.stream:
         raise ConfigError(f"compare_stream: {config.compare_stream} is already the stream measured")
+    if not 1 <= config.seeds <= MAX_SEEDS:
+        raise ConfigError(f"seeds: {config.seeds} must be a whole number from 1 to {MAX_SEEDS}")
     model = config.model
     knobs = [f"model.{knob}={value}" for knob, value in model.items() if knob not in MODEL_FIELDS]
     arguments = {
@@ -313,9 +248,12 @@ def bench(config: BenchConfig) -> dict:
 
     try:
         if config.time_to_accuracy:
-            result = time_to_accuracy(config.time_to_accuracy, config.target, trainer_overrides(config))
-        else:
-            result = throughput(arguments)
+            result = timed_presets.measure(
+                config.time_to_accuracy, config.target, config.seeds, trainer_overrides(config)
+            )
+            print(timed_presets.summary(result))
+            return write(result, config.output)
+        result = throughput(arguments)
     except HydraException as error:  # a bad model or preset name, or value; Hydra's search path says nothing useful
         raise ConfigError(commands.joined(str(error).split("\nConfig search path")[0].splitlines())) from error
     for key, value in result.items():
@@ -325,8 +263,12 @@ def bench(config: BenchConfig) -> dict:
             else value
         )
         print(f"{key:>38}: {round(shown, 4) if isinstance(shown, float) else shown}")
-    if config.output:
-        Path(config.output).write_text(json.dumps(result, indent=2) + "\n")
+    return write(result, config.output)
+
+
+def write(result: dict, output: str | None) -> dict:
+    if output:
+        Path(output).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
