@@ -119,8 +119,19 @@ class Run:
     def log_datasets(self, datasets: dict[str, Any]) -> None:
         """Dataset inputs of the run, {context: mlflow.data Dataset}; the context is training,
         validation or test. Only the datasets' descriptions are stored, never their contents."""
+        from mlflow.exceptions import MlflowException
+
         inputs = [private_api.dataset_input(dataset, context) for context, dataset in datasets.items()]
-        self.store.client.log_inputs(self.run_id, datasets=inputs)
+        try:
+            self.store.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException as error:
+            # MLflow's SQL store looks a data set up, then inserts it: two jobs of a parallel sweep that
+            # log the same data set at the same moment (the same seed and data) can both miss it, and
+            # the second insert breaks the table's unique key. Its transaction was rolled back; once
+            # more finds the first job's row.
+            if "unique constraint" not in str(error).lower():
+                raise
+            self.store.client.log_inputs(self.run_id, datasets=inputs)
 
     @contextlib.contextmanager
     def logged_model(self, name: str, folder: Path) -> Iterator[Any]:
