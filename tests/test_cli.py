@@ -333,6 +333,37 @@ BAD_INPUTS = [
         ("-m", "replicates=${oc.env:FMNIST_NO_SUCH_VARIABLE}"),
         "replicates: KeyError raised while resolving interpolation",
     ),
+    # replicates=auto (a race of the grid's configs) and its race.* keys, checked before the sweep starts.
+    Bad("race without a sweep", ("replicates=auto",), "replicates: auto races the configs of a sweep, adding seeds"),
+    Bad(
+        "race in an Optuna search",
+        ("-m", "hparams_search=optuna", "replicates=auto"),
+        "replicates: auto races the configs of a grid sweep (-m key=a,b,c); an Optuna search",
+    ),
+    Bad(
+        "race with the basic sweeper",
+        ("-m", "hydra/sweeper=basic", "replicates=auto"),
+        "replicates: auto needs the grid sweeper (hparams_search=grid, the default), not hydra/sweeper=basic",
+    ),
+    Bad("race over swept seeds", ("-m", "seed=1,2", "replicates=auto"), "seed: cannot be swept with replicates=auto"),
+    Bad(
+        "race seed offset given",
+        ("-m", "replicates=auto", "race.seed_offset=2"),
+        "race.seed_offset: 2: the grid sweeper sets it for a race's later rounds; leave it out",
+    ),
+    Bad("replicates a word", ("-m", "replicates=many"), "replicates: 'many' must be a whole number from 1 to 100"),
+    Bad("replicates a fraction", ("-m", "replicates=2.5"), "replicates: Value '2.5' of type 'float' is incompatible"),
+    *[
+        Bad(f"race {key}={value}", ("-m", "replicates=auto", f"race.{key}={value}"), message)
+        for key, value, message in [
+            ("min_seeds", "1", "race.min_seeds: 1 must lie from 2 (a test needs two seeds) to 100"),
+            ("min_seeds", "two", "race.min_seeds: Value 'two' of type 'str' could not be converted to Integer"),
+            ("max_seeds", "1", "race.max_seeds: 1 must lie from race.min_seeds (2) to 100"),
+            ("max_seeds", "101", "race.max_seeds: 101 must lie from race.min_seeds (2) to 100"),
+            ("seeds_per_round", "0", "race.seeds_per_round: 0 must be 1 or more"),
+            ("max_seeds", "3,4", "race.max_seeds: cannot be swept: the race's rules are one for the whole sweep"),
+        ]
+    ],
     Bad(
         "sweep orphan bound negative",
         ("-m", "mlflow.orphan_after_minutes=-1"),

@@ -160,6 +160,20 @@ def test_the_plan_counts_times_and_sizes_a_sweep_from_the_store(tmp_path, tracki
     assert not (tmp_path / "multirun").exists() and database.stat().st_mtime_ns == before
     assert len(client.search_runs([experiment_id])) == 8  # no parent run was made
 
+    # A race (replicates=auto) runs from race.min_seeds to race.max_seeds seeds per config: a range.
+    race = plan([*PLANNED, "replicates=auto", "race.max_seeds=5"], tmp_path, tracking_uri)
+    assert race.returncode == 0, race.stderr[-3000:]
+    assert (
+        "Plan: 2 jobs x 2 to 5 seeds = 4 to 10 runs (the basic sweeper's grid: 2 model.dropout; replicates=auto: "
+        "more seeds only for configs undecided against the leader)"
+    ) in race.stdout
+    assert "Time: ~52 s to ~2 min for the 4 to 10 runs one after another, 12 s of it" in race.stdout
+    most = power.smallest_difference(0.02, 5)
+    assert (
+        f"A config still undecided races on up to 5 seeds, which resolve {most:.4f} ({100 * most:.2f} points)."
+        in race.stdout
+    )
+
 
 def test_a_plan_leaves_no_folder_and_no_store(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
@@ -197,6 +211,10 @@ def test_the_progress_line_counts_down_and_names_the_best():
     )
     assert progress.line(ended[1:], None, 0.0, 5.0) == "job 1 done, no objective yet"
     assert progress.line(ended, 2, 0.0, 5.0) == "job 2/2 done, 0 to go, best so far model.dropout=0.2 0.8935"
+    # A race's total is the jobs launched so far: the line names the round they belong to.
+    assert progress.line(ended, 5, 0.0, 4.0, race_round=2) == (
+        "job 2/5 done, 3 to go in round 2 of the race, ~6 s left, best so far model.dropout=0.2 0.8935"
+    )
 
 
 def test_a_sweep_logs_its_progress_after_each_job(tmp_path, tracking_uri):

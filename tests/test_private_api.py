@@ -30,6 +30,7 @@ ALLOWED = {
     r"\._trial_id\b": None,
     r"\bhydra_optuna_sweeper\._impl\b": "study.py",
     r"\bhydra_ray_launcher\._launcher_util\b": "ray_cluster.py",
+    r"\bhydra\._internal\b": "private_api.py",
 }
 
 
@@ -122,6 +123,26 @@ def test_the_optuna_sweeper_plugin_still_has_what_the_study_sweeper_overrides_an
     )
     distributions, fixed, overrides = _impl.create_params_from_overrides(["a=1", "b=interval(0,1)"])
     assert fixed == {"a": "1"} and set(distributions) == {"b"}, changed("create_params_from_overrides", "results")
+
+
+def test_hydras_basic_sweeper_still_has_what_the_grid_sweeper_calls():
+    """The grid sweeper hands a sweep to a basic sweeper (hydra._internal), then launches a race's
+    later rounds through the launcher the basic sweeper's setup made."""
+    from hydra.plugins.sweeper import Sweeper
+
+    sweeper = private_api.basic_sweeper(max_batch_size=None, params={"a": "1,2"})
+    assert isinstance(sweeper, Sweeper), changed("BasicSweeper", "no longer a Sweeper")
+    expected = {
+        "setup": ["hydra_context", "task_function", "config"],
+        "sweep": ["arguments"],
+        "validate_batch_is_legal": ["batch"],
+    }
+    for name, parameters in expected.items():
+        found = list(inspect.signature(getattr(sweeper, name)).parameters)
+        assert found == parameters, changed(f"BasicSweeper.{name}", f"takes {found}")
+    assert sweeper.params == {"a": "1,2"} and sweeper.launcher is None, changed("BasicSweeper", "its attributes")
+    source = inspect.getsource(type(sweeper).setup)  # the launcher the rounds are launched through
+    assert "self.launcher = Plugins.instance().instantiate_launcher(" in source, changed("BasicSweeper.setup", source)
 
 
 def test_the_ray_launcher_plugin_still_has_what_the_per_job_launcher_calls():

@@ -1,12 +1,22 @@
-"""Racing seeds (`replicates=auto`): the decision rule (analysis/racing.py) on fixed numbers."""
+"""Racing seeds (`replicates=auto`): the decision rule on fixed numbers, and real races.
+
+The rule (analysis/racing.py) on hand-made objectives; a job's replicates in a race; a real race of
+four tiny configs in a subprocess, checked in its MLflow store against the rule; and the same race's
+later round under the joblib launcher. The races use twins, two configs that train alike (deterministic,
+differing only in their test set's size), so that a tie, and with it a later round, is certain.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 from fmnist_exp.analysis import racing
+from fmnist_exp.sweeps.jobs import replicate_indices
+from helpers import all_runs, multirun, small_run, typed_config
 
 
 def entrant(label: str, *objectives: float) -> racing.Entrant:
@@ -88,3 +98,89 @@ def test_the_race_is_kept_and_read_back(tmp_path):
     race.save(tmp_path / "summary" / racing.RACE_FILE)
     assert racing.load(tmp_path / "summary" / racing.RACE_FILE) == race
     assert racing.load(tmp_path / "nothing.json") is None
+
+
+@pytest.mark.unit
+def test_a_race_job_trains_its_rounds_seeds():
+    def indices(*settings: str) -> list[int]:
+        return list(replicate_indices(typed_config(["replicates=auto", "race.max_seeds=5", *settings])))
+
+    assert indices() == [0, 1]  # the first round: race.min_seeds
+    assert indices("race.min_seeds=3") == [0, 1, 2]
+    assert indices("race.seed_offset=2") == [2]  # a later round: race.seeds_per_round more
+    assert indices("race.seed_offset=4", "race.seeds_per_round=2") == [4]  # never past race.max_seeds
+    assert list(replicate_indices(typed_config(["replicates=3"]))) == [0, 1, 2]
+
+
+# -- real races -------------------------------------------------------------------------------------
+
+# Twins: data.max_test_samples=200,201 train alike (deterministic; the test set is not the objective).
+RACE = [
+    *small_run(600, "200,201", "epochs=1", "trainer.verbose=0", "deterministic=true"),
+    "model=fast_cnn",
+    "model.width=8",
+    "mlflow.log_model=false",
+    "replicates=auto",
+    "race.min_seeds=2",
+    "race.max_seeds=3",
+]
+
+
+def children_by_job(tracking_uri: str, sweep: Path) -> tuple[object, dict[int, list]]:
+    """The parent run, and its children by the job (the sweep's subfolder) that trained them."""
+    runs = all_runs(tracking_uri)
+    assert [run.info.status for run in runs if run.info.status != "FINISHED"] == []  # none left RUNNING
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    jobs: dict[int, list] = defaultdict(list)
+    for run in runs:
+        if run is not parent:
+            jobs[int(Path(run.data.tags["output_dir"]).relative_to(sweep).parts[0])].append(run)
+    return parent, jobs
+
+
+def label(run) -> str:
+    return run.data.tags["config_group"].rsplit(" [", 1)[0]
+
+
+def test_a_race_gives_more_seeds_only_to_undecided_configs(tmp_path, tracking_uri):
+    result = multirun([*RACE, "optimizer.learning_rate=0.003,0.000001"], tracking_uri, tmp_path)
+    parent, jobs = children_by_job(tracking_uri, tmp_path / "sweep")
+
+    # The first round: the grid's four jobs, each config on race.min_seeds seeds.
+    first = {number: runs for number, runs in jobs.items() if number < 4}
+    assert len(first) == 4 and all(
+        sorted(run.data.params["seed"] for run in runs) == ["42", "43"] for runs in first.values()
+    )
+    standing = [
+        racing.Entrant(label(runs[0]), [], {run.data.params["seed"]: run.data.metrics["objective"] for run in runs})
+        for runs in first.values()
+    ]
+    undecided = {item.label for item in racing.decide(standing, max_seeds=3)}
+    later = [run for number, runs in jobs.items() if number >= 4 for run in runs]
+    assert {label(run) for run in later} == undecided and all(run.data.params["seed"] == "44" for run in later)
+    twins = {item.label for item in standing if "learning_rate=0.003" in item.label}
+    assert twins <= undecided  # they tie on every seed, so neither can be decided
+    assert "in round 2 of the race" in result.stdout
+
+    note = parent.data.tags["mlflow.note.content"]
+    runs = 8 + len(later)
+    assert (
+        f"Race (replicates=auto): 2 to 3 seeds per config, 1 more a round; 2 rounds, {runs} runs instead of 12" in note
+    )
+    assert f"every config on 3 seeds ({12 - runs} saved)" in note
+    assert "the leader after 3 seeds" in note and ": undecided at the max of 3 seeds: " in note
+    assert "optimizer.learning_rate=1e-06: behind after" in note  # each of the twins at 1e-6
+    assert parent.data.params["replicates"] == "auto" and parent.data.params["race.max_seeds"] == "3"
+    assert note.rstrip().endswith("replicates=3")  # the winner re-run on the seeds it ran
+
+
+def test_a_race_launches_its_later_round_through_the_joblib_launcher(tmp_path, tracking_uri):
+    multirun([*RACE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tracking_uri, tmp_path)
+    parent, jobs = children_by_job(tracking_uri, tmp_path / "sweep")
+    assert sorted(len(runs) for runs in jobs.values()) == [1, 1, 2, 2]  # two twins on 2 seeds, then 1 more each
+    seeds = defaultdict(set)
+    for runs in jobs.values():
+        for run in runs:
+            seeds[label(run)].add(run.data.params["seed"])
+    assert list(seeds.values()) == [{"42", "43", "44"}] * 2
+    assert "6 runs instead of 6 with every config on 3 seeds (0 saved)" in parent.data.tags["mlflow.note.content"]

@@ -21,7 +21,7 @@ from fmnist_exp.config.schema import CONF_DIR, register_schemas
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
 from fmnist_exp.model.validation import to_experiment_config
 from fmnist_exp.runtime import noise
-from fmnist_exp.sweeps import gpu_pack, ray_cluster
+from fmnist_exp.sweeps import gpu_pack, grid, ray_cluster
 from fmnist_exp.training import run_folder
 
 log = logging.getLogger("fmnist_exp.run")
@@ -81,8 +81,13 @@ def single_run(composed: DictConfig, output_dir: Path, overrides: list[str]) -> 
     return outcome.objective
 
 
-def refuse_replicates_without_a_sweep(replicates: int) -> None:
-    if replicates > 1:
+def refuse_replicates_without_a_sweep(replicates: int | str) -> None:
+    if replicates == "auto":
+        raise UserError(
+            "replicates: auto races the configs of a sweep, adding seeds only where a config is still "
+            "undecided; add -m (python -m fmnist_exp.run -m key=a,b replicates=auto)"
+        )
+    if isinstance(replicates, int) and replicates > 1:
         raise UserError(
             f"replicates: {replicates} trains the config {replicates} times as a sweep; "
             "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
@@ -121,6 +126,7 @@ def main() -> None:
     _EXISTING_BEFORE.update(preflight.existing_output_ancestors(sys.argv[1:]))
     ray_cluster.register()  # hydra/launcher=ray_cluster names it
     gpu_pack.register()  # hydra/launcher=gpu_pack names it
+    grid.register()  # hydra/sweeper=grid (hparams_search=grid, the default) names it
     sys.argv += preflight.resume_in_place(sys.argv[1:])
     # Hydra raises what it would otherwise print (a traceback for a refused target, several lines
     # for a bad override), so that a config error is one line and exit 2 like every other one.

@@ -62,16 +62,53 @@ SWEEP_WIDE_KEYS = {
     "replicates": "it sets the seeds per config of the whole sweep; sweep seed= instead",
     "plan": "it says whether the whole sweep runs or is only planned",
     "plan_difference": "the plan is one for the whole sweep",
+    "race.min_seeds": "the race's rules are one for the whole sweep",
+    "race.max_seeds": "the race's rules are one for the whole sweep",
+    "race.seeds_per_round": "the race's rules are one for the whole sweep",
+    "race.seed_offset": "the grid sweeper sets it for a race's later rounds",
 }
 
 
 def check_replicates(replicates: Any) -> None:
+    if replicates == "auto":
+        return
     if isinstance(replicates, bool) or not isinstance(replicates, int) or not 1 <= replicates <= MAX_REPLICATES:
         _fail(
             "replicates",
             f"{replicates!r} must be a whole number from 1 to {MAX_REPLICATES} "
-            "(each replicate trains the config once more)",
+            "(each replicate trains the config once more), or auto (race the configs: race.*)",
         )
+
+
+def check_race(min_seeds: Any, max_seeds: Any, seeds_per_round: Any) -> None:
+    """The race's bounds (replicates=auto): a test needs two seeds, and max_seeds caps as replicates does."""
+    for key, value in (("min_seeds", min_seeds), ("max_seeds", max_seeds), ("seeds_per_round", seeds_per_round)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(f"race.{key}", f"{value!r} must be a whole number")
+    if not 2 <= min_seeds <= MAX_REPLICATES:
+        _fail("race.min_seeds", f"{min_seeds} must lie from 2 (a test needs two seeds) to {MAX_REPLICATES}")
+    if not min_seeds <= max_seeds <= MAX_REPLICATES:
+        _fail("race.max_seeds", f"{max_seeds} must lie from race.min_seeds ({min_seeds}) to {MAX_REPLICATES}")
+    if seeds_per_round < 1:
+        _fail("race.seeds_per_round", f"{seeds_per_round} must be 1 or more")
+
+
+def check_auto_replicates(swept: list[str], sweeper: str, seed_offset: Any) -> None:
+    """replicates=auto races the configs of the grid sweeper, which chooses each config's seeds itself."""
+    if sweeper == "study":
+        _fail(
+            "replicates",
+            "auto races the configs of a grid sweep (-m key=a,b,c); an Optuna search (hparams_search=optuna) "
+            "scores each trial on a fixed number of seeds: give replicates=N",
+        )
+    if sweeper != "grid":
+        _fail(
+            "replicates", f"auto needs the grid sweeper (hparams_search=grid, the default), not hydra/sweeper={sweeper}"
+        )
+    if "seed" in swept:
+        _fail("seed", "cannot be swept with replicates=auto: the race gives each config the seeds seed, seed+1, ...")
+    if seed_offset != 0:
+        _fail("race.seed_offset", f"{seed_offset!r}: the grid sweeper sets it for a race's later rounds; leave it out")
 
 
 def check_plan_difference(difference: Any) -> None:
@@ -85,13 +122,17 @@ def check_plan_difference(difference: Any) -> None:
         )
 
 
-def check_sweep_wide(values: dict[str, Any], swept: list[str]) -> None:
+def check_sweep_wide(values: dict[str, Any], swept: list[str], sweeper: str = "grid") -> None:
     """Before a sweep's parent run is made or any orphan closed: the keys the sweep's `swept` list
-    varies may not be sweep-wide ones, and the sweep-wide `values` ({dotted key: value}) must be sound."""
+    varies may not be sweep-wide ones, and the sweep-wide `values` ({dotted key: value}) must be sound
+    (replicates=auto for the `sweeper` chosen, hydra/sweeper's name)."""
     for key in swept:
         if key in SWEEP_WIDE_KEYS:
             _fail(key, f"cannot be swept: {SWEEP_WIDE_KEYS[key]}")
     check_replicates(values["replicates"])
+    check_race(values["race.min_seeds"], values["race.max_seeds"], values["race.seeds_per_round"])
+    if values["replicates"] == "auto":
+        check_auto_replicates(swept, sweeper, values["race.seed_offset"])
     check_plan_difference(values["plan_difference"])
     check_orphan_bound(values["mlflow.orphan_after_minutes"])
     if not str(values["mlflow.experiment_name"]).strip():
@@ -107,6 +148,7 @@ def check_values(config: ExperimentConfig) -> None:
         _fail("batch_size", f"{config.batch_size} is larger than 65536, more than the data set holds")
     check_positive("epochs", config.epochs)
     check_replicates(config.replicates)
+    check_race(config.race.min_seeds, config.race.max_seeds, config.race.seeds_per_round)
     check_plan_difference(config.plan_difference)
     if not 0 <= config.seed <= 2**32 - 1:
         _fail("seed", f"{config.seed} must lie in [0, 2**32 - 1] (what NumPy and TensorFlow seed with)")

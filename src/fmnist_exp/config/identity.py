@@ -24,7 +24,7 @@ PATH_KEYS = ("data.dir", "data.mirror")
 # Keys that do not change what is trained: they stay out of the config hash and the run's name.
 UNTRAINED_KEYS = (
     "mlflow", "trainer.verbose", "resume", "register", "force", "dry_run", "replicates", "plan", "plan_difference",
-    "hydra",
+    "race", "hydra",
 )  # fmt: skip
 
 
@@ -72,6 +72,8 @@ def sweep_key(config: DictConfig) -> str:
     base.pop("hydra", None)
     for planning in ("plan", "plan_difference"):  # a planned sweep never runs; left out, an earlier
         base.pop(planning, None)  # sweep's command still finds its parent run
+    if base.get("replicates") != "auto":  # the race's keys change nothing then: sweeps from before
+        base.pop("race", None)  # they existed keep their key
     overrides = sorted(config.hydra.overrides.task)
     text = json.dumps([config.mlflow.experiment_name, overrides, base], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -131,6 +131,18 @@ class PruningConfig:
 
 
 @dataclass
+class RaceConfig:
+    # With replicates=auto (-m): every config starts on min_seeds seeds; a round adds seeds_per_round
+    # more to each config still undecided against the leader (and to the leader), up to max_seeds.
+    min_seeds: int = 2
+    max_seeds: int = 5
+    seeds_per_round: int = 1
+    # Set by the grid sweeper on a later round's jobs: the first seed such a job trains is
+    # seed + seed_offset. Not for the command line.
+    seed_offset: int = 0
+
+
+@dataclass
 class ScheduleConfig:
     # constant | cosine (to alpha * lr at the last step, optional linear warm-up) |
     # exponential (times decay_rate every decay_epochs).
@@ -208,8 +220,9 @@ class ExperimentConfig:
     register: bool = False
     # Check and describe the config (layer table, data) and exit without training.
     dry_run: bool = False
-    # In a sweep: train each config this many times, with seeds seed, seed+1, ... (the seed noise).
-    replicates: int = 1
+    # In a sweep: train each config this many times, with seeds seed, seed+1, ... (the seed noise);
+    # auto: race them, seeds added in rounds only where a config is undecided (see `race`).
+    replicates: int | str = 1
     # With -m: print the sweep's plan (jobs, runs, time from the store's history, the difference its
     # seeds can resolve) and exit without training or making a run, a folder or a store.
     plan: bool = False
@@ -223,6 +236,7 @@ class ExperimentConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    race: RaceConfig = field(default_factory=RaceConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

@@ -1,4 +1,4 @@
-"""The one place the package touches MLflow, Keras and Optuna internals that have no public API.
+"""The one place the package touches MLflow, Keras, Optuna and Hydra internals that have no public API.
 
 Each use is named here, with why and the upstream issue where there is one, and is checked by
 tests/test_private_api.py, which fails with a plain message when an upgrade moves or changes it.
@@ -89,3 +89,14 @@ def ask_without_heartbeat_warning(study: Any):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=re.escape(OPTUNA_ASK_HEARTBEAT_WARNING))
         return study.ask()
+
+
+def basic_sweeper(max_batch_size: int | None, params: dict[str, str] | None):
+    """Hydra's basic sweeper (hydra._internal.core_plugins.basic_sweeper.BasicSweeper), for the grid
+    sweeper to delegate to: it makes the grid of the swept values and launches it, and its `launcher`
+    (set by its `setup`) launches a race's later rounds. Hydra offers no public way to make one: the
+    class lives in `_internal` and Hydra instantiates it only as the configured sweeper.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return BasicSweeper(max_batch_size=max_batch_size, params=params)

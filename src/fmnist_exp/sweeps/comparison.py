@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ def sweep_params(config: DictConfig) -> dict[str, str]:
     if "n_trials" in (OmegaConf.select(config, "hydra.sweeper") or {}):
         params["n_trials"] = str(config.hydra.sweeper.n_trials)
     params["replicates"] = str(config.get("replicates", 1))
+    if params["replicates"] == "auto":  # the race's rules (its internal seed_offset left out)
+        params.update({f"race.{key}": str(config.race[key]) for key in ("min_seeds", "max_seeds", "seeds_per_round")})
     return params
 
 
@@ -45,7 +48,9 @@ def swept(parent_params: dict[str, str]) -> dict[str, str]:
     return {
         key: value
         for key, value in parent_params.items()
-        if key not in ("sweeper", "launcher", "n_trials", "replicates") and grammar.is_sweep(f"{key}={value}")
+        if key not in ("sweeper", "launcher", "n_trials", "replicates")
+        and not key.startswith("race.")
+        and grammar.is_sweep(f"{key}={value}")
     }
 
 
@@ -108,32 +113,47 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
             metrics["best_val_accuracy"] = statistics.fmean(
                 row["val_accuracy"] for row in rows if row["run_id"] in best.run_ids
             )
-    note = sweep_note(parent.params, rows, configs, counts)
+    from fmnist_exp.analysis import racing
+
+    race = racing.load(folder / racing.RACE_FILE)  # the grid sweeper's, with replicates=auto
+    note = sweep_note(parent.params, rows, configs, counts, race.lines() if race else [])
     store.log_metrics(parent_run_id, metrics)
     store.set_tags(parent_run_id, {**tags, "mlflow.note.content": note})
     return note
 
 
-def sweep_note(parent_params: dict[str, str], rows: list[dict], configs: list, counts: dict[str, int]) -> str:
-    """What the sweep's parent says in words: what was swept, the winner and its margin, the command."""
+def sweep_note(
+    parent_params: dict[str, str], rows: list[dict], configs: list, counts: dict[str, int], race: Sequence[str] = ()
+) -> str:
+    """What the sweep's parent says in words: what was swept, the winner and its margin, how a race
+    (`race`: its lines) decided each config, and the command that re-runs the winner."""
     from fmnist_exp.analysis import seed_noise as compare
 
     varied = [f"{key} in {value}" for key, value in swept(parent_params).items()]
-    replicates = int(parent_params.get("replicates", "1") or 1)
+    given = parent_params.get("replicates", "1") or "1"
+    if given == "auto":
+        seeds = f", raced on {parent_params.get('race.min_seeds')} to {parent_params.get('race.max_seeds')} seeds per config"
+    else:
+        seeds = f", {given} seeds per config" if int(given) > 1 else ""
     lines = [
-        f"Swept: {'; '.join(varied) or 'nothing (one config)'}"
-        + (f", {replicates} seeds per config" if replicates > 1 else "")
+        f"Swept: {'; '.join(varied) or 'nothing (one config)'}{seeds}"
         + f". {len(rows)} runs: {counts['finished']} finished, {counts['pruned']} pruned, {counts['failed']} failed.",
         *compare.winner_lines(configs),
+        *race,
     ]
-    if configs:
+    if configs:  # a raced winner is re-run on as many seeds as it ran
+        replicates = configs[0].n if given == "auto" else int(given)
         lines.append(f"Re-run the winner: {rerun_command(configs[0].overrides, replicates)}")
     return "\n".join(lines)
 
 
 def rerun_command(overrides: str, replicates: int) -> str:
     """The command that trains the winning config again (a search preset left out: it only searches)."""
-    kept = [item for item in overrides.split() if grammar.key(item) not in ("hparams_search", "replicates")]
+    kept = [
+        item
+        for item in overrides.split()
+        if grammar.key(item) not in ("hparams_search", "replicates") and not grammar.key(item).startswith("race.")
+    ]
     if replicates > 1:
         return "python -m fmnist_exp.run -m " + " ".join([*kept, f"replicates={replicates}"])
     return "python -m fmnist_exp.run " + " ".join(kept)

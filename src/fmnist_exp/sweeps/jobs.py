@@ -37,6 +37,8 @@ class JobResult:
     run_ids: list[str] = field(default_factory=list)  # every replicate's run
     failure: str = ""  # why a job that left no run failed, in one line (SweepCallback.on_job_end records it)
     refused: bool = False  # that failure was bad input: its config, data or store was refused
+    seeds: list[int] = field(default_factory=list)  # the seed of each replicate it trained (or reused)
+    objectives: list[float] = field(default_factory=list)  # each replicate's objective (NaN: failed), for a race
 
     def __float__(self) -> float:
         return self.objective
@@ -96,9 +98,20 @@ def job(composed: DictConfig, output_dir: Path, runtime: Any) -> dict | int:
     return run_job(config, output_dir, list(runtime.overrides.task), runtime.sweep.dir)
 
 
+def replicate_indices(config: ExperimentConfig) -> range:
+    """The replicates a job trains (replicate i has the seed seed+i): 0 to replicates-1; in a race
+    (replicates=auto) race.min_seeds from 0 in the first round, and in a later round (the grid sweeper
+    sets race.seed_offset) the next race.seeds_per_round from the offset, up to race.max_seeds."""
+    if isinstance(config.replicates, int):
+        return range(config.replicates)
+    race = config.race
+    first = race.seed_offset
+    return range(first, min(first + (race.seeds_per_round if first else race.min_seeds), race.max_seeds))
+
+
 def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sweep_dir: str) -> dict:
-    """One job of a sweep: its config trained `replicates` times (seeds seed, seed+1, ...), each a
-    child run (a config that already FINISHED is reused, not retrained).
+    """One job of a sweep: its config trained on its replicates' seeds (seed, seed+1, ...;
+    replicate_indices), each a child run (a config that already FINISHED is reused, not retrained).
 
     Returns a JobResult as a dict (what every launcher can carry back): the objective is the mean
     over the replicates that produced one, NaN if none did, so that the sweep (and a sweeper) go on.
@@ -107,20 +120,24 @@ def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sw
     store = Store(config.mlflow.tracking_uri, config.mlflow.orphan_after_minutes)
     parent = store.first(config.mlflow.experiment_name, f"tags.sweep_dir = '{sweep_dir}'")
     name = config.mlflow.run_name or child_name(overrides, parent.tags if parent else {})
-    results = []
-    for index in range(config.replicates):
+    replicated = config.replicates != 1  # several seeds (auto: a race's), each named by its seed
+    results, seeds = [], []
+    for index in replicate_indices(config):
         replica = dataclasses.replace(config, seed=config.seed + index, mlflow=dataclasses.replace(config.mlflow))
         folder = output_dir
-        if config.replicates > 1:
+        if replicated:
             replica.mlflow.run_name = replicate_name(name, replica.seed)
             folder = output_dir / f"seed-{replica.seed}"
         else:
             replica.mlflow.run_name = name
-        result = run_replicate(replica, folder, overrides, store, parent, index if config.replicates > 1 else None)
+        result = run_replicate(replica, folder, overrides, store, parent, index if replicated else None)
         results.append(result)
+        seeds.append(replica.seed)
         if result.pruned:
             break
-    return asdict(mean_result(results))
+    combined = mean_result(results)
+    combined.seeds, combined.objectives = seeds, [result.objective for result in results]
+    return asdict(combined)
 
 
 def mean_result(results: list[JobResult]) -> JobResult:

@@ -82,13 +82,20 @@ class Sweep:
     """The jobs of a sweep as the plan counts them."""
 
     jobs: int | None  # None: a sweeper whose count the plan cannot tell
-    replicates: int
+    replicates: int  # seeds per config (a race's: the fewest, race.min_seeds)
     how: str  # how the jobs were counted, in words
     shapes: list[list[str]] = field(default_factory=list)  # one override list per shape to compose
+    most: int | None = None  # a race's (replicates=auto) most seeds per config, race.max_seeds
 
     @property
     def runs(self) -> int | None:
         return None if self.jobs is None else self.jobs * self.replicates
+
+    def counted(self, per_run: int | None, unit: str = "") -> str:
+        """`6` runs, or a race's range `6 to 15` (the most: every config on race.max_seeds seeds)."""
+        if per_run is None or self.most is None:
+            return _count(per_run) + unit
+        return f"{per_run}{unit} to {per_run * self.most // self.replicates}{unit}"
 
 
 def _parsed(arguments: list[str]) -> list:
@@ -110,7 +117,10 @@ def sweep_of(config: DictConfig) -> Sweep:
     """The jobs Hydra's sweeper would launch, and the override lists of their shapes."""
     from hydra.errors import HydraException
 
-    replicates = int(config.get("replicates", 1))
+    given, most = config.get("replicates", 1), None
+    if given == "auto":  # a race: from race.min_seeds to race.max_seeds seeds per config
+        given, most = config.race.min_seeds, int(config.race.max_seeds)
+    replicates = int(given)
     sweeper = str((OmegaConf.select(config, "hydra.runtime.choices") or {}).get("hydra/sweeper", "basic"))
     try:
         parsed = {override.get_key_element(): override for override in _parsed(arguments_of(config))}
@@ -129,7 +139,7 @@ def sweep_of(config: DictConfig) -> Sweep:
     n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
     if n_trials is not None:
         return Sweep(int(n_trials), replicates, f"n_trials={n_trials} trials of the {sweeper} sweeper", shapes)
-    if sweeper != "basic":
+    if sweeper not in ("basic", "grid"):
         return Sweep(None, replicates, f"the {sweeper} sweeper decides its jobs as it goes", shapes)
     continuous = [override.get_key_element() for override in swept if not override.is_discrete_sweep()]
     if continuous:
@@ -139,7 +149,8 @@ def sweep_of(config: DictConfig) -> Sweep:
         )
     jobs = math.prod(len(values) for values in options.values())
     grid = " x ".join(f"{len(values)} {key}" for key, values in options.items()) or "no swept key"
-    return Sweep(jobs, replicates, f"the basic sweeper's grid: {grid}", shapes)
+    raced = "; replicates=auto: more seeds only for configs undecided against the leader" if most else ""
+    return Sweep(jobs, replicates, f"the basic sweeper's grid: {grid}{raced}", shapes, most)
 
 
 def job_count(config: DictConfig) -> int | None:
@@ -284,13 +295,13 @@ def describe(config: DictConfig, config_name: str = "config") -> str:
     check_plan_difference(config.get("plan_difference"))
     sweep = sweep_of(config)
     lines = [
-        f"Plan: {_count(sweep.jobs)} jobs x {sweep.replicates} seeds = {_count(sweep.runs)} runs "
+        f"Plan: {_count(sweep.jobs)} jobs x {sweep.counted(sweep.replicates)} seeds = {sweep.counted(sweep.runs)} runs "
         f"({sweep.how}); nothing was trained or recorded (plan=true)."
     ]
     shapes = Counter(shape_of(overrides, config_name) for overrides in sweep.shapes)
     store, missing = store_of(str(config.mlflow.tracking_uri))
     lines += time_lines(store, missing, config.mlflow.experiment_name, shapes, sweep)
-    lines += noise_lines(store, config.mlflow.experiment_name, shapes, sweep.replicates, config.get("plan_difference"))
+    lines += noise_lines(store, config.mlflow.experiment_name, shapes, sweep, config.get("plan_difference"))
     return "\n".join(lines)
 
 
@@ -331,7 +342,8 @@ def time_lines(store: Store | None, missing: str, experiment: str, shapes: Count
     if unknown and not lines:
         return [f"Time: no estimate ({where}): {'; '.join(unknown)}."]
     once = max(start_ups, default=0.0)
-    head = f"Time: ~{duration(total + once)} for the {sweep.runs} runs one after another"
+    most = f" to ~{duration(total * sweep.most / sweep.replicates + once)}" if sweep.most else ""  # a race's
+    head = f"Time: ~{duration(total + once)}{most} for the {sweep.counted(sweep.runs)} runs one after another"
     if start_ups:
         head += f", {duration(once)} of it the process's start-up"
     if unknown:
@@ -340,9 +352,11 @@ def time_lines(store: Store | None, missing: str, experiment: str, shapes: Count
 
 
 def noise_lines(
-    store: Store | None, experiment: str, shapes: Counter, replicates: int, difference: float | None
+    store: Store | None, experiment: str, shapes: Counter, sweep: Sweep, difference: float | None
 ) -> list[str]:
-    """The seed spread the plan assumes, what the chosen seeds can resolve, and the seeds a difference needs."""
+    """The seed spread the plan assumes, what the chosen seeds can resolve (a race's most too), and the
+    seeds a difference needs."""
+    replicates = sweep.replicates
     spread, configs = seed_spread(store, experiment, shapes)
     models = ", ".join(sorted({shape.model for shape in shapes}))
     if math.isnan(spread):
@@ -368,6 +382,11 @@ def noise_lines(
         lines.append(
             f"With {replicates} seeds per config, {test} resolves a difference of {smallest:.4f} "
             f"({100 * smallest:.2f} points) or more."
+        )
+    if sweep.most:
+        smallest = power.smallest_difference(sd, sweep.most)
+        lines.append(
+            f"A config still undecided races on up to {sweep.most} seeds, which resolve {smallest:.4f} ({100 * smallest:.2f} points)."
         )
     if difference is not None:
         needed = power.seeds_needed(difference, sd)

@@ -10,8 +10,10 @@ started per job ended for the time left, and the best objective so far with the 
 job's objective is the mean over its seeds). A job that failed counts as done, with no objective. The
 total is the plan's count (sweeps/plan.job_count): the grid, or a search's n_trials (a stored study
 that already holds trials runs fewer, and its last line then shows jobs still to go); without one the
-line says `job 5 done`. On a Ray cluster whose nodes do not share the sweep's folder, each node counts
-the jobs it ran.
+line says `job 5 done`. A race (replicates=auto) adds rounds as it goes: its line counts the jobs
+launched so far and names the round (`job 4/5 done, 1 to go in round 2 of the race`), since the
+rounds still to come are not known. On a Ray cluster whose nodes do not share the sweep's folder,
+each node counts the jobs it ran.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ class Progress:
     given: list[str] = field(default_factory=list)  # the sweep's overrides: a job's label is what varies
     started: float = field(default_factory=time.time)
     launch: str = field(default_factory=lambda: uuid.uuid4().hex)  # this launch's lines in the file
+    race_round: int = 0  # a race's round now running (replicates=auto); 0: no race
+
+    def add_round(self, jobs: int, number: int) -> None:
+        """A race's next round: its jobs join the total (a worker gets a copy as each round launches)."""
+        self.total = (self.total or 0) + jobs
+        self.race_round = number
 
     def job_ended(self, sweep_dir: Path, label: str, job_return: JobReturn) -> str | None:
         """Record the job's end and log the progress line (returned); None for an interrupted job."""
@@ -62,7 +70,7 @@ class Progress:
         except OSError as error:  # the line is a courtesy: a folder that cannot be written stops nothing
             log.warning(f"progress not recorded in {sweep_dir / PROGRESS_FILE}: {error}")
             return None
-        text = line(ended, self.total, self.started, now)
+        text = line(ended, self.total, self.started, now, self.race_round)
         log.info(text)
         return text
 
@@ -83,10 +91,13 @@ def record(sweep_dir: Path, entry: dict) -> list[dict]:
     return [item for item in entries if isinstance(item, dict) and item.get("launch") == entry["launch"]]
 
 
-def line(ended: list[dict], total: int | None, started: float, now: float) -> str:
-    """`job 5/12 done, 7 to go, ~14 min left, best so far <label> <objective>`."""
+def line(ended: list[dict], total: int | None, started: float, now: float, race_round: int = 0) -> str:
+    """`job 5/12 done, 7 to go, ~14 min left, best so far <label> <objective>`; in a race the jobs to
+    go are the round's (`7 to go in round 2 of the race`)."""
     done = len(ended)
     parts = [f"job {done}/{total} done, {max(0, total - done)} to go" if total else f"job {done} done"]
+    if total and race_round:
+        parts[0] += f" in round {race_round} of the race"
     if total and total > done:
         parts.append(f"~{duration((now - started) / done * (total - done))} left")
     scored = [item for item in ended if item["objective"] is not None]
@@ -96,3 +107,12 @@ def line(ended: list[dict], total: int | None, started: float, now: float) -> st
     else:
         parts.append("no objective yet")
     return ", ".join(parts)
+
+
+# Each sweep's Progress in the process that runs its sweeper, by the sweep's folder: the grid sweeper
+# adds a race's rounds to it (the callback makes it in on_multirun_start, before the sweeper starts).
+RUNNING: dict[str, Progress] = {}
+
+
+def of_sweep(sweep_dir: str) -> Progress | None:
+    return RUNNING.get(sweep_dir)

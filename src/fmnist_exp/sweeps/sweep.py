@@ -45,6 +45,11 @@ def varied_keys(config: DictConfig) -> list[str]:
     return keys + [str(key) for key in (OmegaConf.select(config, "hydra.sweeper.params") or {})]
 
 
+def sweeper_name(config: DictConfig) -> str:
+    """The sweeper chosen (hydra/sweeper): grid (the default), study (hparams_search=optuna), basic..."""
+    return str((OmegaConf.select(config, "hydra.runtime.choices") or {}).get("hydra/sweeper", "basic"))
+
+
 def sweep_wide_value(config: DictConfig, key: str) -> Any:
     """A sweep-wide key's value; one that cannot be resolved (`${oc.env:UNSET}`) is a ConfigError."""
     from omegaconf.errors import OmegaConfBaseException
@@ -70,13 +75,14 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Imported here, not with the module: Hydra makes this callback for every run, a single one too.
-        from fmnist_exp.sweeps import plan, shared_study
+        from fmnist_exp.sweeps import plan, progress, shared_study
         from fmnist_exp.sweeps.progress import Progress
 
         # Hydra turns an exception raised here into a warning and runs every job anyway: bad input is
         # answered here, in one line, before the parent run is made or any orphan is closed.
         try:
-            check_sweep_wide({key: sweep_wide_value(config, key) for key in SWEEP_WIDE_KEYS}, varied_keys(config))
+            wide = {key: sweep_wide_value(config, key) for key in SWEEP_WIDE_KEYS}
+            check_sweep_wide(wide, varied_keys(config), sweeper_name(config))
             for launcher in (gpu_pack, ray_cluster):  # each launcher module checks its own keys
                 launcher.check_launcher(config.hydra.launcher)
             if "heartbeat_interval" in config.hydra.sweeper:  # the study sweeper's (hparams_search=optuna)
@@ -87,7 +93,9 @@ class SweepCallback(Callback):
             self.start(config)
         except UserError as error:
             fail(str(error))
-        self.progress = Progress(plan.job_count(config), given=list(config.hydra.overrides.task))
+        in_race = config.get("replicates") == "auto" and not config.get("dry_run")
+        self.progress = Progress(plan.job_count(config), list(config.hydra.overrides.task), race_round=int(in_race))
+        progress.RUNNING[str(config.hydra.sweep.dir)] = self.progress  # a race's rounds add to its total
         # SIGTERM and SIGHUP between jobs (or while a parallel launcher waits) stop the sweep as Ctrl-C
         # does, so that on_multirun_end ends the parent KILLED; a job's own run handles them within.
         self.signals.enter_context(signals_as_interrupt())
