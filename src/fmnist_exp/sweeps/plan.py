@@ -386,7 +386,7 @@ def noise_lines(
     if sweep.most:
         smallest = power.smallest_difference(sd, sweep.most)
         lines.append(
-            f"A config still undecided races on up to {sweep.most} seeds, which resolve {smallest:.4f} ({100 * smallest:.2f} points)."
+            f"A config still undecided races on up to {sweep.most} seeds, which resolve {smallest:.4f} ({100 * smallest:.2f} points) or more."
         )
     if difference is not None:
         needed = power.seeds_needed(difference, sd)
