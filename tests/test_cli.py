@@ -352,7 +352,8 @@ BAD_INPUTS = [
         "race.seed_offset: 2: the grid sweeper sets it for a race's later rounds; leave it out",
     ),
     Bad("replicates a word", ("-m", "replicates=many"), "replicates: 'many' must be a whole number from 1 to 100"),
-    Bad("replicates a fraction", ("-m", "replicates=2.5"), "replicates: Value '2.5' of type 'float' is incompatible"),
+    Bad("replicates a fraction", ("-m", "replicates=2.5"), "replicates: 2.5 must be a whole number from 1 to 100"),
+    Bad("replicates a fraction, one run", ("replicates=2.5",), "replicates: 2.5 must be a whole number from 1 to 100"),
     *[
         Bad(f"race {key}={value}", ("-m", "replicates=auto", f"race.{key}={value}"), message)
         for key, value, message in [

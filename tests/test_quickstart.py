@@ -8,7 +8,8 @@ test skips without it, since tests never touch the network) and MLflow writes to
 change the environment under test): it is checked instead to name an extra of pyproject.toml that
 brings the default backend, which must be importable.
 
-`experiment=fast` on the full data set takes minutes on 2 CPU cores, hence `slow` (CI's second step).
+`experiment=speedrun` trains on the full data set for about a minute on 2 CPU cores, hence `slow` (CI's
+second step).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_the_quick_start_runs_as_printed(full_data_dir, tmp_path):
         assert process.returncode == 0, f"{command}\nexit {process.returncode}\n{output[-3000:]}"
     accuracy = re.search(r"test_accuracy=(\d\.\d+)", outputs[-1])
     assert accuracy, f"no test accuracy printed:\n{outputs[-1][-3000:]}"
-    # The README says the fast preset passes the article's 90.52%.
+    # The README says the speedrun preset passes the article's 90.52%.
     assert float(accuracy.group(1)) > 0.9052, outputs[-1][-3000:]
     # It wrote where a newcomer looks: Hydra's outputs/ in the working folder, and the store.
     assert (work / "outputs").is_dir() and (tmp_path / "mlruns" / "mlflow.db").is_file()

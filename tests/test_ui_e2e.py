@@ -33,8 +33,8 @@ pytestmark = [
 
 @pytest.fixture
 def sweep_store(tmp_path):
-    """A 2 x 2 grid (batch size, learning rate) on 2 seeds each, 8 runs on the shipped subset, models
-    registered, in a fresh SQLite store.
+    """A 2 x 2 grid (batch size, learning rate) raced on 2 seeds each, 8 runs on the shipped subset,
+    models registered, in a fresh SQLite store.
 
     System metrics are sampled every second, so that a job of seconds draws a curve.
     """
@@ -44,7 +44,9 @@ def sweep_store(tmp_path):
             sys.executable, "-m", "fmnist_exp.run", "-m",
             f"data.dir={SUBSET_DIR}", "data.max_train_samples=600", "data.max_test_samples=200",
             "epochs=1", "trainer.verbose=0", "register=true", "mlflow.experiment_name=ui_check",
-            "batch_size=32,64", "optimizer.learning_rate=0.001,0.003", "replicates=2",
+            # A race held to 2 seeds a config: 8 runs whatever it decides, and the note says how it did.
+            "batch_size=32,64", "optimizer.learning_rate=0.001,0.003", "replicates=auto", "race.min_seeds=2",
+            "race.max_seeds=2",
             f"hydra.sweep.dir={tmp_path}/sweep",
         ],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
@@ -80,6 +82,11 @@ def close_the_assistant(page) -> None:
     assistant_close = page.get_by_role("button", name="Close")
     if assistant_close.count():
         assistant_close.first.click()
+
+
+def png_width(path: Path) -> int:
+    """A PNG's width in pixels, from its IHDR chunk (bytes 16-19, big-endian)."""
+    return int.from_bytes(path.read_bytes()[16:20], "big")
 
 
 def shown(value: float) -> str:
@@ -163,8 +170,12 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         description = page.get_by_text("Swept: batch_size in 32,64; optimizer.learning_rate in 0.001,0.003")
         description.first.wait_for()
         body = page.inner_text("body")
-        assert "2 seeds per config. 8 runs: 8 finished, 0 pruned, 0 failed." in body
+        assert "8 runs: 8 finished, 0 pruned, 0 failed." in body
         assert "paired t-test over seeds" in body and "Re-run the winner: python -m fmnist_exp.run -m" in body
+        # The race's decision: its rules, the runs it saved, and how each config was decided.
+        assert "Race (replicates=auto): 2 to 2 seeds per config" in body and "the leader after 2 seeds" in body
+        decided = body.count("behind after 2 seeds") + body.count("undecided at the max of 2 seeds")
+        assert decided == 3, body[:3000]  # each of the three rivals, one way or the other
         close_the_assistant(page)
         description.first.scroll_into_view_if_needed()
         save_screenshot(page, tmp_path, "mlflow_ui_sweep_parent.png")
@@ -172,6 +183,15 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         page.get_by_text("summary", exact=True).first.click()
         for name in ("configs.md", "objective_by_epoch.png", "params_vs_objective.png", "sweep_summary.csv"):
             page.get_by_text(name, exact=True).first.wait_for()
+        # The band figure (each config's mean by epoch, +- one sd over its seeds) as the UI draws it.
+        page.get_by_text("objective_by_epoch.png", exact=True).first.click()
+        page.get_by_text("summary/objective_by_epoch.png", exact=True).first.wait_for()  # the preview's title
+        figure = page.locator('img[src^="blob:"]').first  # the UI fetches the artifact and shows it as a blob
+        figure.wait_for()
+        playwright_api.expect(figure).to_have_js_property("complete", True)
+        logged = Path(client.download_artifacts(parent.info.run_id, "summary/objective_by_epoch.png", str(tmp_path)))
+        assert figure.evaluate("image => image.naturalWidth") == png_width(logged) > 0  # drawn, and this figure
+        save_screenshot(page, tmp_path, "mlflow_ui_band_figure.png")
         page.get_by_text("jobs.json", exact=True).first.click()
         playwright_api.expect(page.get_by_text("View as table")).to_be_visible()
         for header in ("run_name", "seed", "batch_size", "optimizer/learning_rate", "status"):
@@ -249,6 +269,6 @@ def test_sweep_runs_and_comparison_in_the_browser(ui_server, sweep_store, tmp_pa
         browser.close()
     for name in (
         "mlflow_ui_runs.png", "mlflow_ui_grouped.png", "mlflow_ui_sweep_parent.png", "mlflow_ui_sweep_table.png",
-        "mlflow_ui_models.png", "mlflow_ui_system_metrics.png", "mlflow_ui_compare.png",
+        "mlflow_ui_models.png", "mlflow_ui_system_metrics.png", "mlflow_ui_compare.png", "mlflow_ui_band_figure.png",
     ):  # fmt: skip
         assert (tmp_path / name).stat().st_size > 20_000, name

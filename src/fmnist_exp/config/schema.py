@@ -222,7 +222,9 @@ class ExperimentConfig:
     dry_run: bool = False
     # In a sweep: train each config this many times, with seeds seed, seed+1, ... (the seed noise);
     # auto: race them, seeds added in rounds only where a config is undecided (see `race`).
-    replicates: int | str = 1
+    # Any, checked by checks.check_replicates: OmegaConf's own refusal of 2.5 for `int | str` names
+    # a Union type and not what is allowed.
+    replicates: Any = 1
     # With -m: print the sweep's plan (jobs, runs, time from the store's history, the difference its
     # seeds can resolve) and exit without training or making a run, a folder or a store.
     plan: bool = False
