@@ -73,7 +73,24 @@ def test_time_to_accuracy_times_each_seed_as_its_own_command(monkeypatch, capsys
     assert "seed 1: 50.00% after epoch" in printed and "seed 2:" in printed and "worst" in printed
 
 
-def test_time_to_accuracy_refuses_a_bad_seed_count_before_training(capsys):
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("seeds=0", "seeds: 0 must be a whole number from 1 to 10"),
+        ("target=2", "target: 2.0 must be a test accuracy above 0 and at most 1"),
+    ],
+)
+def test_time_to_accuracy_refuses_a_bad_key_before_training(argument, message, capsys):
     with pytest.raises(SystemExit) as stopped:
-        bench.main(["time_to_accuracy=speedrun", "seeds=0"])
-    assert stopped.value.code == 2 and "seeds: 0 must be a whole number from 1 to 10" in capsys.readouterr().err
+        bench.main(["time_to_accuracy=speedrun", argument])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_time_to_accuracy_passes_a_seeds_refusal_on_in_one_line(monkeypatch, tmp_path, capsys):
+    """The seed's own command refuses (its data folder lacks the files): bench says so in one line, exit 2."""
+    monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["time_to_accuracy=speedrun", "seeds=2"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
+    assert "time_to_accuracy: seed 1: data.dir:" in error and "lacks train-images-idx3-ubyte.gz" in error

@@ -233,6 +233,8 @@ def bench(config: BenchConfig) -> dict:
         raise ConfigError("repeats must be at least 1 and images at least one batch")
     if config.compare_stream == config.stream:
         raise ConfigError(f"compare_stream: {config.compare_stream} is already the stream measured")
+    if not 0 < config.target <= 1:
+        raise ConfigError(f"target: {config.target} must be a test accuracy above 0 and at most 1")
     if not 1 <= config.seeds <= MAX_SEEDS:
         raise ConfigError(f"seeds: {config.seeds} must be a whole number from 1 to {MAX_SEEDS}")
     model = config.model

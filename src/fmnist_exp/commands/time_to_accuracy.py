@@ -66,9 +66,11 @@ def one_seed(preset: str, seed: int, target: float, overrides: list[str], scratc
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
-    if finished.returncode != 0:
-        # A bad override is the runner's own one-line refusal; anything else keeps its traceback.
-        raise ConfigError(f"time_to_accuracy: seed {seed} failed:\n{finished.stderr.strip()[-3000:]}")
+    if finished.returncode == 2:  # the runner's own one-line refusal: passed on as one line
+        refusal = finished.stderr.strip().splitlines()[-1].removeprefix("fmnist_exp: error: ")
+        raise ConfigError(f"time_to_accuracy: seed {seed}: {refusal}")
+    if finished.returncode != 0:  # anything else keeps the command's traceback
+        raise RuntimeError(f"time_to_accuracy: seed {seed} exited {finished.returncode}:\n{finished.stderr[-5000:]}")
     return {"seed": seed, "command_seconds": wall, **recorded(uri, target)}
 
 
