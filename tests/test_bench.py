@@ -78,6 +78,7 @@ def test_time_to_accuracy_times_each_seed_as_its_own_command(monkeypatch, capsys
     [
         ("seeds=0", "seeds: 0 must be a whole number from 1 to 10"),
         ("target=2", "target: 2.0 must be a test accuracy above 0 and at most 1"),
+        ("output=/nonexistent/figures.json", "output: /nonexistent/figures.json: its folder does not exist"),
     ],
 )
 def test_time_to_accuracy_refuses_a_bad_key_before_training(argument, message, capsys):
@@ -94,3 +95,9 @@ def test_time_to_accuracy_passes_a_seeds_refusal_on_in_one_line(monkeypatch, tmp
     error = capsys.readouterr().err
     assert stopped.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
     assert "time_to_accuracy: seed 1: data.dir:" in error and "lacks train-images-idx3-ubyte.gz" in error
+
+
+def test_seeds_without_a_preset_are_refused(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench.main(["seeds=3"])
+    assert stopped.value.code == 2 and "seeds: only with time_to_accuracy=<preset>" in capsys.readouterr().err

@@ -351,6 +351,21 @@ BAD_INPUTS = [
         ("-m", "replicates=auto", "race.seed_offset=2"),
         "race.seed_offset: 2: the grid sweeper sets it for a race's later rounds; leave it out",
     ),
+    Bad(
+        "race seed offset, one run",
+        ("race.seed_offset=-7", "dry_run=true"),
+        "race.seed_offset: -7: the grid sweeper sets it for a race's later rounds; leave it out",
+    ),
+    Bad(
+        "race seed offset, no race",
+        ("-m", "replicates=3", "race.seed_offset=2", "plan=true"),
+        "race.seed_offset: 2: the grid sweeper sets it for a race's later rounds; leave it out",
+    ),
+    Bad(
+        "race over an untrained key",
+        ("-m", "replicates=auto", "trainer.verbose=0,1"),
+        "trainer.verbose: cannot be swept with replicates=auto: it does not change what is trained",
+    ),
     Bad("replicates a word", ("-m", "replicates=many"), "replicates: 'many' must be a whole number from 1 to 100"),
     Bad("replicates a fraction", ("-m", "replicates=2.5"), "replicates: 2.5 must be a whole number from 1 to 100"),
     Bad("replicates a fraction, one run", ("replicates=2.5",), "replicates: 2.5 must be a whole number from 1 to 100"),

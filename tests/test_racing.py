@@ -54,6 +54,18 @@ def test_configs_that_tie_on_every_seed_race_to_the_max():
 
 
 @pytest.mark.unit
+def test_the_same_difference_on_every_seed_decides_nothing():
+    """Two seeds that differ by the same step (validation accuracies move in steps of 1/6,000) give a
+    zero-width interval: no spread is known, so the rival races on instead of being called behind."""
+    leader, rival = entrant("a", 0.9005, 0.9010), entrant("b", 0.9000, 0.9005)
+    assert racing.decide([leader, rival], max_seeds=3) == [leader, rival]
+    assert rival.state == racing.RACING
+    leader.scores["44"], rival.scores["44"] = 0.9020, 0.9000  # a third seed gives the spread: +0.05, +0.05, +0.20
+    assert racing.decide([leader, rival], max_seeds=3) == []
+    assert rival.state == racing.AT_MAX
+
+
+@pytest.mark.unit
 def test_a_config_out_of_the_race_stays_out_when_the_leader_changes():
     race = racing.Race(min_seeds=2, max_seeds=3)
     for label, objectives in (("a", [0.80, 0.82]), ("b", [0.20, 0.21]), ("c", [0.78, 0.83])):

@@ -141,7 +141,12 @@ def test_sweep_without_validation_ranks_by_training_accuracy_and_says_so(tmp_pat
 
 
 def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_noise(tmp_path, tracking_uri, capsys):
+    # An earlier race's standing in the same sweep folder: a sweep that is no race must not report it.
+    stale = tmp_path / "sweep" / "summary" / "race.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"min_seeds": 2, "max_seeds": 3, "seeds_per_round": 1, "entrants": [], "runs": 9, "rounds": 2}')
     result = multirun([*SWEEP_RUN, "optimizer.learning_rate=0.001,0.003", "replicates=2"], tracking_uri, tmp_path)
+    assert not stale.exists()
     parents, children = split(runs(tracking_uri))
     (parent,) = parents
     assert len(children) == 4 and all(child.info.status == "FINISHED" for child in children)
@@ -164,6 +169,7 @@ def test_replicates_train_each_config_on_several_seeds_and_report_says_if_it_is_
     # Both configs ran on seeds 42 and 43: the verdict compares them seed by seed, and says so.
     assert "paired t-test over seeds 42,43" in note and "Re-run the winner: python -m fmnist_exp.run -m " in note
     assert note.rstrip().endswith("replicates=2") and note.count("replicates=2") == 1
+    assert "Race (replicates=auto)" not in note
     assert '"type": "table"' in parent.data.tags["mlflow.loggedArtifacts"]
     table = mlflow.MlflowClient(tracking_uri).load_table(
         experiment_id=parent.info.experiment_id, artifact_file="summary/jobs.json", run_ids=[parent.info.run_id]

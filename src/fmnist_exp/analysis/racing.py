@@ -68,7 +68,10 @@ def decide(racing: list[Entrant], max_seeds: int) -> list[Entrant]:
             continue
         verdict = seed_noise.compare(leader.stats(), rival.stats())
         lead = f"{leader.label} leads by {verdict.text}"
-        if verdict.interval[0] > 0:  # NaN (no test possible) is not above zero
+        # Behind: the lead's interval wholly above zero. NaN (no test possible) is not above zero, and a
+        # zero-width interval (the same difference on every seed so far, which the 1/6,000 steps of
+        # a validation accuracy make likely on two seeds) decides nothing: the spread is unknown.
+        if verdict.interval[0] > 0 and verdict.interval[1] > verdict.interval[0]:
             rival.state, rival.reason = BEHIND, f"behind after {rival.seeds} seeds: {lead}"
         elif rival.seeds >= max_seeds:
             rival.state, rival.reason = AT_MAX, f"undecided at the max of {max_seeds} seeds: {lead}"

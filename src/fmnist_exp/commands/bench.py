@@ -235,6 +235,10 @@ def bench(config: BenchConfig) -> dict:
         raise ConfigError(f"compare_stream: {config.compare_stream} is already the stream measured")
     if not 0 < config.target <= 1:
         raise ConfigError(f"target: {config.target} must be a test accuracy above 0 and at most 1")
+    if config.seeds != 1 and not config.time_to_accuracy:
+        raise ConfigError("seeds: only with time_to_accuracy=<preset> (the throughput rounds use repeats=)")
+    if config.output and not Path(config.output).resolve().parent.is_dir():
+        raise ConfigError(f"output: {config.output}: its folder does not exist")
     if not 1 <= config.seeds <= MAX_SEEDS:
         raise ConfigError(f"seeds: {config.seeds} must be a whole number from 1 to {MAX_SEEDS}")
     model = config.model

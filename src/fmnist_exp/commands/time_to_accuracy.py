@@ -64,22 +64,32 @@ def one_seed(preset: str, seed: int, target: float, overrides: list[str], scratc
                "data.validation=test", "trainer.verbose=0", f"mlflow.tracking_uri={uri}",
                "mlflow.experiment_name=time_to_accuracy", f"hydra.run.dir={scratch}/seed_{seed}", *overrides]  # fmt: skip
     started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = child.communicate()
+    except BaseException:  # Ctrl-C or a signal to bench: the seed's command ends with it, not after it
+        child.terminate()
+        child.wait()
+        raise
     wall = time.perf_counter() - started
+    finished = subprocess.CompletedProcess(command, child.returncode, "", stderr)
     if finished.returncode == 2:  # the runner's own one-line refusal: passed on as one line
         refusal = finished.stderr.strip().splitlines()[-1].removeprefix("fmnist_exp: error: ")
         raise ConfigError(f"time_to_accuracy: seed {seed}: {refusal}")
     if finished.returncode != 0:  # anything else keeps the command's traceback
         raise RuntimeError(f"time_to_accuracy: seed {seed} exited {finished.returncode}:\n{finished.stderr[-5000:]}")
-    return {"seed": seed, "command_seconds": wall, **recorded(uri, target)}
+    return {"seed": seed, "command_seconds": wall, **recorded(uri, seed, target)}
 
 
-def recorded(uri: str, target: float) -> dict:
-    """From the run's MLflow record: when the test accuracy first reached `target`, and the training speed."""
+def recorded(uri: str, seed: int, target: float) -> dict:
+    """From the seed's run in MLflow: when the test accuracy first reached `target`, and the training speed."""
     from fmnist_exp.tracking.store import Store
 
     store = Store(uri)
-    run = store.search("time_to_accuracy", order_by=["attribute.start_time DESC"], max_results=1)[0]
+    found = store.search("time_to_accuracy", f"params.seed = '{seed}'")
+    if len(found) != 1:
+        raise RuntimeError(f"time_to_accuracy: seed {seed}'s command ended with {len(found)} runs in {uri}, not one")
+    run = found[0]
     accuracies, seconds, rates = (
         store.metric_history(run.run_id, key) for key in ("val_accuracy", "epoch_seconds", "images_per_second")
     )

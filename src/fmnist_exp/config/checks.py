@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fmnist_exp.config.identity import trains_something
 from fmnist_exp.config.schema import (
     JIT_CHOICES,
     MONITORS,
@@ -93,7 +94,7 @@ def check_race(min_seeds: Any, max_seeds: Any, seeds_per_round: Any) -> None:
         _fail("race.seeds_per_round", f"{seeds_per_round} must be 1 or more")
 
 
-def check_auto_replicates(swept: list[str], sweeper: str, seed_offset: Any) -> None:
+def check_auto_replicates(swept: list[str], sweeper: str) -> None:
     """replicates=auto races the configs of the grid sweeper, which chooses each config's seeds itself."""
     if sweeper == "study":
         _fail(
@@ -107,8 +108,12 @@ def check_auto_replicates(swept: list[str], sweeper: str, seed_offset: Any) -> N
         )
     if "seed" in swept:
         _fail("seed", "cannot be swept with replicates=auto: the race gives each config the seeds seed, seed+1, ...")
-    if seed_offset != 0:
-        _fail("race.seed_offset", f"{seed_offset!r}: the grid sweeper sets it for a race's later rounds; leave it out")
+    for key in swept:
+        if not trains_something(key):  # its values train alike, so the race would take them for one config
+            _fail(
+                key,
+                "cannot be swept with replicates=auto: it does not change what is trained, so its values race as one config",
+            )
 
 
 def check_plan_difference(difference: Any) -> None:
@@ -131,8 +136,13 @@ def check_sweep_wide(values: dict[str, Any], swept: list[str], sweeper: str = "g
             _fail(key, f"cannot be swept: {SWEEP_WIDE_KEYS[key]}")
     check_replicates(values["replicates"])
     check_race(values["race.min_seeds"], values["race.max_seeds"], values["race.seeds_per_round"])
+    if values["race.seed_offset"] != 0:  # the command line's; the grid sweeper sets it on later rounds' jobs
+        _fail(
+            "race.seed_offset",
+            f"{values['race.seed_offset']!r}: the grid sweeper sets it for a race's later rounds; leave it out",
+        )
     if values["replicates"] == "auto":
-        check_auto_replicates(swept, sweeper, values["race.seed_offset"])
+        check_auto_replicates(swept, sweeper)
     check_plan_difference(values["plan_difference"])
     check_orphan_bound(values["mlflow.orphan_after_minutes"])
     if not str(values["mlflow.experiment_name"]).strip():

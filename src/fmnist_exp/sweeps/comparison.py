@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp.analysis import ranking
+from fmnist_exp.analysis import racing, ranking
 from fmnist_exp.config import overrides as grammar
 from fmnist_exp.config.identity import GROUP_PARAMS, PATH_KEYS, trains_something
 from fmnist_exp.tracking.store import Store
@@ -97,6 +97,9 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
     plots.sweep_curves(rows, curves, folder / "objective_by_epoch.png")
     if keys:
         plots.params_against_objective(rows, keys, folder / "params_vs_objective.png")
+    raced = parent.params.get("replicates") == "auto"
+    if not raced:  # a sweep folder given again (hydra.sweep.dir) may hold an earlier race's standing
+        (folder / racing.RACE_FILE).unlink(missing_ok=True)
     store.log_artifacts(parent_run_id, folder, "summary")
     # The UI's table view reads a dotted column name as a path into nested objects (empty cells).
     columns = {name.replace(".", "/"): values for name, values in ranking.table_columns(rows, keys).items()}
@@ -113,9 +116,7 @@ def summarize(store: Store, parent_run_id: str, sweep_dir: Path) -> str:
             metrics["best_val_accuracy"] = statistics.fmean(
                 row["val_accuracy"] for row in rows if row["run_id"] in best.run_ids
             )
-    from fmnist_exp.analysis import racing
-
-    race = racing.load(folder / racing.RACE_FILE)  # the grid sweeper's, with replicates=auto
+    race = racing.load(folder / racing.RACE_FILE) if raced else None  # the grid sweeper's standing
     note = sweep_note(parent.params, rows, configs, counts, race.lines() if race else [])
     store.log_metrics(parent_run_id, metrics)
     store.set_tags(parent_run_id, {**tags, "mlflow.note.content": note})

@@ -63,6 +63,7 @@ class GridSweeper(Sweeper):
         race = racing.Race(int(rules.min_seeds), int(rules.max_seeds), int(rules.seeds_per_round))
         given = {"sweep_overrides_json": json.dumps(list(config.hydra.overrides.task))}
         standing = Path(str(config.hydra.sweep.dir)) / "summary" / racing.RACE_FILE
+        standing.unlink(missing_ok=True)  # an earlier race's, where a sweep folder is given again
         rounds = list(self.basic.sweep(arguments))  # every config on race.min_seeds seeds
         launched = sum(len(batch) for batch in rounds)
         record(race, [job for batch in rounds for job in batch], given)
