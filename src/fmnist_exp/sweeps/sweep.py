@@ -198,6 +198,7 @@ class SweepCallback(Callback):
             raise
         finally:
             self._end(status)
+            atexit.unregister(self._end)  # ended: a process that runs more sweeps keeps no stale hook
             self.signals.close()
         if code is not None:
             fail(ending.splitlines()[0], code)
