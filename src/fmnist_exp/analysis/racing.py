@@ -3,8 +3,8 @@
 Every config starts on `min_seeds` seeds. After each round, among the configs still in the race, the
 leader is the one with the highest mean objective, and each rival is compared with it by the
 verdict's own test (seed_noise.compare: a paired t-test, since the configs still in the race ran on
-the same seeds). A rival whose 95% interval of the leader's lead lies wholly above zero is decided
-*behind* and leaves the race; an undecided rival that has reached `max_seeds` is *undecided at the
+the same seeds). A rival whose 95% interval of the leader's lead lies wholly above zero, and has a
+width, is decided *behind* and leaves the race; an undecided rival that has reached `max_seeds` is *undecided at the
 max*; every other undecided rival, and the leader with them, get `seeds_per_round` more seeds. When
 no rival is left to settle, the leader is decided too. A config that left the race stays out, even
 if the leader's mean later falls (as in the races below).
@@ -30,6 +30,14 @@ RACE_FILE = "race.json"  # in the sweep folder's summary/: the race as it stands
 
 RACING, LEADER, AT_MAX, BEHIND, DROPPED = "racing", "leader", "undecided at the max", "behind", "dropped"
 ORDER = (LEADER, RACING, AT_MAX, BEHIND, DROPPED)  # how the note lists them
+
+
+def round_indices(seed_offset: int, min_seeds: int, seeds_per_round: int, max_seeds: int) -> range:
+    """The replicates one job of a race trains (replicate i has the seed seed+i): min_seeds from 0 in
+    the first round; from `seed_offset` (set on a later round's jobs) the next seeds_per_round; never
+    past max_seeds."""
+    count = seeds_per_round if seed_offset else min_seeds
+    return range(seed_offset, min(seed_offset + count, max_seeds))
 
 
 @dataclass

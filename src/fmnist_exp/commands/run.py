@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from fmnist_exp.commands import preflight
 from fmnist_exp.config import overrides as grammar
+from fmnist_exp.config.checks import check_seed_offset
 from fmnist_exp.config.schema import CONF_DIR, register_schemas
 from fmnist_exp.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, RunStopped, UserError, fail
 from fmnist_exp.model.validation import to_experiment_config
@@ -50,7 +51,7 @@ def single_run(composed: DictConfig, output_dir: Path, overrides: list[str]) -> 
     try:
         config = to_experiment_config(composed)
         refuse_plan_without_a_sweep(config.plan)
-        refuse_seed_offset(config.race.seed_offset)
+        check_seed_offset(config.race.seed_offset)
         if config.dry_run:
             run_folder.discard_unused(output_dir, _EXISTING_BEFORE)
             from fmnist_exp.training import dry_run
@@ -92,14 +93,6 @@ def refuse_replicates_without_a_sweep(replicates: int | str) -> None:
         raise UserError(
             f"replicates: {replicates} trains the config {replicates} times as a sweep; "
             "add -m (python -m fmnist_exp.run -m ... replicates=N) to get one parent run that compares them"
-        )
-
-
-def refuse_seed_offset(seed_offset: int) -> None:
-    """race.seed_offset is the grid sweeper's, for a race's later rounds; never the command line's."""
-    if seed_offset != 0:
-        raise UserError(
-            f"race.seed_offset: {seed_offset!r}: the grid sweeper sets it for a race's later rounds; leave it out"
         )
 
 

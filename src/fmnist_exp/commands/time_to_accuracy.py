@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fmnist_exp.commands.machine import compose, machine, matmul_peak_flops
 from fmnist_exp.errors import ConfigError
+from fmnist_exp.model.layers import count_multiply_adds
 
 
 def measure(preset: str, target: float, seeds: int, overrides: list[str]) -> dict:
@@ -51,12 +52,6 @@ def measure(preset: str, target: float, seeds: int, overrides: list[str]) -> dic
     }
 
 
-def count_multiply_adds(layers) -> int:
-    from fmnist_exp.model import layers as models
-
-    return models.count_multiply_adds(layers)
-
-
 def one_seed(preset: str, seed: int, target: float, overrides: list[str], scratch: Path) -> dict:
     """One seed's command in its own process, timed from its start to its exit, then its record read."""
     uri = f"sqlite:///{scratch}/mlflow.db"
@@ -72,12 +67,11 @@ def one_seed(preset: str, seed: int, target: float, overrides: list[str], scratc
         child.wait()
         raise
     wall = time.perf_counter() - started
-    finished = subprocess.CompletedProcess(command, child.returncode, "", stderr)
-    if finished.returncode == 2:  # the runner's own one-line refusal: passed on as one line
-        refusal = finished.stderr.strip().splitlines()[-1].removeprefix("fmnist_exp: error: ")
+    if child.returncode == 2:  # the runner's own one-line refusal: passed on as one line
+        refusal = stderr.strip().splitlines()[-1].removeprefix("fmnist_exp: error: ")
         raise ConfigError(f"time_to_accuracy: seed {seed}: {refusal}")
-    if finished.returncode != 0:  # anything else keeps the command's traceback
-        raise RuntimeError(f"time_to_accuracy: seed {seed} exited {finished.returncode}:\n{finished.stderr[-5000:]}")
+    if child.returncode != 0:  # anything else keeps the command's traceback
+        raise RuntimeError(f"time_to_accuracy: seed {seed} exited {child.returncode}:\n{stderr[-5000:]}")
     return {"seed": seed, "command_seconds": wall, **recorded(uri, seed, target)}
 
 

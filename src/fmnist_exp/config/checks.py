@@ -94,6 +94,13 @@ def check_race(min_seeds: Any, max_seeds: Any, seeds_per_round: Any) -> None:
         _fail("race.seeds_per_round", f"{seeds_per_round} must be 1 or more")
 
 
+def check_seed_offset(seed_offset: Any) -> None:
+    """race.seed_offset is the grid sweeper's, set on a race's later rounds' jobs; never the command line's
+    (a run's or a sweep's: both are checked before anything starts, the jobs' own values are not)."""
+    if seed_offset != 0:
+        _fail("race.seed_offset", f"{seed_offset!r}: the grid sweeper sets it for a race's later rounds; leave it out")
+
+
 def check_auto_replicates(swept: list[str], sweeper: str) -> None:
     """replicates=auto races the configs of the grid sweeper, which chooses each config's seeds itself."""
     if sweeper == "study":
@@ -136,11 +143,7 @@ def check_sweep_wide(values: dict[str, Any], swept: list[str], sweeper: str = "g
             _fail(key, f"cannot be swept: {SWEEP_WIDE_KEYS[key]}")
     check_replicates(values["replicates"])
     check_race(values["race.min_seeds"], values["race.max_seeds"], values["race.seeds_per_round"])
-    if values["race.seed_offset"] != 0:  # the command line's; the grid sweeper sets it on later rounds' jobs
-        _fail(
-            "race.seed_offset",
-            f"{values['race.seed_offset']!r}: the grid sweeper sets it for a race's later rounds; leave it out",
-        )
+    check_seed_offset(values["race.seed_offset"])
     if values["replicates"] == "auto":
         check_auto_replicates(swept, sweeper)
     check_plan_difference(values["plan_difference"])

@@ -71,9 +71,8 @@ class GridSweeper(Sweeper):
             race.save(standing)  # the note reads it even if a later round is interrupted
             batch = [[*entrant.overrides, f"{OFFSET_KEY}={entrant.seeds}"] for entrant in more]
             offset = more[0].seeds  # the configs still racing share their seeds
-            seeds = [
-                str(config.seed + index) for index in range(offset, min(offset + race.seeds_per_round, race.max_seeds))
-            ]
+            indices = racing.round_indices(offset, race.min_seeds, race.seeds_per_round, race.max_seeds)
+            seeds = [str(config.seed + index) for index in indices]
             named = f"seed{'s' if len(seeds) > 1 else ''} {','.join(seeds)}"
             log.info(f"Race round {race.rounds}: {named} for {', '.join(entrant.label for entrant in more)}")
             results = self.launch_round(batch, launched, race.rounds)

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fmnist_exp.analysis import ranking
+from fmnist_exp.analysis import racing, ranking
 from fmnist_exp.config.identity import config_hash
 from fmnist_exp.config.schema import ExperimentConfig
 from fmnist_exp.errors import RunStopped, UserError
@@ -105,8 +105,7 @@ def replicate_indices(config: ExperimentConfig) -> range:
     if isinstance(config.replicates, int):
         return range(config.replicates)
     race = config.race
-    first = race.seed_offset
-    return range(first, min(first + (race.seeds_per_round if first else race.min_seeds), race.max_seeds))
+    return racing.round_indices(race.seed_offset, race.min_seeds, race.seeds_per_round, race.max_seeds)
 
 
 def run_job(config: ExperimentConfig, output_dir: Path, overrides: list[str], sweep_dir: str) -> dict:
