@@ -79,7 +79,7 @@ def test_missing_folder_is_named(tmp_path):
 
 
 def test_no_copy_anywhere_lists_the_places_looked_at(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "KERAS_CACHE", tmp_path / "keras")
+    monkeypatch.setenv("HOME", str(tmp_path))  # Keras's cache, read from HOME at each call: HOME/.keras/...
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")
     with pytest.raises(data.DataError) as caught:
         data.locate(None, download=False)
@@ -269,6 +269,7 @@ def _runner_without_data(home: Path) -> dict[str, str]:
     return {**os.environ, "FMNIST_DATA_DIR": "", "HOME": str(home)}
 
 
+@pytest.mark.slow
 @NO_LOCAL_COPY
 @pytest.mark.skipif(not FULL_DATA_DIR, reason="serving the canonical files needs FMNIST_DATA_DIR")
 def test_a_run_with_no_local_copy_downloads_it_from_the_mirror(tmp_path, tracking_uri):

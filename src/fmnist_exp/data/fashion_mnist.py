@@ -62,7 +62,13 @@ CANONICAL_SHA256 = {
 # decompressed checksums in this file, in `sha256sum` format.
 MANIFEST_NAME = "SHA256SUMS"
 
-KERAS_CACHE = Path.home() / ".keras" / "datasets" / "fashion-mnist"
+
+def keras_cache() -> Path:
+    """Where keras.datasets keeps its copy: read from HOME at each call, not once at import, so that
+    a process whose environment was set after the import (a forked child) looks in its own home."""
+    return Path.home() / ".keras" / "datasets" / "fashion-mnist"
+
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -82,7 +88,7 @@ class Splits:
 def candidate_dirs(configured: str | None) -> list[Path]:
     """The places looked at, in order: the configured folder, the Keras cache, Debian's package."""
     places = [Path(configured).expanduser()] if configured else []
-    return places + [KERAS_CACHE, DEBIAN_DIR]
+    return places + [keras_cache(), DEBIAN_DIR]
 
 
 def _has_all_files(folder: Path) -> bool:
@@ -118,7 +124,7 @@ def locate(configured: str | None, download: bool = True, mirror: str = DEFAULT_
     if not download:
         raise DataError(f"data: {looked}, and data.download=false. Fix: {fixes}, or allow data.download=true.")
     try:
-        return fetch(KERAS_CACHE, mirror)
+        return fetch(keras_cache(), mirror)
     except DownloadError as error:
         raise DataError(
             f"data.mirror: {looked}, and the download failed: {error}. Fix: {fixes}, or name a reachable data.mirror="

@@ -32,7 +32,7 @@ def origin(folder: Path, configured: str | None) -> str:
     folder = Path(folder).expanduser().resolve()
     if configured and folder == Path(configured).expanduser().resolve():
         return "data.dir"
-    if folder == data.KERAS_CACHE.resolve():
+    if folder == data.keras_cache().resolve():
         return "Keras cache"
     if folder == data.DEBIAN_DIR.resolve():
         return "Debian package dataset-fashion-mnist"

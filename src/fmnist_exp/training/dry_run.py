@@ -21,7 +21,7 @@ def data_source(config: DataConfig) -> str:
     except data.DataError:
         if config.dir or not config.download:
             raise
-        return f"not on this machine yet; a run downloads it from {config.mirror} into {data.KERAS_CACHE}"
+        return f"not on this machine yet; a run downloads it from {config.mirror} into {data.keras_cache()}"
 
 
 def describe(config: ExperimentConfig) -> int:
