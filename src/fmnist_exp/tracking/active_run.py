@@ -73,8 +73,18 @@ def release_interrupted_writes(error: BaseException) -> None:
     every later write of this process waits on the lock and fails with "database is locked": the run
     could not be marked KILLED. Clearing those frames' locals (the printed traceback keeps its lines)
     and collecting returns the connection to its pool, which rolls the write back and frees the lock.
+    The frames of every exception chained to it are cleared too: a signal that lands while MLflow or
+    SQLAlchemy handles another exception leaves the session in that exception's frames.
     """
-    traceback.clear_frames(error.__traceback__)
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        pending += [current.__cause__, current.__context__]
     gc.collect()
 
 
