@@ -6,7 +6,6 @@ Helpers and constants live in helpers.py, their one home; test modules import th
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from helpers import (
     FULL_DATA_DIR,
     SMALL_RUN,
+    close_zygotes,
     free_port,
     ray_cluster_is_up,
     stop_process_group,
@@ -21,14 +21,12 @@ from helpers import (
     wait_for_http,
 )
 
-# MLflow 3 sends usage telemetry unless told not to; tests send traffic to loopback only.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# The decoded-data cache of the whole session (and its subprocesses) stays out of the user's home.
-os.environ.setdefault("FMNIST_CACHE_DIR", tempfile.mkdtemp(prefix="fmnist-exp-cache-"))
-
-
 # A test marked slow (a cluster, the browser, the full data set) may take minutes on a loaded machine.
 SLOW_TIMEOUT = 1800
+
+
+def pytest_sessionfinish(session):
+    close_zygotes()
 
 
 def pytest_collection_modifyitems(items):
@@ -39,12 +37,10 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def zygote():
-    """One process per test worker that forks the commands of the bad-input table (helpers.Zygote)."""
-    from helpers import Zygote
+    """The cold zygote of this test worker, which forks the commands of the bad-input table (helpers.Zygote)."""
+    from helpers import session_zygote
 
-    forks = Zygote()
-    yield forks
-    forks.close()
+    return session_zygote(warm=False)
 
 
 @pytest.fixture

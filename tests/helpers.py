@@ -12,17 +12,25 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from fmnist_exp.config.schema import CONF_DIR, ExperimentConfig, register_schemas
-from fmnist_exp.data import fashion_mnist as data
-from fmnist_exp.data import idx
-from fmnist_exp.model.validation import to_experiment_config
+# Set before anything reads them, so that the session's warm zygote and every command inherit them:
+# MLflow 3 sends usage telemetry unless told not to (tests send traffic to loopback only), and the
+# decoded-data cache of the whole session stays out of the user's home.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("FMNIST_CACHE_DIR", tempfile.mkdtemp(prefix="fmnist-exp-cache-"))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fmnist_exp.config.schema import CONF_DIR, ExperimentConfig, register_schemas  # noqa: E402
+from fmnist_exp.data import fashion_mnist as data  # noqa: E402
+from fmnist_exp.data import idx  # noqa: E402
+from fmnist_exp.model.validation import to_experiment_config  # noqa: E402
 
 SUBSET_DIR = Path(__file__).parent / "data" / "fashion-mnist-subset"
 
@@ -63,26 +71,56 @@ def typed_config(overrides: list[str] | None = None) -> ExperimentConfig:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def start_command(module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`python -m <module> <arguments>` in its own process group.
+def start_command(
+    module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, kind: str = "warm"
+) -> subprocess.Popen | ForkedProcess:
+    """`python -m <module> <arguments>` in its own process group, started as `kind` says:
 
-    Its stdout and stderr go to unnamed files, not pipes: a test that polls files while the process
+    - "warm": a forked child of the session's warm zygote (TensorFlow, Keras and MLflow already
+      imported: seconds saved per command); a new interpreter instead when the command runs on
+      another backend or profiles its imports.
+    - "cold": a child of the cold zygote (no framework imported), for a refusal that must come before
+      Keras is imported (assert_refused checks it).
+    - "new": a new interpreter, for behaviour at import time.
+    Each answers as subprocess.Popen does for what the tests use.
+
+    Its stdout and stderr go to files, not pipes: a test that polls files while the process
     runs reads nothing, and a full pipe would stop the process mid-write.
     """
     import tempfile
 
+    environment = {**os.environ, **(env or {})}
+    if os.environ.get("FMNIST_TESTS_FRESH"):  # every command in a new interpreter, to tell a zygote's fault
+        kind = "new"
+    if kind == "warm" and warm_enough(arguments, environment):
+        return session_zygote(warm=True).start(module, arguments, cwd, environment)
+    if kind == "cold":
+        return session_zygote(warm=False).start(module, arguments, cwd, environment)
     stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", module, *arguments],
         stdout=stdout,
         stderr=stderr,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=environment,
         cwd=cwd,
         start_new_session=True,
     )
     process.output_files = (stdout, stderr)
     return process
+
+
+def warm_enough(arguments: list[str], environment: dict[str, str]) -> bool:
+    """Whether a warm zygote's child behaves as a new interpreter would for this command: Keras on
+    TensorFlow (the backend it was imported with), and no profile of the imports asked for."""
+    backends = [
+        argument.split("=", 1)[1] for argument in arguments if argument.lstrip("+").startswith("trainer.backend=")
+    ]
+    return (
+        environment.get("KERAS_BACKEND", "tensorflow") in ("", "tensorflow")
+        and all(backend == "tensorflow" for backend in backends)
+        and "PYTHONPROFILEIMPORTTIME" not in environment
+    )
 
 
 def read_output(process: subprocess.Popen) -> tuple[str, str]:
@@ -104,11 +142,16 @@ def finish(process: subprocess.Popen, timeout: float = PROCESS_TIMEOUT) -> subpr
     stdout, stderr = read_output(process)
     for handle in process.output_files:
         handle.close()
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    result.warm = getattr(process, "warm", False)
+    result.imported = process.imported() if isinstance(process, ForkedProcess) else None
+    return result
 
 
-def run_command(module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None):
-    return finish(start_command(module, arguments, cwd, env), timeout or PROCESS_TIMEOUT)
+def run_command(
+    module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None, kind: str = "warm"
+):
+    return finish(start_command(module, arguments, cwd, env, kind), timeout or PROCESS_TIMEOUT)
 
 
 def run_cli(arguments: list[str], tracking_uri: str, cwd: Path, env: dict[str, str] | None = None):
@@ -124,45 +167,117 @@ def run_cli(arguments: list[str], tracking_uri: str, cwd: Path, env: dict[str, s
 ZYGOTE = Path(__file__).parent / "zygote.py"
 
 
-class Zygote:
-    """Commands as forked children of one process that imported Hydra, OmegaConf and NumPy once
-    (tests/zygote.py): real processes with their own environment and exit code, started in
-    milliseconds. `run` answers as run_command does; its result's `imported` lists the frameworks
-    (TensorFlow, Keras, PyTorch, JAX) the command imported."""
+class ForkedProcess:
+    """A zygote's child, answering as subprocess.Popen does: pid (the leader of its own process
+    group), poll, wait, send_signal, terminate, kill; its output files for finish and read_output."""
 
-    def __init__(self) -> None:
+    def __init__(self, zygote: Zygote, pid: int, args: list[str], output_files: tuple, imported: Path) -> None:
+        self.pid, self.args, self.output_files = pid, args, output_files
+        self.warm = zygote.warm
+        self.returncode: int | None = None
+        self._zygote, self._imported = zygote, imported
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._zygote.returncode(self.pid, timeout=0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is None:
+            self.returncode = self._zygote.returncode(self.pid, timeout)
+            if self.returncode is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, number: int) -> None:
+        if self.poll() is None:  # as Popen: never a signal to a pid that may have been reused
+            os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def imported(self) -> list[str] | None:
+        """The frameworks the command had imported when it exited (None after a kill)."""
+        import json
+
+        return json.loads(self._imported.read_text()) if self._imported.is_file() else None
+
+
+class Zygote:
+    """Commands as forked children of one process that imported their libraries once (tests/zygote.py):
+    real processes with their own session, environment, signals and exit code, started in milliseconds.
+
+    Cold, it imported Hydra, OmegaConf and NumPy: a child's result lists the frameworks (TensorFlow,
+    Keras, PyTorch, JAX) the command imported, which the refusal table checks is none. Warm, it also
+    imported MLflow, TensorFlow and Keras: the training commands start without seconds of imports.
+    """
+
+    def __init__(self, warm: bool = False, env: dict[str, str] | None = None) -> None:
+        import tempfile
+        import threading
+
+        self.warm = warm
+        self.scratch = Path(tempfile.mkdtemp(prefix="zygote-"))
         self.process = subprocess.Popen(
-            [sys.executable, str(ZYGOTE)],
+            [sys.executable, str(ZYGOTE), *(["--warm"] if warm else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
             start_new_session=True,
         )
+        self._ended: dict[int, int] = {}
+        self._started: list[int] = []
+        self._closed = False
+        self._changed = threading.Condition()
+        self._requests = threading.Lock()  # one request at a time: the next pid answered is its child's
+        threading.Thread(target=self._read_answers, daemon=True).start()
 
-    def run(self, module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None):
+    def _read_answers(self) -> None:
         import json
-        import select
+
+        for line in self.process.stdout:
+            answer = json.loads(line)
+            with self._changed:
+                if "returncode" in answer:
+                    self._ended[answer["pid"]] = answer["returncode"]
+                else:
+                    self._started.append(answer["pid"])
+                self._changed.notify_all()
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def start(self, module: str, arguments: list[str], cwd: Path, env: dict[str, str]) -> ForkedProcess:
+        import json
         import tempfile
 
-        timeout = timeout or PROCESS_TIMEOUT
-        with tempfile.TemporaryDirectory(prefix="zygote-") as scratch:
-            files = {name: str(Path(scratch) / name) for name in ("stdout", "stderr", "imported")}
-            request = {"module": module, "argv": arguments, "cwd": str(cwd), "env": {**os.environ, **(env or {})}}
-            self.process.stdin.write(json.dumps({**request, **files}) + "\n")
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        files = {name: folder / name for name in ("stdout", "stderr", "imported")}
+        files["stdout"].touch()
+        files["stderr"].touch()
+        request = {"module": module, "argv": arguments, "cwd": str(cwd), "env": env}
+        with self._requests:
+            self.process.stdin.write(json.dumps({**request, **{k: str(v) for k, v in files.items()}}) + "\n")
             self.process.stdin.flush()
-            pid = json.loads(self.process.stdout.readline())["pid"]
-            if not select.select([self.process.stdout], [], [], timeout)[0]:
-                os.kill(pid, signal.SIGKILL)
-                self.process.stdout.readline()
-                raise AssertionError(f"{module} {arguments} ran past {timeout} s")
-            code = json.loads(self.process.stdout.readline())["returncode"]
-            texts = [
-                Path(files[name]).read_text() if Path(files[name]).exists() else "" for name in ("stdout", "stderr")
-            ]
-            result = subprocess.CompletedProcess([module, *arguments], code, *texts)
-            imported = Path(files["imported"])
-            result.imported = json.loads(imported.read_text()) if imported.is_file() else None
-        return result
+            with self._changed:
+                if not self._changed.wait_for(lambda: self._started or self._closed, timeout=120) or self._closed:
+                    raise AssertionError(f"the zygote started no child for {module} {arguments}")
+                pid = self._started.pop(0)
+        outputs = (open(files["stdout"]), open(files["stderr"]))  # noqa: SIM115 (finish closes them)
+        return ForkedProcess(self, pid, [module, *arguments], outputs, files["imported"])
+
+    def returncode(self, pid: int, timeout: float | None) -> int | None:
+        with self._changed:
+            self._changed.wait_for(lambda: pid in self._ended or self._closed, timeout=timeout)
+            return self._ended.get(pid)
+
+    def run(self, module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None):
+        """As run_command: the command's CompletedProcess, with `imported` beside it."""
+        return finish(self.start(module, arguments, cwd, {**os.environ, **(env or {})}), timeout or PROCESS_TIMEOUT)
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -170,17 +285,31 @@ class Zygote:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             stop_process_group(self.process)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+# The environment of the session as it began: a zygote starts from it even when its first command
+# comes from a test that changed the environment (HOME, say, which Keras reads on import).
+SESSION_ENVIRONMENT = dict(os.environ)
+_ZYGOTES: dict[bool, Zygote] = {}
+
+
+def session_zygote(warm: bool) -> Zygote:
+    """This test process's warm or cold zygote, started on first use (closed by conftest at the end)."""
+    if warm not in _ZYGOTES:
+        _ZYGOTES[warm] = Zygote(warm=warm, env=SESSION_ENVIRONMENT)
+    return _ZYGOTES[warm]
+
+
+def close_zygotes() -> None:
+    for warm in list(_ZYGOTES):
+        _ZYGOTES.pop(warm).close()
 
 
 def multirun(arguments: list[str], tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m fmnist_exp.run -m <arguments>` in `cwd`, its store in MLFLOW_TRACKING_URI; it must exit 0."""
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist_exp.run", "-m", *arguments, f"hydra.sweep.dir={cwd}/sweep"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+    result = run_command(
+        "fmnist_exp.run", ["-m", *arguments, f"hydra.sweep.dir={cwd}/sweep"], cwd, {"MLFLOW_TRACKING_URI": tracking_uri}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -256,6 +385,8 @@ def assert_refused(result: subprocess.CompletedProcess, message: str, before_ker
     assert "Traceback" not in result.stderr, shown
     assert len(lines) == 1 and lines[0].startswith("fmnist_exp: error: "), f"not one line:\n{shown}"
     assert message in lines[0], f"{message!r} not in:\n{lines[0]}"
+    if before_keras and getattr(result, "warm", False):
+        raise AssertionError("a warm zygote's child had Keras before it began: start it with kind='cold'")
     if before_keras and getattr(result, "imported", None) is not None:  # a Zygote's child says what it imported
         assert result.imported == [], f"{', '.join(result.imported)} imported before the refusal"
     elif before_keras:

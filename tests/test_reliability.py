@@ -107,6 +107,8 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(
 
     arguments = [
         f"data.dir={SUBSET_DIR}",
+        "data.max_train_samples=1600",  # 45 batches an epoch, a second or more: the signal lands in epoch 2
+        "data.max_test_samples=300",
         "epochs=2",
         "batch_size=32",
         "deterministic=true",
@@ -118,7 +120,7 @@ def test_sigterm_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(
     environment = {"MLFLOW_TRACKING_URI": tracking_uri}
     process = start_command(RUN, [*arguments, f"hydra.run.dir={output}"], tmp_path, environment)
     wait_for(lambda: checkpoint_epoch(output) >= 1, process, what="the first checkpoint")
-    time.sleep(0.5)  # into the second epoch (an epoch here takes many seconds)
+    time.sleep(0.3)  # into the second epoch (an epoch here takes seconds)
     process.send_signal(signal.SIGTERM)
     result = finish(process)
     assert result.returncode == 130, result.stderr[-2000:]
@@ -184,11 +186,12 @@ def test_sigterm_after_the_last_epoch_ends_killed_and_its_hint_finishes_the_run(
     assert all_runs(decoy) == []
 
 
+@pytest.mark.slow
 def test_sighup_ends_killed_and_of_two_resumes_at_once_one_writes(tmp_path, tracking_uri):
     """SIGHUP ends a run KILLED as SIGTERM does; two resume= of it at once: the
     second is refused naming the first, and the run's history has every epoch once."""
     output = tmp_path / "run"
-    environment = {"MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPROFILEIMPORTTIME": "1"}
+    environment = {"MLFLOW_TRACKING_URI": tracking_uri}
     process = start_command(
         RUN, [*TINY_RUN, "epochs=2", "mlflow.log_model=false", f"hydra.run.dir={output}"], tmp_path, environment
     )
@@ -201,7 +204,8 @@ def test_sighup_ends_killed_and_of_two_resumes_at_once_one_writes(tmp_path, trac
     assert killed.info.status == "KILLED"
 
     both = [
-        start_command(RUN, [f"resume={output}", f"hydra.run.dir={tmp_path / name}"], tmp_path, environment)
+        # Cold children: the loser shows that its refusal came before Keras was imported.
+        start_command(RUN, [f"resume={output}", f"hydra.run.dir={tmp_path / name}"], tmp_path, environment, "cold")
         for name in ("first", "second")
     ]
     results = [finish(process) for process in both]
@@ -429,6 +433,7 @@ def test_kill_9_of_training_then_report_marks_it_killed_and_resume_finishes_it(t
     assert status(tracking_uri, orphan_id).info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_kill_9_in_epoch_2_is_closed_by_a_report_or_a_run_of_another_experiment(tmp_path, tracking_uri):
     """A run killed with SIGKILL is closed by the next command that opens the store, whichever
     experiment that command works on: a report of another experiment, then a run in another one."""
@@ -507,6 +512,7 @@ def test_runs_of_another_machine_are_closed_once_their_heartbeat_is_older_than_t
         "fmnist_exp.report",
         ["sweep=all", f"mlflow.tracking_uri={tracking_uri}", "mlflow.orphan_after_minutes=1"],
         tmp_path,
+        kind="cold",
     )
     assert_refused(refused, "mlflow.orphan_after_minutes: 1.0 must be 5 or more")
 
@@ -520,6 +526,7 @@ def test_a_bound_under_the_heartbeat_closes_no_live_run_it_is_refused_first(tmp_
         ["-m", "mlflow.orphan_after_minutes=-1", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         tmp_path,
         {"MLFLOW_TRACKING_URI": tracking_uri},
+        kind="cold",
     )
     assert_refused(sweep, "mlflow.orphan_after_minutes: -1.0 must be 5 or more: live runs write a heartbeat")
     evaluate = run_command(
@@ -637,7 +644,7 @@ def test_resume_of_a_damaged_or_finished_run_is_one_line(resumable, tmp_path, da
         RUN,
         [f"resume={folder}", f"mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path / 'out'}"],
         tmp_path,
-        {"PYTHONPROFILEIMPORTTIME": "1"},
+        kind="cold",  # a child that imported no framework: it shows whether the refusal came before Keras
     )
     assert_refused(result, message.format(folder=folder, run_id=run_id), before_keras)
     assert status(uri, run_id).info.status == ("FINISHED" if damage == "finished" else "KILLED")

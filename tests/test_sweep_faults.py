@@ -11,6 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from fmnist_exp.sweeps import sweep
@@ -26,9 +27,13 @@ TINY = [
 ]
 
 
-def sweep_command(arguments: list[str], tracking_uri: str, cwd: Path):
+def sweep_command(arguments: list[str], tracking_uri: str, cwd: Path, kind: str = "warm"):
     return run_command(
-        RUN, ["-m", *TINY, *arguments, f"hydra.sweep.dir={cwd / 'sweep'}"], cwd, {"MLFLOW_TRACKING_URI": tracking_uri}
+        RUN,
+        ["-m", *TINY, *arguments, f"hydra.sweep.dir={cwd / 'sweep'}"],
+        cwd,
+        {"MLFLOW_TRACKING_URI": tracking_uri},
+        kind=kind,
     )
 
 
@@ -59,7 +64,7 @@ def test_a_refused_job_is_counted_and_listed_with_its_reason(tmp_path, tracking_
 
 
 def test_a_sweep_whose_jobs_were_all_refused_fails_with_exit_2(tmp_path, tracking_uri):
-    result = sweep_command(["epochs=1", "model.dropout=1.5,2"], tracking_uri, tmp_path)
+    result = sweep_command(["epochs=1", "model.dropout=1.5,2"], tracking_uri, tmp_path, kind="cold")
     assert_refused(result, "every job of the sweep was refused as bad input (2 of 2), e.g. model.dropout: ")
     parent, children = parent_and_children(tracking_uri)
     assert parent.info.status == "FAILED"
@@ -95,6 +100,7 @@ def test_how_a_sweep_ends_from_its_jobs_and_what_stopped_it():
     ]
 
 
+@pytest.mark.slow
 def test_a_seed_sweep_with_replicates_names_each_run_by_its_own_seed(tmp_path, tracking_uri):
     result = sweep_command(["epochs=1", "seed=1,3", "replicates=2"], tracking_uri, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
