@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import SUBSET_DIR, typed_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "article_plain.py"
@@ -45,6 +47,7 @@ def test_the_plain_network_is_seed_cnn_layer_for_layer():
     assert [layer.kernel_regularizer.get_config()["l2"] for layer in regularised] == [0.01] * 4
 
 
+@pytest.mark.slow
 def test_a_short_plain_run_learns_and_writes_its_curve(tmp_path):
     out = tmp_path / "curve.csv"
     result = subprocess.run(

@@ -239,6 +239,7 @@ def test_tf_data_and_the_numpy_stream_yield_the_same_batches():
 # Real runs on JAX and PyTorch, in subprocesses ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_jax
 def test_jax_trains_resumes_like_an_uninterrupted_run_and_its_model_loads_on_tensorflow(tmp_path, tracking_uri):
     """SIGTERM in epoch 2, resume, and compare with an uninterrupted run: all on JAX, without TensorFlow."""
@@ -306,6 +307,7 @@ def assert_same_accuracy(stdout: str, logged: float) -> None:
     assert printed == pytest.approx(logged, abs=1.01 / 300)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (pip install -e '.[torch]')")
 def test_torch_trains_and_its_model_evaluates_under_jax(tmp_path, tracking_uri):
     env = environment(tmp_path, tracking_uri)

@@ -37,6 +37,7 @@ def test_unset_momentum_is_fitted_and_a_configured_one_is_kept_but_named():
     assert keras_model.settle_batch_norm(untouched, BN_STACK[:2] + BN_STACK[4:], steps_per_epoch=1875) == []
 
 
+@pytest.mark.slow
 def test_a_short_batch_normalised_run_validates_near_its_training_accuracy(tmp_path):
     """The smoke run people make before a sweep: fast_cnn, 2 epochs on 2,700 training images. With
     Keras's momentum its validation accuracy read 0.11-0.25 against a training accuracy of 0.8."""

@@ -239,6 +239,7 @@ def test_the_wheel_carries_conf_and_runs_from_any_folder(tmp_path):
     assert not (elsewhere / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_ui_serves_the_projects_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     finished_runs(uri, "fmnist_exp", {"default": 0.9})

@@ -66,6 +66,7 @@ def test_a_collapse_is_the_first_epoch_at_chance_after_learning():
     assert gpu_settle_summary.collapsed_at([0.1, 0.15, 0.3]) is None  # never learned: not a collapse
 
 
+@pytest.mark.slow
 def test_a_settle_run_stopped_by_sigterm_writes_a_partial_summary(tmp_path):
     process = start(tmp_path, SETTLE_PARTS="article")
     time.sleep(12)  # the commands are starting: nothing has finished

@@ -279,6 +279,7 @@ def post_json(url: str, body) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_raw_pixel_batches(subset_run, tmp_path):
     outcome, client, uri = subset_run
     port = free_port()
@@ -317,6 +318,7 @@ def test_mlflow_models_serve_answers_raw_pixel_batches(subset_run, tmp_path):
 # -- through a tracking server ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_run_through_a_tracking_server_records_the_same(mlflow_server, tmp_path):
     overrides = [
         f"data.dir={SUBSET_DIR}", "data.max_train_samples=600", "data.max_test_samples=200", "epochs=1",

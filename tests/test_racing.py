@@ -154,6 +154,7 @@ def label(run) -> str:
     return run.data.tags["config_group"].rsplit(" [", 1)[0]
 
 
+@pytest.mark.slow
 def test_a_race_gives_more_seeds_only_to_undecided_configs(tmp_path, tracking_uri):
     result = multirun([*RACE, "optimizer.learning_rate=0.003,0.000001"], tracking_uri, tmp_path)
     parent, jobs = children_by_job(tracking_uri, tmp_path / "sweep")
@@ -186,6 +187,7 @@ def test_a_race_gives_more_seeds_only_to_undecided_configs(tmp_path, tracking_ur
     assert note.rstrip().endswith("replicates=3")  # the winner re-run on the seeds it ran
 
 
+@pytest.mark.slow
 def test_a_race_launches_its_later_round_through_the_joblib_launcher(tmp_path, tracking_uri):
     multirun([*RACE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tracking_uri, tmp_path)
     parent, jobs = children_by_job(tracking_uri, tmp_path / "sweep")

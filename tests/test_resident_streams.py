@@ -25,6 +25,7 @@ def probe(backend_name: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend_name", ["jax", "torch"])
 def test_the_device_stream_yields_the_numpy_streams_batches_and_trains_alike(backend_name):
     if importlib.util.find_spec(backend_name) is None:

@@ -210,6 +210,7 @@ def test_a_collapse_or_a_nan_stop_keeps_the_best_epoch(tmp_path, tracking_uri, m
     assert accuracy == pytest.approx(history[best - 1], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_nan_in_the_first_epoch_leaves_nothing_to_keep_and_fails(tmp_path, tracking_uri):
     overrides = [*SMALL_RUN, "optimizer.learning_rate=1e6", f"mlflow.tracking_uri={tracking_uri}"]
     with pytest.raises(errors.TrainingDiverged, match="NaN or infinite in epoch 1"):
@@ -270,6 +271,7 @@ VAL_LOSS_STOPPING = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interrupted_after", [4, 5])
 def test_a_resumed_run_restores_and_reports_the_best_epoch_of_the_uninterrupted_run(
     tmp_path, tracking_uri, monkeypatch, interrupted_after

@@ -201,6 +201,7 @@ def test_replicates_without_a_sweep_are_refused_in_one_line(tmp_path):
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "mlruns").exists()  # a refusal leaves nothing
 
 
+@pytest.mark.slow
 def test_joblib_parallel_jobs_all_recorded(tmp_path, tracking_uri):
     result = multirun(
         [*SWEEP_RUN, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2,3,4"], tracking_uri, tmp_path
@@ -254,6 +255,7 @@ def test_a_trailing_job_is_pruned_from_the_shared_store(tmp_path, tracking_uri):
     assert "pruned after epoch 1" in logs
 
 
+@pytest.mark.slow
 def test_pruning_is_off_unless_asked(tmp_path, tracking_uri):
     multirun(
         [*SWEEP_RUN, "epochs=2", "pruning.min_jobs=1", "optimizer.learning_rate=0.003,0.0000001"],
@@ -273,6 +275,7 @@ def study_of(tracking_uri: str):
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
 
+@pytest.mark.slow
 def test_optuna_study_is_stored_and_a_rerun_continues_it(tmp_path, tracking_uri):
     search = [*SWEEP_RUN, "hparams_search=optuna", "model=fast_cnn", "hydra.sweeper.n_trials=2"]
     multirun(search, tracking_uri, tmp_path)
@@ -292,6 +295,7 @@ def test_optuna_study_is_stored_and_a_rerun_continues_it(tmp_path, tracking_uri)
     assert [trial.number for trial in study_of(tracking_uri).trials] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_killed_search_continues_without_repeating_finished_trials(tmp_path, tracking_uri):
     import signal
     import time
