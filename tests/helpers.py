@@ -4,6 +4,7 @@ user runs it (a subprocess against a real store). Imported as `from helpers impo
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
@@ -91,6 +92,8 @@ def start_command(
 
     environment = {**os.environ, **(env or {})}
     if os.environ.get("FMNIST_TESTS_FRESH"):  # every command in a new interpreter, to tell a zygote's fault
+        if kind == "cold":  # the new interpreter still says what it imported (assert_refused reads it)
+            environment["PYTHONPROFILEIMPORTTIME"] = "1"
         kind = "new"
     if kind == "warm" and warm_enough(arguments, environment):
         return session_zygote(warm=True).start(module, arguments, cwd, environment)
@@ -117,7 +120,9 @@ def warm_enough(arguments: list[str], environment: dict[str, str]) -> bool:
         argument.split("=", 1)[1] for argument in arguments if argument.lstrip("+").startswith("trainer.backend=")
     ]
     return (
-        environment.get("KERAS_BACKEND", "tensorflow") in ("", "tensorflow")
+        not GPU_VISIBLE  # the zygote probed the GPU: CUDA cannot be used again in a child forked after that
+        and all(environment.get(name) == SESSION_ENVIRONMENT.get(name) for name in READ_AT_IMPORT)
+        and environment.get("KERAS_BACKEND", "tensorflow") in ("", "tensorflow")
         and all(backend == "tensorflow" for backend in backends)
         and "PYTHONPROFILEIMPORTTIME" not in environment
     )
@@ -154,13 +159,14 @@ def run_command(
     return finish(start_command(module, arguments, cwd, env, kind), timeout or PROCESS_TIMEOUT)
 
 
-def run_cli(arguments: list[str], tracking_uri: str, cwd: Path, env: dict[str, str] | None = None):
+def run_cli(arguments: list[str], tracking_uri: str, cwd: Path, env: dict[str, str] | None = None, kind: str = "warm"):
     """`python -m fmnist_exp.run` with the store in MLFLOW_TRACKING_URI and its output in cwd/out."""
     return run_command(
         "fmnist_exp.run",
         [*arguments, f"hydra.run.dir={cwd}/out"],
         cwd,
         {"MLFLOW_TRACKING_URI": tracking_uri, **(env or {})},
+        kind=kind,
     )
 
 
@@ -191,7 +197,8 @@ class ForkedProcess:
 
     def send_signal(self, number: int) -> None:
         if self.poll() is None:  # as Popen: never a signal to a pid that may have been reused
-            os.kill(self.pid, number)
+            with contextlib.suppress(ProcessLookupError):  # it ended, and the zygote reaped it, just now
+                os.kill(self.pid, number)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -230,10 +237,10 @@ class Zygote:
             start_new_session=True,
         )
         self._ended: dict[int, int] = {}
-        self._started: list[int] = []
+        self._started: dict[int, int] = {}  # request id -> the pid of its child
+        self._next_id = 0
         self._closed = False
         self._changed = threading.Condition()
-        self._requests = threading.Lock()  # one request at a time: the next pid answered is its child's
         threading.Thread(target=self._read_answers, daemon=True).start()
 
     def _read_answers(self) -> None:
@@ -244,8 +251,9 @@ class Zygote:
             with self._changed:
                 if "returncode" in answer:
                     self._ended[answer["pid"]] = answer["returncode"]
-                else:
-                    self._started.append(answer["pid"])
+                else:  # a new child: an earlier child's end under the same (reused) pid is not its end
+                    self._ended.pop(answer["pid"], None)
+                    self._started[answer["id"]] = answer["pid"]
                 self._changed.notify_all()
         with self._changed:
             self._closed = True
@@ -259,21 +267,29 @@ class Zygote:
         files = {name: folder / name for name in ("stdout", "stderr", "imported")}
         files["stdout"].touch()
         files["stderr"].touch()
-        request = {"module": module, "argv": arguments, "cwd": str(cwd), "env": env}
-        with self._requests:
+        with self._changed:
+            self._next_id += 1
+            number = self._next_id
+            request = {"id": number, "module": module, "argv": arguments, "cwd": str(cwd), "env": env}
             self.process.stdin.write(json.dumps({**request, **{k: str(v) for k, v in files.items()}}) + "\n")
             self.process.stdin.flush()
-            with self._changed:
-                if not self._changed.wait_for(lambda: self._started or self._closed, timeout=120) or self._closed:
-                    raise AssertionError(f"the zygote started no child for {module} {arguments}")
-                pid = self._started.pop(0)
+            # Long enough for a warm zygote still importing on a loaded machine before it reads the request.
+            self._changed.wait_for(lambda: number in self._started or self._closed, timeout=PROCESS_TIMEOUT)
+            if number not in self._started:
+                raise AssertionError(f"the zygote started no child for {module} {arguments}")
+            pid = self._started.pop(number)
         outputs = (open(files["stdout"]), open(files["stderr"]))  # noqa: SIM115 (finish closes them)
         return ForkedProcess(self, pid, [module, *arguments], outputs, files["imported"])
 
     def returncode(self, pid: int, timeout: float | None) -> int | None:
         with self._changed:
             self._changed.wait_for(lambda: pid in self._ended or self._closed, timeout=timeout)
+            if pid not in self._ended and self._closed:
+                raise AssertionError(f"the zygote ended before its child {pid} did; its exit code is lost")
             return self._ended.get(pid)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and not self._closed
 
     def run(self, module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None):
         """As run_command: the command's CompletedProcess, with `imported` beside it."""
@@ -291,12 +307,18 @@ class Zygote:
 # The environment of the session as it began: a zygote starts from it even when its first command
 # comes from a test that changed the environment (HOME, say, which Keras reads on import).
 SESSION_ENVIRONMENT = dict(os.environ)
+# What Keras and MLflow read once, as the zygote imports them: a command that sets one differently
+# gets a new interpreter (Keras reads keras.json under HOME or KERAS_HOME, for one). Not
+# TF_CPP_MIN_LOG_LEVEL: the zygote sets it to 2 before TensorFlow starts, as every command does.
+READ_AT_IMPORT = ("HOME", "KERAS_HOME", "MLFLOW_LOGGING_LEVEL", "MLFLOW_CONFIGURE_LOGGING")
+# A machine with an NVIDIA GPU: training commands start as new interpreters there.
+GPU_VISIBLE = Path("/dev/nvidiactl").exists()
 _ZYGOTES: dict[bool, Zygote] = {}
 
 
 def session_zygote(warm: bool) -> Zygote:
     """This test process's warm or cold zygote, started on first use (closed by conftest at the end)."""
-    if warm not in _ZYGOTES:
+    if warm not in _ZYGOTES or not _ZYGOTES[warm].alive():  # a zygote that died is replaced
         _ZYGOTES[warm] = Zygote(warm=warm, env=SESSION_ENVIRONMENT)
     return _ZYGOTES[warm]
 

@@ -352,6 +352,33 @@ def test_a_signal_that_cut_an_import_short_still_ends_the_run_killed(tracking_ur
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.unit
+def test_an_interrupt_frees_what_an_exception_in_its_chain_still_holds():
+    """A signal that lands while another exception is handled: the session of the write it cut lives in
+    that exception's frames, not the interrupt's own (release_interrupted_writes clears the chain)."""
+    import weakref
+
+    class Session:  # stands for the SQLAlchemy session holding the store's write lock
+        pass
+
+    held = []
+
+    def write():
+        session = Session()
+        held.append(weakref.ref(session))
+        raise OSError("inside a write")
+
+    try:
+        try:
+            write()
+        except OSError:
+            raise KeyboardInterrupt from None  # a new exception, its __context__ the OSError
+    except KeyboardInterrupt as interrupt:
+        assert held[0]() is not None  # the OSError's traceback keeps write()'s frame, and its session
+        active_run.release_interrupted_writes(interrupt)
+        assert held[0]() is None
+
+
 def status(tracking_uri: str, run_id: str):
     return MlflowClient(tracking_uri).get_run(run_id)
 

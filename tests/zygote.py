@@ -20,9 +20,9 @@ Every library imported
 here was checked to start no thread a child needs: NumPy's OpenBLAS and MLflow's jemalloc restart
 theirs after a fork, and TensorFlow creates its thread pools at its first operation, in the child.
 
-Protocol: one JSON line per command on stdin, {"module", "argv", "cwd", "env", "stdout", "stderr",
-"imported"}; back, {"pid"} as soon as the child runs (so that the test can signal it), and
-{"pid", "returncode"} once it has ended. Children run side by side; the zygote reaps them as they end,
+Protocol: one JSON line per command on stdin, {"id", "module", "argv", "cwd", "env", "stdout",
+"stderr", "imported"}; back, {"id", "pid"} as soon as the child runs (so that the test can signal it),
+and {"pid", "returncode"} once it has ended. Children run side by side; the zygote reaps them as they end,
 so that no ended child lingers as a zombie that a liveness check would take for a live process.
 """
 
@@ -78,7 +78,9 @@ def child(request: dict) -> None:
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.dup2(handle, descriptor)
         os.close(handle)
-    os.close(0)  # the zygote's requests are not the command's to read
+    nothing = os.open(os.devnull, os.O_RDONLY)  # the zygote's requests are not the command's to read
+    os.dup2(nothing, 0)
+    os.close(nothing)
 
     def record_imports() -> None:
         with open(request["imported"], "w") as handle:
@@ -156,7 +158,7 @@ def main() -> None:
                     requests.close()
                     child(json.loads(line))
                 children.add(pid)
-                print(json.dumps({"pid": pid}), flush=True)
+                print(json.dumps({"id": json.loads(line)["id"], "pid": pid}), flush=True)
         reap(children)
 
 
