@@ -35,14 +35,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
 
 
-@pytest.fixture(scope="session")
-def zygote():
-    """The cold zygote of this test worker, which forks the commands of the bad-input table (helpers.Zygote)."""
-    from helpers import session_zygote
-
-    return session_zygote(warm=False)
-
-
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     """A fresh SQLite MLflow store for one test."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,8 +90,6 @@ def start_command(
     Its stdout and stderr go to files, not pipes: a test that polls files while the process
     runs reads nothing, and a full pipe would stop the process mid-write.
     """
-    import tempfile
-
     environment = {**os.environ, **(env or {})}
     if os.environ.get("FMNIST_TESTS_FRESH"):  # every command in a new interpreter, to tell a zygote's fault
         if kind == "cold":  # the new interpreter still says what it imported (assert_refused reads it)
@@ -208,8 +208,6 @@ class ForkedProcess:
 
     def imported(self) -> list[str] | None:
         """The frameworks the command had imported when it exited (None after a kill)."""
-        import json
-
         return json.loads(self._imported.read_text()) if self._imported.is_file() else None
 
 
@@ -217,15 +215,12 @@ class Zygote:
     """Commands as forked children of one process that imported their libraries once (tests/zygote.py):
     real processes with their own session, environment, signals and exit code, started in milliseconds.
 
-    Cold, it imported Hydra, OmegaConf and NumPy: a child's result lists the frameworks (TensorFlow,
+    Cold, it imported no framework: a child's result lists the frameworks (TensorFlow,
     Keras, PyTorch, JAX) the command imported, which the refusal table checks is none. Warm, it also
     imported MLflow, TensorFlow and Keras: the training commands start without seconds of imports.
     """
 
     def __init__(self, warm: bool = False, env: dict[str, str] | None = None) -> None:
-        import tempfile
-        import threading
-
         self.warm = warm
         self.scratch = Path(tempfile.mkdtemp(prefix="zygote-"))
         self.process = subprocess.Popen(
@@ -244,8 +239,6 @@ class Zygote:
         threading.Thread(target=self._read_answers, daemon=True).start()
 
     def _read_answers(self) -> None:
-        import json
-
         for line in self.process.stdout:
             answer = json.loads(line)
             with self._changed:
@@ -260,9 +253,6 @@ class Zygote:
             self._changed.notify_all()
 
     def start(self, module: str, arguments: list[str], cwd: Path, env: dict[str, str]) -> ForkedProcess:
-        import json
-        import tempfile
-
         folder = Path(tempfile.mkdtemp(dir=self.scratch))
         files = {name: folder / name for name in ("stdout", "stderr", "imported")}
         files["stdout"].touch()
@@ -290,10 +280,6 @@ class Zygote:
 
     def alive(self) -> bool:
         return self.process.poll() is None and not self._closed
-
-    def run(self, module: str, arguments: list[str], cwd: Path, env: dict[str, str] | None = None, timeout=None):
-        """As run_command: the command's CompletedProcess, with `imported` beside it."""
-        return finish(self.start(module, arguments, cwd, {**os.environ, **(env or {})}), timeout or PROCESS_TIMEOUT)
 
     def close(self) -> None:
         self.process.stdin.close()
@@ -357,8 +343,6 @@ def wait_for(condition, process: subprocess.Popen | None = None, timeout: float 
 
 def checkpoint_epoch(output_dir: Path) -> int:
     """The last epoch checkpointed in a run's output folder (0 before the first)."""
-    import json
-
     try:
         return int(json.loads((output_dir / "checkpoints" / "state.json").read_text())["epoch"])
     except (OSError, ValueError, KeyError):

@@ -26,6 +26,7 @@ from helpers import (
     hostile_saved_model,
     png_claiming_size,
     run_cli,
+    run_command,
     write_idx,
 )
 
@@ -540,7 +541,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[case.id for case in BAD_INPUTS])
-def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri, zygote):
+def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri):
     def fill(text: str) -> str:
         return text.replace("{tmp}", str(tmp_path))
 
@@ -558,7 +559,7 @@ def test_bad_input_is_refused_in_one_line(case: Bad, tmp_path, tracking_uri, zyg
     environment = {"MLFLOW_TRACKING_URI": tracking_uri}
     environment.update({key: fill(value) for key, value in case.env})
 
-    result = zygote.run(case.command, arguments, tmp_path, environment)  # a forked process of its own
+    result = run_command(case.command, arguments, tmp_path, environment, kind="cold")  # a forked process of its own
 
     assert_refused(result, fill(case.message), case.before_keras)
     assert all_runs(tracking_uri) == []

@@ -5,10 +5,11 @@ standard streams, signals and exit code) that runs `python -m <module> <argument
 interpreter would, started in milliseconds instead of the seconds an interpreter spends importing.
 
 Two flavours (tests/helpers.py, Zygote):
-- cold (no argument): imports Hydra, OmegaConf and NumPy only. The bad-input cases of
+- cold (no argument): imports no framework (Hydra, MLflow and the runner's modules; see
+  import_the_commands). The bad-input cases of
   tests/test_cli.py run here, and each child still proves it refused before TensorFlow or Keras was
   imported: it writes the frameworks it imported to the file named by "imported" as it exits.
-- warm (`--warm`): also MLflow, TensorFlow and Keras (on TensorFlow), the 5-10 s every training command
+- warm (`--warm`): also TensorFlow and Keras (on TensorFlow), the 5-10 s every training command
   spends importing before its first line of work. The training tests start their commands here.
   What a warm child cannot show stays with a cold child or a new interpreter (helpers.start_command's
   `kind`): a refusal before Keras is imported, behaviour at import time (TensorFlow's start-up lines)
@@ -29,6 +30,7 @@ so that no ended child lingers as a zombie that a liveness check would take for 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import json
 import os
@@ -36,6 +38,8 @@ import runpy
 import selectors
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 
 import hydra  # noqa: F401  (what every command imports first: the start-up the children share)
 import numpy  # noqa: F401
@@ -52,14 +56,21 @@ def import_training_libraries() -> None:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import mlflow  # noqa: F401
 
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
+    with stderr_silenced():
         import tensorflow as tf
 
         tf.config.list_physical_devices("GPU")  # CUDA is probed here, once
         import keras  # noqa: F401
+
+
+@contextlib.contextmanager
+def stderr_silenced() -> Iterator[None]:
+    """The zygote's own start-up lines (TensorFlow's, MLflow's as it makes tables): not a test's output."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -105,8 +116,6 @@ def import_the_commands() -> None:
     its work begins, which the refusal table checks. Then MLflow's SQL store, by making a throwaway
     one (SQLAlchemy, Alembic and MLflow's migrations are imported as a store is first opened: 2 s of
     every command here), and the plotting libraries a run's figures use."""
-    import tempfile
-
     import matplotlib
 
     import fmnist_exp.commands.evaluate
@@ -119,18 +128,10 @@ def import_the_commands() -> None:
     import PIL.Image  # noqa: F401
     from mlflow import MlflowClient
 
-    saved = os.dup(2)  # MLflow's INFO lines as it makes the store's tables: not a test's output
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        with tempfile.TemporaryDirectory(prefix="zygote-store-") as folder:
-            client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-            client.search_experiments()
-            client.search_registered_models()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    with stderr_silenced(), tempfile.TemporaryDirectory(prefix="zygote-store-") as folder:
+        client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+        client.search_experiments()
+        client.search_registered_models()
 
 
 def main() -> None:
